@@ -1,0 +1,133 @@
+"""Command line: `clreg run`, `clreg methods`, `clreg demo`."""
+from __future__ import annotations
+
+import sys
+
+import click
+import numpy as np
+
+from . import importance
+from .benchmarks import BENCHMARKS, EVALUATE_ON
+from .config import RunConfig
+from .data import DataFileError
+from .models import parse_widths
+from .results import check_writable, machine, versions, write_json
+
+
+def _fail(message: str) -> None:
+    raise click.UsageError(message)
+
+
+def format_matrix(accuracy: list[list[float]]) -> str:
+    """The accuracy matrix in percent, one row per task trained."""
+    k = len(accuracy)
+    lines = ["after \\ on " + " ".join(f"{j + 1:>6d}" for j in range(k))]
+    for i, row in enumerate(accuracy):
+        lines.append(f"task {i + 1:<6d}" + " ".join(f"{100 * v:6.2f}" for v in row))
+    return "\n".join(lines)
+
+
+@click.group()
+@click.version_option(package_name="clreg")
+def cli() -> None:
+    """clreg: regularisation-based continual learning (EWC, SI, MAS, SOS, ...)."""
+
+
+@cli.command()
+@click.option("--benchmark", default="permuted-mnist", show_default=True, help=f"one of: {', '.join(BENCHMARKS)}")
+@click.option("--method", default="si", show_default=True, help="importance measure; see `clreg methods`")
+@click.option("--c", "c", type=float, default=0.2, show_default=True, help="regularisation strength c >= 0")
+@click.option("--reinit/--no-reinit", default=False, show_default=True, help="re-draw shared weights at each task start")
+@click.option("--tasks", type=int, default=10, show_default=True)
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--hidden", default="2000,2000", show_default=True, help="hidden widths, comma-separated")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lr", type=float, default=None, help="learning rate [default: 1e-3 * batch-size / 256]")
+@click.option("--eval", "evaluate_on", default="test", show_default=True, help=f"one of: {', '.join(EVALUATE_ON)}")
+@click.option("--samples", "importance_samples", type=int, default=None,
+              help="samples for post-task measures [default: 1000 on MNIST]")
+@click.option("--xi", type=float, default=None, help="SI's damping xi > 0 [default: 0.1 on MNIST]")
+@click.option("--alpha", "sos_alpha", default="0", show_default=True, help="SOS: alpha, a number or 'auto'")
+@click.option("--bias-correction/--no-bias-correction", "sos_bias_correction", default=True, show_default=True,
+              help="SOS: divide v by 1 - beta2^T")
+@click.option("--split/--no-split", "sos_split", default=False, show_default=True,
+              help="SOS: g and g' from the two halves of the minibatch")
+@click.option("--fisher-mode", default="exact", show_default=True, help="Fisher: exact, sampled or empirical")
+@click.option("--fisher-draws", type=int, default=1, show_default=True, help="Fisher, sampled: labels drawn per sample")
+@click.option("--data-dir", default=None, help="directory containing mnist/ (else $CLREG_DATA_DIR, cache, download)")
+@click.option("--out", "out", default=None, help="write the results as JSON to this file")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def run(hidden: str, sos_alpha: str, out: str | None, quiet: bool, **options) -> None:
+    """Train a network on a task sequence with one method and report the accuracy matrix."""
+    try:
+        alpha = sos_alpha if sos_alpha == "auto" else float(sos_alpha)
+    except ValueError:
+        _fail(f"--alpha must be a number or 'auto', got {sos_alpha!r}")
+    try:
+        config = RunConfig(hidden=parse_widths(hidden), sos_alpha=alpha, **options)
+        if out:
+            check_writable(out)
+    except ValueError as err:
+        _fail(str(err))
+    from .train import run as run_config  # imported late: keeps `clreg methods` and errors fast
+
+    click.echo(f"clreg run: {config.method} c={config.c} on {config.benchmark}, {config.tasks} tasks", err=True)
+    try:
+        result = run_config(config, progress=not quiet)
+    except DataFileError as err:
+        raise click.ClickException(str(err)) from None
+    result.update(versions=versions(), machine=machine(), command=" ".join(["clreg", *sys.argv[1:]]))
+    click.echo(format_matrix(result["accuracy_matrix"]))
+    click.echo(f"average accuracy {100 * result['average_accuracy']:.2f}%  "
+               f"forgetting {100 * result['mean_forgetting']:.2f}%  BWT {100 * result['bwt']:.2f}%  "
+               f"train {result['timing']['train_seconds']:.1f}s  importance {result['timing']['importance_seconds']:.1f}s")
+    if out:
+        write_json(out, result)
+        click.echo(f"results written to {out}", err=True)
+
+
+@cli.command()
+def methods() -> None:
+    """List the importance measures: name, then description."""
+    for name, cls in importance.REGISTRY.items():
+        click.echo(f"{name:<17}{cls.description}")
+    for alias, target in importance.ALIASES.items():
+        click.echo(f"{alias:<17}alias of {target}")
+
+
+DEMO_METHODS = (("finetune", 0.0), ("ewc", 100.0), ("si", 1.0), ("sos", 5.0), ("mas", 10.0))
+
+
+@cli.command()
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(seed: int) -> None:
+    """Permuted Digits (no download): finetune, EWC, SI, SOS and MAS side by side in under a minute."""
+    from .benchmarks import permuted_digits
+    from .train import run as run_config
+
+    bench = permuted_digits(num_tasks=5, seed=seed)
+    click.echo("Permuted Digits: 5 tasks of scikit-learn's 8x8 digits, MLP 64-100-100-10, 10 epochs per task")
+    click.echo(f"{'method':<10}{'c':>8}{'avg accuracy':>15}{'forgetting':>12}{'seconds':>9}")
+    for method, c in DEMO_METHODS:
+        config = RunConfig(benchmark="permuted-digits", method=method, c=c, tasks=5, epochs=10, batch_size=32,
+                           hidden=[100, 100], seed=seed, reinit=False)
+        result = run_config(config, progress=False, bench=bench)
+        seconds = result["timing"]["train_seconds"] + result["timing"]["importance_seconds"]
+        click.echo(f"{method:<10}{c:>8g}{100 * result['average_accuracy']:>14.1f}%"
+                   f"{100 * result['mean_forgetting']:>11.1f}%{seconds:>9.1f}")
+
+
+def main() -> None:
+    """Entry point: usage errors are one line on stderr with exit code 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.UsageError as err:
+        click.echo(f"clreg: error: {err.format_message()}", err=True)
+        sys.exit(2)
+    except click.ClickException as err:
+        click.echo(f"clreg: error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)

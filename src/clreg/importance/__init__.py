@@ -1,0 +1,35 @@
+"""Importance measures and their registry: names (as in the paper) → classes."""
+from __future__ import annotations
+
+from .base import ImportanceMeasure, TaskSample
+from .sensitivity import (L2, AbsoluteFisher, FineTune, Fisher, L2Constant, MaxMemoryAwareSynapses,
+                          MaxMemoryAwareSynapsesLogits, MemoryAwareSynapses, MemoryAwareSynapsesLogits,
+                          SqrtFisher, WeightMagnitude)
+from .trajectory import (SecondOrderSynapses, SynapticIntelligence, SynapticIntelligenceBias,
+                         SynapticIntelligenceUnbiased, auto_alpha)
+
+REGISTRY: dict[str, type[ImportanceMeasure]] = {
+    cls.name: cls
+    for cls in (SynapticIntelligence, SynapticIntelligenceUnbiased, SynapticIntelligenceBias,
+                SecondOrderSynapses, Fisher, SqrtFisher, AbsoluteFisher, MemoryAwareSynapses,
+                MemoryAwareSynapsesLogits, MaxMemoryAwareSynapses, MaxMemoryAwareSynapsesLogits,
+                WeightMagnitude, L2, L2Constant, FineTune)
+}
+ALIASES = {"ewc": "fisher"}
+
+
+def method_names() -> list[str]:
+    """All registry names, aliases included."""
+    return list(REGISTRY) + list(ALIASES)
+
+
+def create(name: str, **options) -> ImportanceMeasure:
+    """Instantiate the measure registered under `name` (or an alias) with its options."""
+    key = ALIASES.get(name, name)
+    if key not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}")
+    return REGISTRY[key](**options)
+
+
+__all__ = ["ImportanceMeasure", "TaskSample", "REGISTRY", "ALIASES", "create", "method_names", "auto_alpha",
+           *[cls.__name__ for cls in REGISTRY.values()]]

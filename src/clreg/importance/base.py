@@ -1,0 +1,59 @@
+"""The interface every importance measure implements, and the data a post-task measure looks at."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class TaskSample:
+    """What a post-task measure needs: the model, how to get logits, and n inputs (with labels)."""
+
+    model: nn.Module
+    inputs: Tensor
+    labels: Tensor | None = None
+    forward: Callable[[Tensor], Tensor] | None = None  # default: model(inputs)
+    memory_budget: int = 1 << 30  # bytes the per-sample engine may use
+
+
+class ImportanceMeasure:
+    """Base class: measures ω^(k) ≥ 0 for the shared parameters during or after task k.
+
+    Trajectory measures (SI, SOS, ...) accumulate per-step statistics in `observe_step`; sensitivity
+    measures (Fisher, MAS, ...) look at a data sample at task end. Both return ω from `task_importance`.
+    """
+
+    name: str = ""
+    description: str = ""
+    trajectory: bool = False  # observe_step is needed after every optimiser step
+    needs_independent_gradient: bool = False  # observe_step needs g'_t on an independent batch
+    needs_sample: bool = False  # task_importance needs a TaskSample
+    cumulative: bool = True  # Ω ← Ω + ω (False: Ω ← ω, as for l2-const)
+    regularizes: bool = True  # False only for fine-tuning (no penalty at all)
+
+    def begin_task(self, params: list[Tensor]) -> None:
+        """Reset per-task state; `params` are the shared parameters at the start of the task."""
+
+    def observe_step(self, params: list[Tensor], grads: list[Tensor], independent: list[Tensor] | None) -> None:
+        """After an optimiser step: `params` = θ_{t+1}, `grads` = g_t (task loss only, at θ_t)."""
+
+    def task_importance(self, params: list[Tensor], sample: TaskSample | None) -> list[Tensor]:
+        """ω for the task just finished, one tensor per shared parameter."""
+        raise NotImplementedError
+
+    def options(self) -> dict:
+        """The measure's options, JSON-serialisable, for run records."""
+        return {}
+
+
+def zeros_like_all(params: list[Tensor]) -> list[Tensor]:
+    """Contiguous zero tensors shaped like `params`."""
+    return [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
+
+
+def clone_all(params: list[Tensor]) -> list[Tensor]:
+    """Detached contiguous copies of `params`."""
+    return [p.detach().clone(memory_format=torch.contiguous_format) for p in params]

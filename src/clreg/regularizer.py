@@ -1,0 +1,186 @@
+"""The library's entry point: a regulariser that adds a continual-learning penalty to any model.
+
+    reg = Regularizer(model, "si", c=0.2)
+    for x, y in task_data:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y) + reg.penalty()
+        loss.backward()
+        optimizer.step()
+        reg.after_step()
+    reg.end_task(sample_inputs)          # measure ω, Ω ← Ω + ω, θ* ← θ
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from . import importance
+from .importance import ImportanceMeasure, TaskSample
+from .penalty import QuadraticPenalty
+
+ParamFilter = Callable[[str, nn.Parameter], bool]
+
+
+def select_shared(model: nn.Module, heads: Iterable[str] = (), shared: ParamFilter | None = None
+                  ) -> tuple[list[str], list[nn.Parameter]]:
+    """Names and parameters that are regularised: trainable, outside the `heads` prefixes, and
+    accepted by the optional `shared(name, param)` filter."""
+    heads = tuple(heads)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for prefix in heads:
+        if not any(n == prefix or n.startswith(prefix + ".") for n, _ in named):
+            raise ValueError(f"head prefix {prefix!r} matches no parameter of the model; "
+                             f"parameters are: {', '.join(n for n, _ in named)}")
+    chosen = [(n, p) for n, p in named
+              if not any(n == h or n.startswith(h + ".") for h in heads) and (shared is None or shared(n, p))]
+    if not chosen:
+        raise ValueError("no parameter is left to regularise (check `heads` and `shared`)")
+    return [n for n, _ in chosen], [p for _, p in chosen]
+
+
+def has_active_dropout(model: nn.Module) -> bool:
+    """True if a dropout module with p > 0 would be active in the current mode."""
+    return model.training and any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+                                  for m in model.modules())
+
+
+class Regularizer:
+    """One quadratic penalty R(θ) = c Σ Ω (θ − θ*)² plus one importance measure, for any nn.Module.
+
+    Use it in your own loop: add `penalty()` to the loss (once per step), call `after_step()` after
+    each `optimizer.step()`, and `end_task(inputs)` when a task ends. Measures that need a gradient on
+    an independent minibatch (siu, sib, sos with α ≠ 0) also need `before_step(independent_loss=...)`
+    before the optimiser step; `sos` with split=True instead uses `backward_split(loss_a, loss_b)`.
+    """
+
+    def __init__(self, model: nn.Module, method: str | ImportanceMeasure = "si", c: float = 1.0, *,
+                 heads: Iterable[str] = (), shared: ParamFilter | None = None, decay: float = 1.0,
+                 prior: float = 0.0, memory_budget: int = 1 << 30, **options):
+        self.model = model
+        self.measure = importance.create(method, **options) if isinstance(method, str) else method
+        self.names, self.params = select_shared(model, heads, shared)
+        strength = c if self.measure.regularizes else 0.0
+        self.penalty_term = QuadraticPenalty(self.params, strength, decay=decay, prior=prior)
+        self.memory_budget = memory_budget
+        self.last_importance: dict[str, Tensor] | None = None
+        self._task_grads: list[Tensor] | None = None
+        self._independent: list[Tensor] | None = None
+        self.begin_task()
+
+    @property
+    def split(self) -> bool:
+        """True if g_t and g'_t come from the two halves of the training minibatch."""
+        return bool(getattr(self.measure, "split", False))
+
+    @property
+    def omega(self) -> dict[str, Tensor]:
+        """Accumulated importance Ω per parameter name."""
+        return dict(zip(self.names, self.penalty_term.omega))
+
+    @property
+    def anchor(self) -> dict[str, Tensor]:
+        """Anchor θ* per parameter name."""
+        return dict(zip(self.names, self.penalty_term.anchor))
+
+    def begin_task(self) -> None:
+        """Start a task: θ_start ← θ, per-task statistics reset. Called by the constructor and by
+        `end_task`; call it yourself only if you change the parameters in between (re-init)."""
+        self.measure.begin_task(self.params)
+        self._task_grads = self._independent = None
+
+    def penalty(self) -> Tensor:
+        """R(θ) as a scalar to add to the loss; its backward is the analytic 2cΩ ⊙ (θ − θ*)."""
+        return self.penalty_term(self.params)
+
+    def gradient(self, loss_fn: Callable[[], Tensor]) -> list[Tensor]:
+        """∇θ loss_fn() for the shared parameters, dropout off, leaving `.grad` untouched."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                grads = torch.autograd.grad(loss_fn(), self.params, allow_unused=True)
+        finally:
+            self.model.train(was_training)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+
+    def before_step(self, task_loss: Callable[[], Tensor] | None = None,
+                    independent_loss: Callable[[], Tensor] | None = None) -> None:
+        """Before `optimizer.step()`: give the closures a trajectory measure needs.
+
+        `independent_loss()` is the task loss on an independent minibatch (for g'_t); `task_loss()` the
+        task loss on the training minibatch, needed only when the model has dropout (g_t is taken
+        with dropout off, at the cost of one extra pass). Both are evaluated with dropout off.
+        """
+        if not self.measure.trajectory:
+            return
+        if task_loss is not None:
+            self._task_grads = self.gradient(task_loss)
+        if self.measure.needs_independent_gradient and not self.split:
+            if independent_loss is None:
+                raise ValueError(f"method {self.measure.name!r} needs the gradient of an independent minibatch: "
+                                 "call before_step(independent_loss=lambda: loss_on_other_batch)")
+            self._independent = self.gradient(independent_loss)
+
+    def backward_split(self, loss_first_half: Tensor, loss_second_half: Tensor) -> None:
+        """Backward of (L_A + L_B)/2 + R, keeping g_t = ∇L_A and g'_t = ∇L_B apart (SOS `split`)."""
+        (0.5 * loss_first_half).backward(retain_graph=True)
+        self._task_grads = [2.0 * self._grad_of(i) for i in range(len(self.params))]
+        (0.5 * loss_second_half + self.penalty()).backward()
+
+    def _grad_of(self, i: int) -> Tensor:
+        g = self.params[i].grad
+        if g is None:
+            raise ValueError(f"parameter {self.names[i]!r} has no gradient: call after_step() after "
+                             "loss.backward() and optimizer.step(), and keep the parameter in the loss")
+        return g
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """After `optimizer.step()`: let a trajectory measure observe g_t and the step Δ_t."""
+        if not self.measure.trajectory:
+            return
+        penalty_grad, self.penalty_term.last_grad = self.penalty_term.last_grad, None
+        task_grads, independent = self._task_grads, self._independent
+        self._task_grads = self._independent = None
+        if self.split:
+            if task_grads is None:
+                raise ValueError("sos with split=True needs backward_split(loss_a, loss_b) each step")
+            total = [self._grad_of(i) for i in range(len(self.params))]
+            if penalty_grad is not None:
+                total = torch._foreach_sub(total, penalty_grad)
+            independent = torch._foreach_mul(total, 2.0)
+            torch._foreach_sub_(independent, task_grads)
+        elif task_grads is None:
+            if has_active_dropout(self.model):
+                raise ValueError("the model has active dropout: pass before_step(task_loss=...) so that g_t "
+                                 "is taken with dropout off")
+            task_grads = [self._grad_of(i) for i in range(len(self.params))]
+            if penalty_grad is not None:
+                task_grads = torch._foreach_sub(task_grads, penalty_grad)
+        if self.measure.needs_independent_gradient and independent is None:
+            raise ValueError(f"method {self.measure.name!r} needs before_step(independent_loss=...) every step")
+        self.measure.observe_step(self.params, task_grads, independent)
+
+    def end_task(self, inputs: Tensor | None = None, labels: Tensor | None = None,
+                 forward: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor] | None:
+        """End of a task: measure ω (from the trajectory or on `inputs`), Ω ← γΩ + ω, θ* ← θ.
+
+        `forward(x)` maps inputs to the task's logits (default `model(x)`); `labels` are needed only by
+        the empirical Fisher. Returns ω per parameter name (None for fine-tuning).
+        """
+        if not self.measure.regularizes:
+            self.begin_task()
+            return None
+        sample = None
+        if inputs is not None:
+            sample = TaskSample(self.model, inputs, labels, forward, self.memory_budget)
+        elif self.measure.needs_sample:
+            raise ValueError(f"method {self.measure.name!r} measures importance on data: "
+                             "call end_task(inputs) with a sample of the task's inputs")
+        omega = self.measure.task_importance(self.params, sample)
+        self.penalty_term.consolidate(omega, self.params, cumulative=self.measure.cumulative)
+        self.last_importance = dict(zip(self.names, omega))
+        self.begin_task()
+        return self.last_importance

@@ -1,0 +1,69 @@
+"""Run records: versions of everything involved, the machine, and atomic JSON writes."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+
+def git_revision() -> str | None:
+    """The clreg source tree's git revision (with '-dirty' if modified), or None outside a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    """Python, torch, clreg and git revision."""
+    try:
+        clreg_version = metadata.version("clreg")
+    except metadata.PackageNotFoundError:
+        clreg_version = None
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "clreg": clreg_version,
+            "git_revision": git_revision()}
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise ValueError unless `path` can be written (checked before any training)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ValueError(f"output path {str(path)!r} is a directory; give a file name such as run.json")
+    if not parent.is_dir():
+        raise ValueError(f"output path {str(path)!r}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"output path {str(path)!r} is not writable")
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write `data` as JSON atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
