@@ -50,10 +50,12 @@ class _Layer:
         self.module, self.slots = module, slots  # slots: "weight"/"bias" -> index into the result list
         self.input: Tensor | None = None
         self.output: Tensor | None = None
+        self.recording = True  # off while the torch.func fallback re-runs the model
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):
-        self.input, self.output = args[0].detach(), output
+        if self.recording:
+            self.input, self.output = args[0].detach(), output
 
     def per_sample_floats(self) -> int:
         """Floats per sample this layer needs while a chunk is processed."""
@@ -82,8 +84,8 @@ class _Accumulator:
     """Runs one chunk of samples through the model and adds its statistics to `totals`."""
 
     def __init__(self, layers: list[_Layer], fallback: dict[int, str], model: nn.Module,
-                 forward: Callable[[Tensor], Tensor], power: str, totals: list[Tensor]):
-        self.layers, self.fallback, self.model = layers, fallback, model
+                 forward: Callable[[Tensor], Tensor], power: str, params: list[Tensor], totals: list[Tensor]):
+        self.layers, self.fallback, self.model, self.params = layers, fallback, model, params
         self.forward, self.power, self.totals = forward, power, totals
 
     def run(self, x: Tensor, labels: Tensor | None, cotangents: Cotangents) -> None:
@@ -128,14 +130,20 @@ class _Accumulator:
 
     def _add_fallback(self, x: Tensor, v: Tensor, w: Tensor) -> None:
         names = list(self.fallback.values())
-        values = [self.model.get_parameter(name).detach() for name in names]
+        values = [self.params[slot].detach() for slot in self.fallback]
         wrapper = _Forward(self.model, self.forward)
 
         def contracted(params: list[Tensor], xi: Tensor, vi: Tensor) -> Tensor:
             out = functional_call(wrapper, {"model." + n: p for n, p in zip(names, params)}, (xi[None],))
             return (out[0] * vi).sum()
 
-        per_sample = vmap(grad(contracted), in_dims=(None, 0, 0))(values, x, v)
+        for layer in self.layers:
+            layer.recording = False
+        try:
+            per_sample = vmap(grad(contracted), in_dims=(None, 0, 0))(values, x, v)
+        finally:
+            for layer in self.layers:
+                layer.recording = True
         for slot, g in zip(self.fallback, per_sample):
             self.totals[slot].add_(torch.tensordot(w, _power(g, self.power), dims=1))
 
@@ -145,10 +153,11 @@ class _Forward(nn.Module):
 
     def __init__(self, model: nn.Module, fn: Callable[[Tensor], Tensor]):
         super().__init__()
-        self.model, self.fn = model, fn
+        self.model = model
+        self._fn = (fn,)  # a tuple, so that a module passed as `fn` is not registered a second time
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return self.fn(x)
+        return self._fn[0](x)
 
 
 def _plan(model: nn.Module, params: list[Tensor]) -> tuple[list[_Layer], dict[int, str]]:
@@ -194,7 +203,7 @@ def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Tensor
     totals = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
     layers, fallback = _plan(model, params)
     try:
-        accumulator = _Accumulator(layers, fallback, model, forward, power, totals)
+        accumulator = _Accumulator(layers, fallback, model, forward, power, params, totals)
         accumulator.run(inputs[:1], None if labels is None else labels[:1], cotangents)  # also sizes layers
         chunk = _chunk_size(accumulator, params, fallback, memory_budget)
         for start in range(1, inputs.shape[0], chunk):
