@@ -163,3 +163,36 @@ def test_trajectory_measures_need_their_hooks():
         reg.after_step()
     with pytest.raises(ValueError, match="auto"):
         Regularizer(Point(), "sos", alpha="auto")
+
+
+def test_fast_penalty_path_gives_the_same_gradients_and_importance():
+    """add_penalty_gradient() after the task loss's backward ≡ penalty() in the loss."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    results = []
+    for fast in (False, True):
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+        reg = Regularizer(model, "si", c=3.0)
+        reg.penalty_term.consolidate([torch.rand_like(p) for p in reg.params], reg.params)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p, generator=torch.Generator().manual_seed(2)))
+        reg.begin_task()
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        for _ in range(4):
+            opt.zero_grad()
+            if fast:
+                nn.functional.cross_entropy(model(x), y).backward()
+                reg.add_penalty_gradient()
+            else:
+                (nn.functional.cross_entropy(model(x), y) + reg.penalty()).backward()
+            grads = [p.grad.clone() for p in model.parameters()]
+            opt.step()
+            reg.after_step()
+        results.append((grads, reg.end_task()))
+    (slow_grads, slow_omega), (fast_grads, fast_omega) = results
+    for a, b in zip(slow_grads, fast_grads):
+        torch.testing.assert_close(a, b)
+    for name in slow_omega:
+        torch.testing.assert_close(slow_omega[name], fast_omega[name])

@@ -29,7 +29,9 @@ class QuadraticPenalty:
         self.anchor = [p.detach().clone(memory_format=torch.contiguous_format) for p in params]
         self.tasks_consolidated = 0
         self._twice_precision: list[Tensor] | None = None  # 2P, cached between consolidations
-        self.last_grad: list[Tensor] | None = None  # ∇R at the last evaluation (used by SI & co.)
+        self.diff = [torch.zeros_like(a) for a in self.anchor]  # θ − θ* at the last evaluation
+        self.grad = [torch.zeros_like(a) for a in self.anchor]  # ∇R at the last autograd evaluation
+        self.evaluated = False  # True between an evaluation and `task_gradient`
 
     @property
     def active(self) -> bool:
@@ -60,17 +62,47 @@ class QuadraticPenalty:
         return self._twice_precision
 
     @torch.no_grad()
+    def _difference(self, params: list[Tensor]) -> None:
+        for d, p, a in zip(self.diff, params, self.anchor):
+            torch.sub(p.detach(), a, out=d)
+        self.evaluated = True
+
+    @torch.no_grad()
     def value_and_grad(self, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """R(θ) and ∇R(θ) = 2P ⊙ (θ − θ*), computed together in a few fused passes."""
-        diff = torch._foreach_sub([p.detach() for p in params], self.anchor)
-        grad = torch._foreach_mul(diff, self.twice_precision())
-        value = 0.5 * torch.stack([torch.dot(d.view(-1), g.view(-1)) for d, g in zip(diff, grad)]).sum()
-        return value, grad
+        """R(θ) and ∇R(θ) = 2P ⊙ (θ − θ*), written into preallocated buffers (no allocation)."""
+        self._difference(params)
+        for g, d, tp in zip(self.grad, self.diff, self.twice_precision()):
+            torch.mul(d, tp, out=g)
+        value = 0.5 * sum(torch.dot(d.view(-1), g.view(-1)) for d, g in zip(self.diff, self.grad))
+        return value, self.grad
+
+    @torch.no_grad()
+    def add_gradient_(self, params: list[Tensor]) -> None:
+        """The fast path: p.grad += 2P ⊙ (θ − θ*) in place, after the task loss's backward."""
+        if not self.active:
+            self.evaluated = False
+            return
+        self._difference(params)
+        for p, d, tp in zip(params, self.diff, self.twice_precision()):
+            if p.grad is None:
+                p.grad = torch.mul(d, tp)
+            else:
+                p.grad.addcmul_(d, tp)
+
+    @torch.no_grad()
+    def task_gradient(self, grads: list[Tensor], out: list[Tensor]) -> list[Tensor]:
+        """`out` ← grads − ∇R(θ_t) if the penalty was evaluated this step, else `grads` itself."""
+        if not self.evaluated:
+            return grads
+        self.evaluated = False
+        for o, g, d, tp in zip(out, grads, self.diff, self.twice_precision()):
+            torch.addcmul(g, d, tp, value=-1.0, out=o)
+        return out
 
     def __call__(self, params: list[Tensor]) -> Tensor:
         """R(θ) as a differentiable scalar whose backward is the analytic gradient (no autograd graph)."""
         if not self.active:
-            self.last_grad = None
+            self.evaluated = False
             return params[0].new_zeros(())
         return _AnalyticPenalty.apply(self, *params)
 
@@ -81,7 +113,6 @@ class _AnalyticPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, penalty: QuadraticPenalty, *params: Tensor) -> Tensor:  # noqa: D102
         value, grad = penalty.value_and_grad(list(params))
-        penalty.last_grad = grad
         ctx.grad = grad
         return value
 

@@ -49,8 +49,9 @@ def has_active_dropout(model: nn.Module) -> bool:
 class Regularizer:
     """One quadratic penalty R(θ) = c Σ Ω (θ − θ*)² plus one importance measure, for any nn.Module.
 
-    Use it in your own loop: add `penalty()` to the loss (once per step), call `after_step()` after
-    each `optimizer.step()`, and `end_task(inputs)` when a task ends. Measures that need a gradient on
+    Use it in your own loop: add `penalty()` to the loss (once per step; or, faster, call
+    `add_penalty_gradient()` after the task loss's backward), call `after_step()` after each
+    `optimizer.step()`, and `end_task(inputs)` when a task ends. Measures that need a gradient on
     an independent minibatch (siu, sib, sos with α ≠ 0) also need `before_step(independent_loss=...)`
     before the optimiser step; `sos` with split=True instead uses `backward_split(loss_a, loss_b)`.
     """
@@ -67,6 +68,7 @@ class Regularizer:
         self.last_importance: dict[str, Tensor] | None = None
         self._task_grads: list[Tensor] | None = None
         self._independent: list[Tensor] | None = None
+        self._scratch = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
         self.begin_task()
 
     @property
@@ -126,42 +128,47 @@ class Regularizer:
     def backward_split(self, loss_first_half: Tensor, loss_second_half: Tensor) -> None:
         """Backward of (L_A + L_B)/2 + R, keeping g_t = ∇L_A and g'_t = ∇L_B apart (SOS `split`)."""
         (0.5 * loss_first_half).backward(retain_graph=True)
-        self._task_grads = [2.0 * self._grad_of(i) for i in range(len(self.params))]
-        (0.5 * loss_second_half + self.penalty()).backward()
+        self._task_grads = torch._foreach_mul(self._grads(), 2.0)
+        (0.5 * loss_second_half).backward()
+        self.add_penalty_gradient()
 
-    def _grad_of(self, i: int) -> Tensor:
-        g = self.params[i].grad
-        if g is None:
-            raise ValueError(f"parameter {self.names[i]!r} has no gradient: call after_step() after "
-                             "loss.backward() and optimizer.step(), and keep the parameter in the loss")
-        return g
+    def add_penalty_gradient(self) -> None:
+        """Fast alternative to `penalty()` in the loss: after `loss.backward()` on the task loss alone,
+        add ∇R = 2cΩ ⊙ (θ − θ*) to the parameters' `.grad` in place (no graph, no allocation)."""
+        self.penalty_term.add_gradient_(self.params)
 
     @torch.no_grad()
     def after_step(self) -> None:
         """After `optimizer.step()`: let a trajectory measure observe g_t and the step Δ_t."""
         if not self.measure.trajectory:
+            self.penalty_term.evaluated = False
             return
-        penalty_grad, self.penalty_term.last_grad = self.penalty_term.last_grad, None
         task_grads, independent = self._task_grads, self._independent
         self._task_grads = self._independent = None
         if self.split:
             if task_grads is None:
                 raise ValueError("sos with split=True needs backward_split(loss_a, loss_b) each step")
-            total = [self._grad_of(i) for i in range(len(self.params))]
-            if penalty_grad is not None:
-                total = torch._foreach_sub(total, penalty_grad)
+            total = self.penalty_term.task_gradient(self._grads(), out=self._scratch)  # (g_A + g_B) / 2
             independent = torch._foreach_mul(total, 2.0)
             torch._foreach_sub_(independent, task_grads)
         elif task_grads is None:
             if has_active_dropout(self.model):
                 raise ValueError("the model has active dropout: pass before_step(task_loss=...) so that g_t "
                                  "is taken with dropout off")
-            task_grads = [self._grad_of(i) for i in range(len(self.params))]
-            if penalty_grad is not None:
-                task_grads = torch._foreach_sub(task_grads, penalty_grad)
+            task_grads = self.penalty_term.task_gradient(self._grads(), out=self._scratch)
+        else:
+            self.penalty_term.evaluated = False
         if self.measure.needs_independent_gradient and independent is None:
             raise ValueError(f"method {self.measure.name!r} needs before_step(independent_loss=...) every step")
         self.measure.observe_step(self.params, task_grads, independent)
+
+    def _grads(self) -> list[Tensor]:
+        grads = [p.grad for p in self.params]
+        missing = [n for n, g in zip(self.names, grads) if g is None]
+        if missing:
+            raise ValueError(f"parameter {missing[0]!r} has no gradient: call after_step() after loss.backward() "
+                             "and optimizer.step(), and keep every regularised parameter in the loss")
+        return grads
 
     def end_task(self, inputs: Tensor | None = None, labels: Tensor | None = None,
                  forward: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor] | None:

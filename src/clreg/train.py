@@ -104,7 +104,8 @@ class Trainer:
             reg.backward_split(F.cross_entropy(model(x[:half]), y[:half]),
                                F.cross_entropy(model(x[half:]), y[half:]))
         else:
-            (F.cross_entropy(model(x), y) + reg.penalty()).backward()
+            F.cross_entropy(model(x), y).backward()
+            reg.add_penalty_gradient()
             if independent is not None:
                 xi, yi = independent
                 reg.before_step(independent_loss=lambda: F.cross_entropy(model(xi), yi))

@@ -92,6 +92,8 @@ class _Accumulator:
         with torch.enable_grad():
             logits = self.forward(x)
         v, w = cotangents(logits.detach(), labels)
+        # fold the weights into the cotangents: w·δ² = (√w·δ)², w·abs(δ) = abs(w·δ) for w ≥ 0
+        v = v * (w.sqrt() if self.power == "square" else w).unsqueeze(-1).to(v.dtype)
         summed = [torch.zeros_like(layer.output) for layer in self.layers if layer.factorised]
         unfolded = {id(layer): layer.unfolded_input() for layer in self.layers if not layer.factorised}
         outputs = [layer.output for layer in self.layers]
@@ -99,12 +101,14 @@ class _Accumulator:
             deltas = torch.autograd.grad(logits, outputs, v[k], retain_graph=True) if outputs else []
             factorised = iter(summed)
             for layer, delta in zip(self.layers, deltas):
-                if layer.factorised:
-                    next(factorised).addcmul_(_power(delta, self.power), w[k].unsqueeze(1))
+                if not layer.factorised:
+                    self._add_positional(layer, delta, unfolded[id(layer)])
+                elif self.power == "square":
+                    next(factorised).addcmul_(delta, delta)
                 else:
-                    self._add_positional(layer, delta, unfolded[id(layer)], w[k])
+                    next(factorised).add_(delta.abs())
             if self.fallback:
-                self._add_fallback(x, v[k], w[k])
+                self._add_fallback(x, v[k])
         for layer, s in zip([l for l in self.layers if l.factorised], summed):
             self._add(layer, "weight", lambda: s.t() @ _power(layer.input, self.power))
             self._add(layer, "bias", lambda: s.sum(0))
@@ -114,21 +118,20 @@ class _Accumulator:
         if kind in layer.slots:
             self.totals[layer.slots[kind]].add_(statistic())
 
-    def _add_positional(self, layer: _Layer, delta: Tensor, unfolded: Tensor, w: Tensor) -> None:
+    def _add_positional(self, layer: _Layer, delta: Tensor, unfolded: Tensor) -> None:
         n = delta.shape[0]
         if isinstance(layer.module, nn.Linear):
             delta = delta.reshape(n, -1, delta.shape[-1]).transpose(1, 2)  # (n, out, positions)
         else:
             delta = delta.reshape(n, delta.shape[1], -1)
-        wb = w.view(n, 1, 1)
         if "weight" in layer.slots:
             per_sample = torch.bmm(delta, unfolded.transpose(1, 2))  # (n, out, fan_in)
             total = self.totals[layer.slots["weight"]]
-            total.add_((_power(per_sample, self.power) * wb).sum(0).view_as(total))
+            total.add_(_power(per_sample, self.power).sum(0).view_as(total))
         if "bias" in layer.slots:
-            self.totals[layer.slots["bias"]].add_((_power(delta.sum(2), self.power) * w.view(n, 1)).sum(0))
+            self.totals[layer.slots["bias"]].add_(_power(delta.sum(2), self.power).sum(0))
 
-    def _add_fallback(self, x: Tensor, v: Tensor, w: Tensor) -> None:
+    def _add_fallback(self, x: Tensor, v: Tensor) -> None:
         names = list(self.fallback.values())
         values = [self.params[slot].detach() for slot in self.fallback]
         wrapper = _Forward(self.model, self.forward)
@@ -145,7 +148,7 @@ class _Accumulator:
             for layer in self.layers:
                 layer.recording = True
         for slot, g in zip(self.fallback, per_sample):
-            self.totals[slot].add_(torch.tensordot(w, _power(g, self.power), dims=1))
+            self.totals[slot].add_(_power(g, self.power).sum(0))
 
 
 class _Forward(nn.Module):

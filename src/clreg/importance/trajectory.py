@@ -79,8 +79,14 @@ class SynapticIntelligenceBias(SynapticIntelligence):
     description = "SI bias-only: -(g_t - g'_t)*Delta_t, rescaled like SI"
     needs_independent_gradient = True
 
+    def begin_task(self, params: list[Tensor]) -> None:  # noqa: D102
+        super().begin_task(params)
+        self.scratch = zeros_like_all(params)
+
     def contribution(self, grads, independent):  # noqa: D102
-        return torch._foreach_sub(grads, independent)
+        for out, g, g2 in zip(self.scratch, grads, independent):
+            torch.sub(g, g2, out=out)
+        return self.scratch
 
 
 def auto_alpha(batch_size: int) -> float:
@@ -119,11 +125,16 @@ class SecondOrderSynapses(ImportanceMeasure):
 
     def begin_task(self, params: list[Tensor]) -> None:  # noqa: D102
         self.second_moment = zeros_like_all(params)
+        self.scratch = zeros_like_all(params) if self.alpha != 0.0 else []
         self.steps = 0
 
     @torch.no_grad()
     def observe_step(self, params, grads, independent) -> None:  # noqa: D102
-        d = grads if self.alpha == 0.0 else torch._foreach_add(grads, independent, alpha=-self.alpha)
+        d = grads
+        if self.alpha != 0.0:
+            for out, g, g2 in zip(self.scratch, grads, independent):
+                torch.add(g, g2, alpha=-self.alpha, out=out)
+            d = self.scratch
         torch._foreach_mul_(self.second_moment, self.beta2)
         torch._foreach_addcmul_(self.second_moment, d, d, value=1.0 - self.beta2)
         self.steps += 1

@@ -1,0 +1,70 @@
+"""The CLI contract: invalid input fails before training, one line, exit code 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+CLREG = [sys.executable, "-c", "from clreg.cli import main; main()"]
+
+
+def clreg(*args, **kwargs):
+    return subprocess.run([*CLREG, *args], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "nope"], "unknown method 'nope'; choose one of: si, siu"),
+    (["--benchmark", "cifar99"], "unknown benchmark 'cifar99'; choose one of: permuted-mnist"),
+    (["--c", "-1"], "c must be >= 0, got -1.0"),
+    (["--xi", "0"], "xi must be > 0, got 0.0"),
+    (["--xi", "-0.5"], "xi must be > 0, got -0.5"),
+    (["--tasks", "0"], "tasks must be >= 1, got 0"),
+    (["--hidden", "20,abc"], "hidden widths must be positive integers separated by commas (e.g. 2000,2000), got '20,abc'"),
+    (["--hidden", "0"], "hidden widths must be positive integers"),
+    (["--out", "/nonexistent-dir/run.json"], "directory '/nonexistent-dir' does not exist"),
+    (["--alpha", "big"], "--alpha must be a number or 'auto', got 'big'"),
+    (["--eval", "train"], "evaluate_on must be one of test, validation, got 'train'"),
+])
+def test_invalid_input_exits_2_with_one_line(args, message):
+    result = clreg("run", *args, "--data-dir", "/nonexistent-data")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_unwritable_output(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = clreg("run", "--out", str(locked / "r.json"))
+    if result.returncode == 2 and "not writable" in result.stderr:
+        return
+    pytest.skip("running as a user who can write anywhere (root)") if "not writable" not in result.stderr else None
+
+
+def test_methods_lists_every_registry_name():
+    from clreg.importance import REGISTRY
+
+    out = clreg("methods").stdout.splitlines()
+    assert [line.split()[0] for line in out[: len(REGISTRY)]] == list(REGISTRY)
+
+
+def test_missing_data_is_one_clear_error(tmp_path):
+    env = {"CLREG_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = clreg("run", "--tasks", "1", "--data-dir", str(tmp_path), env=env)
+    assert result.returncode == 1
+    assert "train-images-idx3-ubyte.gz" in result.stderr and "t10k-labels-idx1-ubyte.gz" in result.stderr
+
+
+def test_run_writes_json(tmp_path, mnist_dir):
+    out = tmp_path / "run.json"
+    result = clreg("run", "--method", "sos", "--c", "1", "--tasks", "2", "--epochs", "1", "--hidden", "50",
+                   "--batch-size", "1024", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    for key in ("config", "accuracy_matrix", "average_accuracy", "forgetting", "bwt", "timing", "versions"):
+        assert key in data
+    assert set(data["timing"]) >= {"train_seconds", "importance_seconds"}
+    assert set(data["versions"]) >= {"python", "torch", "clreg", "git_revision"}
+    a = data["accuracy_matrix"]
+    assert len(a) == 2 and all(0 <= v <= 1 for row in a for v in row) and a[1][1] > 0.8
+    assert "after \\ on" in result.stdout and "average accuracy" in result.stdout
