@@ -73,3 +73,12 @@ def test_run_writes_json(tmp_path, mnist_dir):
     a = data["accuracy_matrix"]
     assert len(a) == 2 and all(0 <= v <= 1 for row in a for v in row) and a[1][1] > 0.8
     assert "after \\ on" in result.stdout and "average accuracy" in result.stdout
+
+
+def test_demo_regularisers_beat_finetuning():
+    result = clreg("demo")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: float(line.split()[2].rstrip("%")) for line in result.stdout.splitlines()[2:]}
+    assert set(rows) == {"finetune", "ewc", "si", "sos", "mas"}
+    for method in ("ewc", "si", "sos", "mas"):
+        assert rows[method] > rows["finetune"] + 10, rows
