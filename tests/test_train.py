@@ -29,7 +29,11 @@ def test_reinit_redraws_shared_weights_and_sets_theta_start():
     trainer = Trainer(RunConfig(method="si", c=1.0, reinit=True, **SMALL), permuted_digits(2, 0), progress=False)
     trainer.train_task(0)
     trained = [p.detach().clone() for p in trainer.reg.params]
+    starts = []
+    begin = trainer.reg.measure.begin_task
+    trainer.reg.measure.begin_task = lambda params: (starts.append([p.detach().clone() for p in params]), begin(params))
     trainer.train_task(1)
-    start = trainer.reg.measure.start  # θ_start of task 2 was recorded after the re-draw ...
+    start = starts[0]  # θ_start of task 2: recorded after the re-draw, before any step
     assert all(not torch.allclose(s, t) for s, t in zip(start[::2], trained[::2]))
-    assert all(torch.all(b == 0.1) for b in start[1::2])  # ... biases back at 0.1
+    assert all(torch.all(b == 0.1) for b in start[1::2])  # biases back at 0.1
+    assert all(not torch.allclose(s, t) for s, t in zip(start, trainer.reg.params))  # then trained
