@@ -196,3 +196,13 @@ def test_fast_penalty_path_gives_the_same_gradients_and_importance():
         torch.testing.assert_close(a, b)
     for name in slow_omega:
         torch.testing.assert_close(slow_omega[name], fast_omega[name])
+
+
+@pytest.mark.parametrize("b", [2, 16, 256, 2048])
+def test_auto_alpha_makes_the_second_moment_proportional_to_the_empirical_fisher(b):
+    """E[(g − αg')²] = (1−α)²μ² + (1+α²)σ²/b ∝ μ² + σ² (empirical Fisher) iff b(1−α)² = 1 + α²."""
+    from clreg.importance import auto_alpha
+
+    alpha = auto_alpha(b)
+    assert 0 < alpha < 1
+    assert b * (1 - alpha) ** 2 == pytest.approx(1 + alpha ** 2, rel=1e-12)
