@@ -30,6 +30,18 @@ SPEC_VALUES = {  # method: (c, reinit) from SPEC §5 (P-MNIST column)
 }
 GRID = {"finetune": [1.0], "si": [1, 5, 25], "siu": [1, 5, 25], "sib": [1, 5, 25]}  # multiples of the start
 DEFAULT_GRID = [0.2, 1, 5]
+MAX_EXTENSIONS = 3  # the grid is extended by ×5 steps while the best c sits on its edge
+
+
+def edge_extension(tried: list[float], best: float) -> list[float]:
+    """The next c to try when the best one is the largest or smallest tried (SPEC §5), else none."""
+    if len(tried) < 2 or best == 0:
+        return []
+    if best == tried[-1]:
+        return [float(f"{best * 5:.6g}")]
+    if best == tried[0]:
+        return [float(f"{best / 5:.6g}")]
+    return []
 SCALE = dict(benchmark="permuted-mnist", tasks=10, hidden=[400, 400], epochs=5, batch_size=256, seed=0)
 
 
@@ -54,11 +66,14 @@ def main() -> None:
         start = time.perf_counter()
         c0, reinit = SPEC_VALUES[method]
         grid = {}
-        for factor in GRID.get(method, DEFAULT_GRID):
-            c = float(f"{c0 * factor:.6g}")
-            r = one(method, c, reinit, args.data_dir, "test", OUT / f"{method}-c{c:g}.json")
-            grid[c] = r
-        best = max(grid, key=lambda c: grid[c]["average_accuracy"])
+        values = [float(f"{c0 * factor:.6g}") for factor in GRID.get(method, DEFAULT_GRID)]
+        for _ in range(MAX_EXTENSIONS + 1):
+            for c in values:
+                grid[c] = one(method, c, reinit, args.data_dir, "test", OUT / f"{method}-c{c:g}.json")
+            best = max(grid, key=lambda c: grid[c]["average_accuracy"])
+            values = edge_extension(sorted(grid), best)
+            if not values:
+                break
         result = grid[best]
         table[method] = {"c": best, "reinit": reinit, "average_accuracy": result["average_accuracy"],
                          "mean_forgetting": result["mean_forgetting"], "bwt": result["bwt"],
