@@ -96,3 +96,26 @@ def test_engine_conv_linear_nd_and_fallback(power):
     assert_close(fast, expected)
     # a budget that forces one sample per chunk gives the same numbers
     assert_close(per_sample_statistics(model, params, x, logit_cotangents, power, memory_budget=1), expected)
+
+
+def test_fisher_square_root_reproduces_the_softmax_fisher_even_with_zero_probabilities():
+    from clreg.importance.sensitivity import fisher_square_root
+
+    logits = torch.randn(6, 5, dtype=torch.double) * 3
+    logits[0, 2] = -1000.0  # q = 0 exactly for one label
+    q = logits.softmax(1)
+    v = fisher_square_root(q)
+    assert v.shape == (4, 6, 5)
+    for i in range(6):
+        expected = sum(q[i, y] * torch.outer(q[i] - torch.eye(5)[y], q[i] - torch.eye(5)[y]) for y in range(5))
+        torch.testing.assert_close(v[:, i].t() @ v[:, i], expected, rtol=1e-10, atol=1e-14)
+
+
+def test_fisher_with_saturated_softmax_equals_brute_force():
+    model = tiny_mlp()
+    with torch.no_grad():
+        model[2].weight.mul_(300.0)  # near one-hot predictions
+    x = torch.randn(5, 5, dtype=torch.double)
+    params = list(model.parameters())
+    omega = importance.create("fisher").task_importance(params, TaskSample(model, x))
+    assert_close(omega, naive_measure("fisher", model, params, x))

@@ -42,6 +42,27 @@ class SensitivityMeasure(ImportanceMeasure):
         return self.finish(totals)
 
 
+def fisher_square_root(q: Tensor) -> Tensor:
+    """C − 1 cotangents per sample, (C − 1, n, C), whose outer products sum to the softmax Fisher
+    diag(q) − qqᵀ = Σ_y q_y (e_y − q)(e_y − q)ᵀ: the exact Fisher with one backward pass fewer.
+
+    With j = argmax q and M' = diag(q') − q'q'ᵀ (q without j), diag(q) − qqᵀ = Dᵀ M' D where
+    D u = (u_k − u_j)_{k≠j}; M' = R Rᵀ by an eigendecomposition (robust where some q_k = 0).
+    """
+    n, classes = q.shape
+    q64 = q.double()
+    j = q64.argmax(dim=1)
+    keep = ~F.one_hot(j, classes).bool()
+    others = q64[keep].view(n, classes - 1)
+    m = torch.diag_embed(others) - others.unsqueeze(2) * others.unsqueeze(1)
+    eigenvalues, vectors = torch.linalg.eigh(m)
+    root = vectors * eigenvalues.clamp_min(0).sqrt().unsqueeze(1)  # (n, C − 1, C − 1), R Rᵀ = M'
+    v = q64.new_zeros(n, classes, classes - 1)
+    v[keep] = root.reshape(n * (classes - 1), classes - 1)
+    v[torch.arange(n), j] = -root.sum(dim=1)
+    return v.permute(2, 0, 1).to(q.dtype).contiguous()
+
+
 def _label_cotangents(q: Tensor, labels: Tensor) -> Tensor:
     """∇_z (−log q(y)) = q − e_y for each sample's label y: shape (n, C)."""
     return q - F.one_hot(labels, q.shape[1]).to(q.dtype)
@@ -68,6 +89,8 @@ class Fisher(SensitivityMeasure):
     def cotangents(self, logits: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:  # noqa: D102
         q = logits.float().softmax(dim=1)
         n, classes = q.shape
+        if self.mode == "exact" and self.power == "square" and classes > 1:
+            return fisher_square_root(q), q.new_ones(classes - 1, n)
         if self.mode == "exact":
             eye = torch.eye(classes, dtype=q.dtype, device=q.device)
             return q.unsqueeze(0) - eye.unsqueeze(1), q.t().contiguous()
