@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import ImageDataset, load_digits, load_mnist
+from .data import load_digits, load_mnist
 
 BENCHMARKS = ("permuted-mnist", "permuted-digits")
 EVALUATE_ON = ("test", "validation")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 
 import click
-import numpy as np
 
 from . import importance
 from .benchmarks import BENCHMARKS, EVALUATE_ON
