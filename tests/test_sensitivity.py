@@ -119,3 +119,11 @@ def test_fisher_with_saturated_softmax_equals_brute_force():
     params = list(model.parameters())
     omega = importance.create("fisher").task_importance(params, TaskSample(model, x))
     assert_close(omega, naive_measure("fisher", model, params, x))
+
+
+def test_a_layer_applied_twice_is_refused_not_miscounted():
+    layer = nn.Linear(3, 3).double()
+    model = nn.Sequential(layer, nn.Tanh(), layer)  # the same module twice in the forward pass
+    x = torch.randn(4, 3, dtype=torch.double)
+    with pytest.raises(ValueError, match="ran 2 times"):
+        importance.create("mas").task_importance(list(model.parameters()), TaskSample(model, x))

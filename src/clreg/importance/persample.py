@@ -51,11 +51,13 @@ class _Layer:
         self.input: Tensor | None = None
         self.output: Tensor | None = None
         self.recording = True  # off while the torch.func fallback re-runs the model
+        self.calls = 0
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):
         if self.recording:
             self.input, self.output = args[0].detach(), output
+            self.calls += 1
 
     def per_sample_floats(self) -> int:
         """Floats per sample this layer needs while a chunk is processed."""
@@ -89,8 +91,14 @@ class _Accumulator:
         self.forward, self.power, self.totals = forward, power, totals
 
     def run(self, x: Tensor, labels: Tensor | None, cotangents: Cotangents) -> None:
+        for layer in self.layers:
+            layer.calls = 0
         with torch.enable_grad():
             logits = self.forward(x)
+        for layer in self.layers:
+            if layer.calls != 1:  # the closed forms assume one application per forward pass
+                raise ValueError(f"{type(layer.module).__name__} {layer.module!r} ran {layer.calls} times in one "
+                                 "forward pass; per-sample statistics support each Linear/Conv2d running exactly once")
         v, w = cotangents(logits.detach(), labels)
         # fold the weights into the cotangents: w·δ² = (√w·δ)², w·abs(δ) = abs(w·δ) for w ≥ 0
         v = v * (w.sqrt() if self.power == "square" else w).unsqueeze(-1).to(v.dtype)
