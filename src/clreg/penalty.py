@@ -31,7 +31,7 @@ class QuadraticPenalty:
         self._twice_precision: list[Tensor] | None = None  # 2P, cached between consolidations
         self.diff = [torch.zeros_like(a) for a in self.anchor]  # θ − θ* at the last evaluation
         self.grad = [torch.zeros_like(a) for a in self.anchor]  # ∇R at the last autograd evaluation
-        self.evaluated = False  # True between an evaluation and `task_gradient`
+        self.evaluated = False  # True from an evaluation until the step's after_step
 
     @property
     def active(self) -> bool:
@@ -94,7 +94,6 @@ class QuadraticPenalty:
         """`out` ← grads − ∇R(θ_t) if the penalty was evaluated this step, else `grads` itself."""
         if not self.evaluated:
             return grads
-        self.evaluated = False
         for o, g, d, tp in zip(out, grads, self.diff, self.twice_precision()):
             torch.addcmul(g, d, tp, value=-1.0, out=o)
         return out

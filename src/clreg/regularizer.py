@@ -140,11 +140,15 @@ class Regularizer:
     @torch.no_grad()
     def after_step(self) -> None:
         """After `optimizer.step()`: let a trajectory measure observe g_t and the step Δ_t."""
-        if not self.measure.trajectory:
-            self.penalty_term.evaluated = False
-            return
+        try:
+            if self.measure.trajectory:
+                self._observe()
+        finally:
+            self.penalty_term.evaluated = False  # this step's ∇R(θ_t) is used up
+            self._task_grads = self._independent = None
+
+    def _observe(self) -> None:
         task_grads, independent = self._task_grads, self._independent
-        self._task_grads = self._independent = None
         if self.split:
             if task_grads is None:
                 raise ValueError("sos with split=True needs backward_split(loss_a, loss_b) each step")
@@ -156,8 +160,6 @@ class Regularizer:
                 raise ValueError("the model has active dropout: pass before_step(task_loss=...) so that g_t "
                                  "is taken with dropout off")
             task_grads = self.penalty_term.task_gradient(self._grads(), out=self._scratch)
-        else:
-            self.penalty_term.evaluated = False
         if self.measure.needs_independent_gradient and independent is None:
             raise ValueError(f"method {self.measure.name!r} needs before_step(independent_loss=...) every step")
         self.measure.observe_step(self.params, task_grads, independent)
