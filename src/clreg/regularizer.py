@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from . import importance
+from . import fused, importance
 from .importance import ImportanceMeasure, TaskSample
 from .penalty import QuadraticPenalty
 
@@ -51,7 +51,8 @@ class Regularizer:
 
     Use it in your own loop: add `penalty()` to the loss (once per step; or, faster, call
     `add_penalty_gradient()` after the task loss's backward), call `after_step()` after each
-    `optimizer.step()`, and `end_task(inputs)` when a task ends. Measures that need a gradient on
+    `optimizer.step()`, and `end_task(inputs)` when a task ends. Fastest: backpropagate the task
+    loss alone and call `step(optimizer)` in place of the optimiser's step (one fused pass for Adam). Measures that need a gradient on
     an independent minibatch (siu, sib, sos with α ≠ 0) also need `before_step(independent_loss=...)`
     before the optimiser step; `sos` with split=True instead uses `backward_split(loss_a, loss_b)`.
     """
@@ -136,6 +137,63 @@ class Regularizer:
         """Fast alternative to `penalty()` in the loss: after `loss.backward()` on the task loss alone,
         add ∇R = 2cΩ ⊙ (θ − θ*) to the parameters' `.grad` in place (no graph, no allocation)."""
         self.penalty_term.add_gradient_(self.params)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Finish a training step after `loss.backward()`: add ∇R to the gradient (unless `penalty()` was
+        in the loss), `optimizer.step()`, then `after_step()`.
+
+        For `torch.optim.Adam`/`AdamW` on float32 CPU tensors the three are one fused pass over the
+        parameters (`clreg.fused`); `.grad` then keeps the task-loss gradient. Other optimisers take
+        the three calls one after the other, with the same result.
+        """
+        statistic = self._fusable_statistic(optimizer)
+        if statistic is False:
+            if not self.penalty_term.evaluated:
+                self.add_penalty_gradient()
+            optimizer.step()
+            self.after_step()
+            return
+        try:
+            self._fused_step(optimizer, statistic)
+        finally:
+            self.penalty_term.evaluated = False
+            self._task_grads = self._independent = None
+
+    def _fusable_statistic(self, optimizer):
+        """The measure's per-step statistic (None if it has none) if the fused step applies, else False."""
+        if not fused.supported(optimizer):
+            return False
+        if not self.measure.trajectory:
+            return None
+        if not hasattr(self.measure, "step_statistic") or (self._task_grads is not None and not self.split):
+            return False  # a measure without a fused form, or g_t taken with dropout off
+        if self.split and self._task_grads is None:
+            return False  # after_step raises the helpful error
+        if self.measure.needs_independent_gradient and not self.split and self._independent is None:
+            return False
+        in_optimizer = {p for group in optimizer.param_groups for p in group["params"]}
+        if any(p not in in_optimizer for p in self.params):
+            return False  # a shared parameter the optimiser does not move still has a statistic
+        return True
+
+    @torch.no_grad()
+    def _fused_step(self, optimizer: torch.optim.Optimizer, trajectory: bool | None) -> None:
+        grads = self._grads()  # raises for a missing gradient
+        term = self.penalty_term
+        penalty = (2 if term.evaluated else 1) if term.active else 0
+        anchors = term.anchor if penalty else [None] * len(grads)
+        precisions = term.twice_precision() if penalty else [None] * len(grads)
+        statistic = self.measure.step_statistic() if trajectory else None
+        states = statistic.state if statistic else [None] * len(grads)
+        weights = (statistic.task_weight, statistic.independent_weight) if statistic else (0.0, 0.0)
+        others = [None] * len(grads)
+        if self.split:
+            others = self._task_grads  # g = g_A; g' = 2 (g_A + g_B)/2 − g_A
+            weights = (2.0 * weights[1], weights[0] - weights[1])
+        elif self._independent is not None:
+            others = self._independent
+        regularized = dict(zip(self.params, zip(anchors, precisions, states, others)))
+        fused.adam_step(optimizer, regularized, penalty, statistic, *weights)
 
     @torch.no_grad()
     def after_step(self) -> None:

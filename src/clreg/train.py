@@ -105,12 +105,10 @@ class Trainer:
                                F.cross_entropy(model(x[half:]), y[half:]))
         else:
             F.cross_entropy(model(x), y).backward()
-            reg.add_penalty_gradient()
             if independent is not None:
                 xi, yi = independent
                 reg.before_step(independent_loss=lambda: F.cross_entropy(model(xi), yi))
-        optimizer.step()
-        reg.after_step()
+        reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass
 
     def consolidate(self, task: int) -> None:
         """End of task: hand the regulariser a sample of the task's training inputs (n of them)."""

@@ -1,6 +1,8 @@
 """Importance measures and their registry: names (as in the paper) → classes."""
 from __future__ import annotations
 
+import inspect
+
 from .base import ImportanceMeasure, TaskSample
 from .sensitivity import (L2, AbsoluteFisher, FineTune, Fisher, L2Constant, MaxMemoryAwareSynapses,
                           MaxMemoryAwareSynapsesLogits, MemoryAwareSynapses, MemoryAwareSynapsesLogits,
@@ -28,6 +30,11 @@ def create(name: str, **options) -> ImportanceMeasure:
     key = ALIASES.get(name, name)
     if key not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}")
+    accepted = [n for n in inspect.signature(REGISTRY[key]).parameters if n != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"method {name!r} has no option {', '.join(map(repr, unknown))}; "
+                         f"its options are: {', '.join(accepted) or 'none'}")
     return REGISTRY[key](**options)
 
 

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..fused import StepStatistic
 from .base import ImportanceMeasure, TaskSample, clone_all, zeros_like_all
 
 
@@ -19,6 +20,7 @@ class SynapticIntelligence(ImportanceMeasure):
     name = "si"
     description = "Synaptic Intelligence: path integral -g_t*Delta_t, rescaled by (Delta theta)^2 + xi"
     trajectory = True
+    weights = (1.0, 0.0)  # u = a·g_t + b·g'_t in the path integral −u ⊙ Δ_t
 
     def __init__(self, xi: float = 0.1, rescale: bool = True, clip: bool = True):
         if not xi > 0:
@@ -40,8 +42,16 @@ class SynapticIntelligence(ImportanceMeasure):
         """The gradient estimate multiplied with the step: g_t for SI."""
         return grads
 
+    def step_statistic(self) -> StepStatistic:
+        """For the fused step (clreg.fused), which accumulates the path integral in its own pass."""
+        self.previous = []  # θ_{t+1} is no longer tracked here
+        return StepStatistic("path", self.path, *self.weights)
+
     @torch.no_grad()
     def observe_step(self, params, grads, independent) -> None:  # noqa: D102
+        if not self.previous:
+            raise ValueError("a task cannot mix Regularizer.step(optimizer) with optimizer.step() + after_step(); "
+                             "use one of the two from the task's start")
         g = self.contribution(grads, independent)
         theta = [p.detach() for p in params]
         torch._foreach_sub_(self.previous, theta)  # previous = θ_t − θ_{t+1} = −Δ_t
@@ -67,6 +77,7 @@ class SynapticIntelligenceUnbiased(SynapticIntelligence):
     name = "siu"
     description = "SI unbiased: path integral with the gradient of an independent minibatch g'_t"
     needs_independent_gradient = True
+    weights = (0.0, 1.0)
 
     def contribution(self, grads, independent):  # noqa: D102
         return independent
@@ -78,6 +89,7 @@ class SynapticIntelligenceBias(SynapticIntelligence):
     name = "sib"
     description = "SI bias-only: -(g_t - g'_t)*Delta_t, rescaled like SI"
     needs_independent_gradient = True
+    weights = (1.0, -1.0)
 
     def begin_task(self, params: list[Tensor]) -> None:  # noqa: D102
         super().begin_task(params)
@@ -127,6 +139,11 @@ class SecondOrderSynapses(ImportanceMeasure):
         self.second_moment = zeros_like_all(params)
         self.scratch = zeros_like_all(params) if self.alpha != 0.0 else []
         self.steps = 0
+
+    def step_statistic(self) -> StepStatistic:
+        """For the fused step (clreg.fused): v ← β₂v + (1 − β₂)(g_t − α g'_t)² in its own pass."""
+        self.steps += 1
+        return StepStatistic("moment", self.second_moment, 1.0, -self.alpha, self.beta2)
 
     @torch.no_grad()
     def observe_step(self, params, grads, independent) -> None:  # noqa: D102

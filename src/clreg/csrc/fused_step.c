@@ -1,0 +1,99 @@
+/* clreg's fused training step: in one pass over a parameter tensor,
+ *   1. the penalty gradient 2P(θ − θ*) joins the task gradient g (or is taken out of a gradient that
+ *      already holds it, when the penalty was in the loss),
+ *   2. Adam or AdamW updates θ, m, v exactly as torch.optim.Adam(fused=True) does,
+ *   3. a trajectory statistic is accumulated from u = a·g + b·g' (g' another gradient):
+ *        path:   s += −u ⊙ (θ_new − θ_old)          (SI, SIU, SIB)
+ *        moment: s  = β s + (1 − β) u ⊙ u           (SOS)
+ * Unfused, these are ~20 passes over the parameters per step; fused, the penalty and the statistic
+ * add three arrays to Adam's four. Built at first use by clreg.native; plain C, no torch headers. */
+#include <stdint.h>
+#include <math.h>
+
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+    double bias_correction1, bias_correction2_sqrt;
+    double task_weight, other_weight, decay;
+    int64_t decoupled;         /* 1: AdamW's θ ← θ(1 − lr·wd); 0: Adam's g ← g + wd·θ */
+    int64_t penalty;           /* 0 none, 1 add 2P(θ−θ*) to g, 2 g already holds it: take it out for u */
+    int64_t statistic;         /* 0 none, 1 path, 2 moment */
+    int64_t threads;
+} clreg_step_options;
+
+static inline void step_range(int64_t begin, int64_t end, const clreg_step_options *o,
+                              float *restrict param, const float *restrict grad,
+                              float *restrict exp_avg, float *restrict exp_avg_sq,
+                              const float *restrict anchor, const float *restrict twice_precision,
+                              float *restrict stat, const float *restrict other,
+                              const int penalty, const int statistic, const int decoupled)
+{
+    const float lr = (float)o->lr, wd = (float)o->weight_decay;
+    const float one_minus_beta1 = (float)(1.0 - o->beta1), beta2 = (float)o->beta2;
+    const float one_minus_beta2 = (float)(1.0 - o->beta2), eps = (float)o->eps;
+    const float step_size = (float)(o->lr / o->bias_correction1);
+    const float bc2_sqrt = (float)o->bias_correction2_sqrt;
+    const float a = (float)o->task_weight, b = (float)o->other_weight;
+    const float decay = (float)o->decay, one_minus_decay = (float)(1.0 - o->decay);
+    const float decay_factor = 1.0f - lr * wd;
+#pragma omp simd
+    for (int64_t i = begin; i < end; i++) {
+        const float theta = param[i];
+        float g_task = grad[i], g = grad[i];
+        if (penalty) {
+            const float pen = twice_precision[i] * (theta - anchor[i]);
+            if (penalty == 1) g += pen; else g_task -= pen;
+        }
+        float p = theta;
+        if (wd != 0.0f) {
+            if (decoupled) p *= decay_factor; else g += wd * theta;
+        }
+        const float m = exp_avg[i] + one_minus_beta1 * (g - exp_avg[i]);
+        const float v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        p -= step_size * m / (sqrtf(v) / bc2_sqrt + eps);
+        param[i] = p;
+        if (statistic) {
+            const float u = other ? a * g_task + b * other[i] : a * g_task;
+            if (statistic == 1) stat[i] -= u * (p - theta);
+            else stat[i] = decay * stat[i] + one_minus_decay * u * u;
+        }
+    }
+}
+
+#define DISPATCH(P, S, D)                                                                          \
+    step_range(begin, end, o, param, grad, exp_avg, exp_avg_sq, anchor, twice_precision, stat,    \
+               other, P, S, D)
+
+static void step_chunk(int64_t begin, int64_t end, const clreg_step_options *o, float *param,
+                       const float *grad, float *exp_avg, float *exp_avg_sq, const float *anchor,
+                       const float *twice_precision, float *stat, const float *other)
+{
+    /* constant flags so that the compiler emits one branch-free loop per combination */
+    const int d = o->decoupled != 0;
+    switch ((int)(o->penalty * 3 + o->statistic)) {
+    case 0: if (d) DISPATCH(0, 0, 1); else DISPATCH(0, 0, 0); break;
+    case 1: if (d) DISPATCH(0, 1, 1); else DISPATCH(0, 1, 0); break;
+    case 2: if (d) DISPATCH(0, 2, 1); else DISPATCH(0, 2, 0); break;
+    case 3: if (d) DISPATCH(1, 0, 1); else DISPATCH(1, 0, 0); break;
+    case 4: if (d) DISPATCH(1, 1, 1); else DISPATCH(1, 1, 0); break;
+    case 5: if (d) DISPATCH(1, 2, 1); else DISPATCH(1, 2, 0); break;
+    case 6: if (d) DISPATCH(2, 0, 1); else DISPATCH(2, 0, 0); break;
+    case 7: if (d) DISPATCH(2, 1, 1); else DISPATCH(2, 1, 0); break;
+    default: if (d) DISPATCH(2, 2, 1); else DISPATCH(2, 2, 0); break;
+    }
+}
+
+int64_t clreg_fused_step(int64_t n, const clreg_step_options *o, float *param, const float *grad,
+                         float *exp_avg, float *exp_avg_sq, const float *anchor,
+                         const float *twice_precision, float *stat, const float *other)
+{
+    const int64_t grain = 1 << 15; /* elements per chunk; small tensors stay on one thread */
+    const int64_t chunks = (n + grain - 1) / grain;
+#pragma omp parallel for schedule(static) num_threads((int)o->threads) if (chunks > 1)
+    for (int64_t c = 0; c < chunks; c++) {
+        const int64_t begin = c * grain, end = begin + grain < n ? begin + grain : n;
+        step_chunk(begin, end, o, param, grad, exp_avg, exp_avg_sq, anchor, twice_precision, stat, other);
+    }
+    return 0;
+}
