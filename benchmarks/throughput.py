@@ -1,11 +1,13 @@
-"""Training throughput of clreg against a plain PyTorch loop, measured in the same run.
+"""Training throughput of clreg against a plain PyTorch loop and against the machine's matmul peak.
 
-Permuted MNIST, 3 tasks × 1 epoch (⌊60000/256⌋ = 234 steps each), batch 256, at widths 400,400 and
-2000,2000. The plain loop (written below: data in memory, Adam, no penalty) is the reference; each
-clreg method's training time is quoted as a ratio to it. Variants are interleaved over `--repeats`
-rounds and the median time is used, because the machine is noisy. EWC's post-task Fisher (1000
-samples) is quoted as a fraction of one task's training time (median over tasks 2–3; the
-first Fisher of a process includes one-time kernel set-up and is quoted separately).
+Permuted MNIST at full width (784-2000-2000-10, batch 256; also 400,400), 3 tasks × 1 epoch
+(⌊60000/256⌋ = 234 steps each), so that the penalty is active in tasks 2 and 3. Reported per variant:
+training seconds (median over `--repeats` interleaved rounds: the machine is noisy), the ratio to
+clreg finetune, and the fraction of the matmul peak, i.e. (the step's matmul FLOPs × steps / time) /
+peak, where the peak is measured in the same run by timing `torch.matmul` on exactly the step's
+shapes (forward, weight gradients, input gradients). The plain loop is what a user writes without
+clreg (default Adam, index-and-permute batches). EWC's post-task Fisher (1000 samples) is quoted as
+a share of one task's training time (tasks 2–3; the first includes one-time set-up).
 
     python benchmarks/throughput.py --data-dir ../shared/datasets --out benchmarks/results/throughput.json
 """
@@ -25,16 +27,44 @@ from clreg.models import MLP
 from clreg.results import machine, versions, write_json
 from clreg.train import Trainer
 
-METHODS = {"finetune": {}, "si": {}, "sos": {}, "siu": {}, "ewc": {}}
+METHODS = ["finetune", "si", "sos", "siu", "ewc"]
 TASKS, EPOCHS, BATCH = 3, 1, 256
 
 
-def plain_loop(bench, hidden: list[int], steps: int) -> float:
-    """What a user would write without clreg: shuffled batches, Adam, cross-entropy. Returns seconds."""
+def matmul_shapes(widths: list[int], batch: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matrix product in one training step of the MLP (no input gradient for layer 1)."""
+    dims = [784, *widths, 10]
+    shapes = []
+    for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
+        shapes.append((batch, fan_in, fan_out))  # forward
+        shapes.append((fan_out, batch, fan_in))  # weight gradient
+        if i > 0:
+            shapes.append((batch, fan_out, fan_in))  # gradient of the layer's input
+    return shapes
+
+
+def step_flops(shapes) -> float:
+    return sum(2.0 * m * k * n for m, k, n in shapes)
+
+
+def matmul_peak(shapes, seconds: float = 3.0) -> float:
+    """FLOP/s of torch.matmul on the step's shapes, back to back (best of repeated rounds)."""
+    operands = [(torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)) for m, k, n in shapes]
+    flops, best, deadline = step_flops(shapes), 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for a, b, out in operands:
+            torch.matmul(a, b, out=out)
+        best = max(best, flops / (time.perf_counter() - start))
+    return best
+
+
+def plain_loop(bench, hidden: list[int], steps: int) -> list[float]:
+    """What a user writes without clreg: shuffled batches, Adam, cross-entropy. Seconds per task."""
     torch.manual_seed(0)
     model = MLP(bench.in_features, hidden, 10)
     x_all, y_all = bench.train.x, bench.train.y
-    elapsed = 0.0
+    seconds = []
     for task in range(TASKS):
         perm = bench.permutations[task]
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -46,66 +76,87 @@ def plain_loop(bench, hidden: list[int], steps: int) -> float:
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
-        elapsed += time.perf_counter() - start
-    return elapsed
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def clreg_loop(bench, hidden: list[int], method: str) -> dict:
-    """clreg's trainer on the same benchmark; training and importance seconds."""
+    """clreg's trainer on the same benchmark: training seconds and importance seconds per task."""
     config = RunConfig(method=method, c=1.0, tasks=TASKS, epochs=EPOCHS, batch_size=BATCH, hidden=hidden)
     trainer = Trainer(config, bench, progress=False)
-    per_task = []
+    train, importance = [], []
     for task in range(TASKS):
-        before = trainer.timing["importance_seconds"]
+        before = dict(trainer.timing)
         trainer.train_task(task)
-        per_task.append(trainer.timing["importance_seconds"] - before)
-    return {**trainer.timing, "importance_per_task": per_task}
+        train.append(trainer.timing["train_seconds"] - before["train_seconds"])
+        importance.append(trainer.timing["importance_seconds"] - before["importance_seconds"])
+    return {"train": train, "importance": importance}
+
+
+def summarise(runs: list[dict], flops_per_task: float, peak: float, reference: float | None) -> dict:
+    total = statistics.median(sum(r["train"]) for r in runs)
+    later = statistics.median(sum(r["train"][1:]) for r in runs)  # tasks 2–3: penalty active
+    entry = {"train_seconds": total, "train_all": [sum(r["train"]) for r in runs],
+             "tasks_2_3_seconds": later, "fraction_of_matmul_peak": TASKS * flops_per_task / total / peak}
+    if reference is not None:
+        entry["ratio_to_finetune"] = total / reference["train_seconds"]
+        entry["ratio_to_finetune_tasks_2_3"] = later / reference["tasks_2_3_seconds"]
+    return entry
 
 
 def measure(bench, hidden: list[int], repeats: int) -> dict:
     steps = EPOCHS * (60000 // BATCH)
+    shapes = matmul_shapes(hidden, BATCH)
+    peak = matmul_peak(shapes)
+    flops_per_task = step_flops(shapes) * steps
     plain, runs = [], {m: [] for m in METHODS}
     for _ in range(repeats):
-        plain.append(plain_loop(bench, hidden, steps))
+        plain.append({"train": plain_loop(bench, hidden, steps)})
         for method in METHODS:
             runs[method].append(clreg_loop(bench, hidden, method))
-    plain_s = statistics.median(plain)
-    row = {"plain_seconds": plain_s, "plain_all": plain, "methods": {}}
-    for method, timings in runs.items():
-        train = statistics.median(t["train_seconds"] for t in timings)
-        entry = {"train_seconds": train, "ratio_to_plain": train / plain_s,
-                 "train_all": [t["train_seconds"] for t in timings]}
-        if method == "ewc":  # the first Fisher of a process includes one-time kernel set-up: quoted apart
-            per_task = [t["importance_per_task"] for t in timings]
-            later = statistics.median(x for tasks in per_task for x in tasks[1:])
-            entry["importance_seconds_per_task"] = later
-            entry["importance_first_task_seconds"] = statistics.median(tasks[0] for tasks in per_task)
-            entry["importance_fraction_of_task"] = later / (train / TASKS)
+    row = {"matmul_peak_gflops": peak / 1e9, "step_gflop": step_flops(shapes) / 1e9, "steps_per_task": steps,
+           "plain": summarise(plain, flops_per_task, peak, None), "methods": {}}
+    finetune = summarise(runs["finetune"], flops_per_task, peak, None)
+    row["plain"]["ratio_to_finetune"] = row["plain"]["train_seconds"] / finetune["train_seconds"]
+    for method in METHODS:
+        entry = summarise(runs[method], flops_per_task, peak, finetune)
+        if method == "ewc":  # the first Fisher of a process includes one-time set-up: quoted apart
+            later = statistics.median(x for r in runs[method] for x in r["importance"][1:])
+            entry["fisher_seconds_per_task"] = later
+            entry["fisher_first_task_seconds"] = statistics.median(r["importance"][0] for r in runs[method])
+            entry["fisher_share_of_task"] = later / (entry["train_seconds"] / TASKS)
         row["methods"][method] = entry
     return row
 
 
+def report(widths: str, row: dict) -> None:
+    print(f"widths {widths}: matmul peak {row['matmul_peak_gflops']:.0f} GFLOP/s on the step's shapes, "
+          f"{row['step_gflop']:.2f} GFLOP per step", flush=True)
+    plain = row["plain"]
+    print(f"  {'plain':<9} {plain['train_seconds']:7.2f}s  {plain['ratio_to_finetune']:.3f}x finetune  "
+          f"{100 * plain['fraction_of_matmul_peak']:.0f}% of peak", flush=True)
+    for method, e in row["methods"].items():
+        extra = ""
+        if "fisher_share_of_task" in e:
+            extra = (f"  Fisher {e['fisher_seconds_per_task']:.2f}s/task = {100 * e['fisher_share_of_task']:.1f}% "
+                     f"of a task (first, with set-up: {e['fisher_first_task_seconds']:.2f}s)")
+        print(f"  {method:<9} {e['train_seconds']:7.2f}s  {e['ratio_to_finetune']:.3f}x finetune "
+              f"(tasks 2-3: {e['ratio_to_finetune_tasks_2_3']:.3f}x)  {100 * e['fraction_of_matmul_peak']:.0f}% of peak"
+              f"{extra}", flush=True)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="clreg training throughput vs a plain PyTorch loop")
+    parser = argparse.ArgumentParser(description="clreg training throughput vs a plain loop and the matmul peak")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--widths", default="400,400;2000,2000")
+    parser.add_argument("--widths", default="2000,2000;400,400")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     bench = permuted_mnist(TASKS, seed=0, data_dir=args.data_dir)
     results = {}
     for widths in args.widths.split(";"):
-        hidden = [int(w) for w in widths.split(",")]
-        row = measure(bench, hidden, args.repeats)
-        results[widths] = row
-        print(f"widths {widths}: plain loop {row['plain_seconds']:.2f}s for {TASKS} tasks", flush=True)
-        for method, entry in row["methods"].items():
-            extra = ""
-            if "importance_fraction_of_task" in entry:
-                extra = (f"  Fisher {entry['importance_seconds_per_task']:.2f}s/task = "
-                         f"{100 * entry['importance_fraction_of_task']:.1f}% of a task's training "
-                         f"(first task, with set-up: {entry['importance_first_task_seconds']:.2f}s)")
-            print(f"  {method:<9} {entry['train_seconds']:7.2f}s  {entry['ratio_to_plain']:.3f}x plain{extra}", flush=True)
+        results[widths] = measure(bench, [int(w) for w in widths.split(",")], args.repeats)
+        report(widths, results[widths])
     record = {"benchmark": "throughput", "tasks": TASKS, "epochs": EPOCHS, "batch_size": BATCH,
               "repeats": args.repeats, "results": results, "machine": machine(), "versions": versions(),
               "command": " ".join(["python", *sys.argv])}

@@ -14,7 +14,7 @@ def tiny_mlp():
     return nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
 
 
-def assert_close(actual, expected, rtol=1e-6):
+def assert_close(actual, expected, rtol=1e-9):  # float64 throughout: far below the 1e-6
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=rtol, atol=1e-12)
 

@@ -42,6 +42,11 @@ class SensitivityMeasure(ImportanceMeasure):
         return self.finish(totals)
 
 
+def _at_least_float32(logits: Tensor) -> Tensor:
+    """Logits in float32, or in their own precision if higher (half models get a float32 softmax)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def fisher_square_root(q: Tensor) -> Tensor:
     """C − 1 cotangents per sample, (C − 1, n, C), whose outer products sum to the softmax Fisher
     diag(q) − qqᵀ = Σ_y q_y (e_y − q)(e_y − q)ᵀ: the exact Fisher with one backward pass fewer.
@@ -87,7 +92,7 @@ class Fisher(SensitivityMeasure):
         return {"mode": self.mode, "draws": self.draws} if self.mode == "sampled" else {"mode": self.mode}
 
     def cotangents(self, logits: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:  # noqa: D102
-        q = logits.float().softmax(dim=1)
+        q = _at_least_float32(logits).softmax(dim=1)
         n, classes = q.shape
         if self.mode == "exact" and self.power == "square" and classes > 1:
             return fisher_square_root(q), q.new_ones(classes - 1, n)
@@ -130,7 +135,7 @@ class MemoryAwareSynapses(SensitivityMeasure):
     power = "abs"
 
     def cotangents(self, logits, labels):  # noqa: D102
-        q = logits.float().softmax(dim=1)
+        q = _at_least_float32(logits).softmax(dim=1)
         v = 2 * q * (q - q.square().sum(1, keepdim=True))  # ∂‖q‖²/∂z
         return v.unsqueeze(0), q.new_ones(1, q.shape[0])
 
@@ -143,7 +148,7 @@ class MemoryAwareSynapsesLogits(SensitivityMeasure):
     power = "abs"
 
     def cotangents(self, logits, labels):  # noqa: D102
-        z = logits.float()
+        z = _at_least_float32(logits)
         return (2 * z).unsqueeze(0), z.new_ones(1, z.shape[0])
 
 
@@ -155,7 +160,7 @@ class MaxMemoryAwareSynapses(SensitivityMeasure):
     power = "abs"
 
     def cotangents(self, logits, labels):  # noqa: D102
-        q = logits.float().softmax(dim=1)
+        q = _at_least_float32(logits).softmax(dim=1)
         top, y0 = q.max(dim=1)
         v = -2 * top.square().unsqueeze(1) * _label_cotangents(q, y0)  # ∂q(y0)²/∂z = 2q(y0)²(e_y0 − q)
         return v.unsqueeze(0), q.new_ones(1, q.shape[0])
@@ -169,7 +174,7 @@ class MaxMemoryAwareSynapsesLogits(SensitivityMeasure):
     power = "abs"
 
     def cotangents(self, logits, labels):  # noqa: D102
-        z = logits.float()
+        z = _at_least_float32(logits)
         top, y0 = z.max(dim=1)
         v = 2 * top.unsqueeze(1) * F.one_hot(y0, z.shape[1]).to(z.dtype)
         return v.unsqueeze(0), z.new_ones(1, z.shape[0])
