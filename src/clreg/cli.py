@@ -54,6 +54,15 @@ def cli() -> None:
               help="SOS: g and g' from the two halves of the minibatch")
 @click.option("--fisher-mode", default="exact", show_default=True, help="Fisher: exact, sampled or empirical")
 @click.option("--fisher-draws", type=int, default=1, show_default=True, help="Fisher, sampled: labels drawn per sample")
+@click.option("--penalty", default="online", show_default=True,
+              help="combining tasks' penalties: online, separate or debiased (SPEC §4)")
+@click.option("--prior", type=float, default=0.0, show_default=True, help="Gaussian prior precision lambda_prior >= 0")
+@click.option("--decay", type=float, default=1.0, show_default=True, help="online penalty: Omega <- decay*Omega + omega")
+@click.option("--revisit", is_flag=True, help="debiased: at the end, drop task 1's penalty and learn task 1 again")
+@click.option("--proxy-every", type=int, default=0, show_default=True,
+              help="every N steps, log each earlier task's proxy loss and measured loss increase (0: off)")
+@click.option("--proxy-samples", type=int, default=500, show_default=True,
+              help="test samples per task for the measured loss increase")
 @click.option("--data-dir", default=None, help="directory containing mnist/ (else $CLREG_DATA_DIR, cache, download)")
 @click.option("--out", "out", default=None, help="write the results as JSON to this file")
 @click.option("--quiet", is_flag=True, help="no progress bars")
@@ -81,6 +90,14 @@ def run(hidden: str, sos_alpha: str, out: str | None, quiet: bool, **options) ->
     click.echo(f"average accuracy {100 * result['average_accuracy']:.2f}%  "
                f"forgetting {100 * result['mean_forgetting']:.2f}%  BWT {100 * result['bwt']:.2f}%  "
                f"train {result['timing']['train_seconds']:.1f}s  importance {result['timing']['importance_seconds']:.1f}s")
+    if "revisit" in result:
+        before, after = result["revisit"]["accuracy_before"], result["revisit"]["accuracy_after"]
+        click.echo(f"revisit: task 1's penalty dropped and task 1 learned again: task 1 {100 * before[0]:.2f}% -> "
+                   f"{100 * after[0]:.2f}%, average {100 * sum(before) / len(before):.2f}% -> "
+                   f"{100 * sum(after) / len(after):.2f}%")
+    if "proxy_losses" in result:
+        r = result["proxy_losses"]["correlation_proxy_vs_loss_increase"]
+        click.echo("proxy loss vs measured loss increase: " + ("too few records" if r is None else f"Pearson r = {r:.3f}"))
     if out:
         write_json(out, result)
         click.echo(f"results written to {out}", err=True)

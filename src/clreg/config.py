@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from . import importance
+from .penalty import MODES
 from .benchmarks import BENCHMARKS, EVALUATE_ON
 
 # ξ of SI's rescaling per benchmark (SPEC §2), and the number of samples of post-task measures (§3)
@@ -35,6 +36,12 @@ class RunConfig:
     sos_split: bool = False
     fisher_mode: str = "exact"
     fisher_draws: int = 1
+    penalty: str = "online"  # online, separate or debiased (SPEC §4)
+    prior: float = 0.0  # λ_prior
+    decay: float = 1.0  # γ (online only)
+    revisit: bool = False  # after the last task, drop task 1's penalty (debiased) and learn it again
+    proxy_every: int = 0  # log per-task proxy losses every this many steps (0: off)
+    proxy_samples: int = 500  # test samples per task for the measured loss increase
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -58,7 +65,17 @@ class RunConfig:
                    f"importance samples must be >= 1, got {self.importance_samples}"),
                   (self.evaluate_on in EVALUATE_ON,
                    f"evaluate_on must be one of {', '.join(EVALUATE_ON)}, got {self.evaluate_on!r}"),
-                  (not self.sos_split or self.batch_size >= 4, "sos split needs a batch size >= 4")]
+                  (not self.sos_split or self.batch_size >= 4, "sos split needs a batch size >= 4"),
+                  (self.penalty in MODES, f"penalty must be one of {', '.join(MODES)}, got {self.penalty!r}"),
+                  (self.prior >= 0, f"prior must be >= 0, got {self.prior}"),
+                  (0 < self.decay <= 1, f"decay must be in (0, 1], got {self.decay}"),
+                  (self.decay == 1 or self.penalty == "online",
+                   f"decay (gamma) applies to the online penalty only, not {self.penalty!r}"),
+                  (not self.revisit or self.penalty == "debiased",
+                   "revisit drops a task's penalty, which needs penalty 'debiased'"),
+                  (not self.revisit or self.tasks >= 2, "revisit needs at least 2 tasks"),
+                  (self.proxy_every >= 0, f"proxy-every must be >= 0, got {self.proxy_every}"),
+                  (self.proxy_samples >= 1, f"proxy samples must be >= 1, got {self.proxy_samples}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

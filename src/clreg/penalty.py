@@ -1,35 +1,66 @@
-"""The shared quadratic penalty R(θ) = c · Σ_i Ω_i (θ_i − θ*_i)² with its analytic gradient (SPEC §1, §4).
+"""The shared quadratic penalty over tasks and its analytic gradient (SPEC §1, §4).
 
-This module implements the *online* combination (SPEC §4, the default): one penalty anchored at the
-latest parameters, Ω ← γ·Ω + ω^(k) after each task, plus an optional Gaussian prior precision.
+Every combination of per-task penalties that SPEC §4 defines is one quadratic form in θ,
+
+    R(θ) = Σ_i P_i (θ_i − m_i)² + K,
+
+with a precision P, a centre m and a constant K, so the training step needs only P and m, whatever the
+mode and however many tasks there are (the gradient is 2P ⊙ (θ − m)):
+- online (default): P = cΩ + λ_prior with Ω ← γΩ + ω after each task, m = θ* (the latest anchor), K = 0;
+- separate: Σ_t Λ_t (θ − θ*_t)² + λ_prior θ², Λ_t = c·ω_t, one anchor per task: P = ΣΛ_t + λ_prior,
+  m = ΣΛ_t θ*_t / P;
+- debiased: Σ_t Λ_t (θ − θ̃_t)² + λ_prior θ² with the centres θ̃_t of SPEC §4: P as for separate, and
+  m equals the latest anchor until a task's term is dropped (`drop_task`, for revisiting it).
+The per-task terms are kept for separate and debiased (and for proxy losses when `keep_tasks`).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+MODES = ("online", "separate", "debiased")
+NEGLIGIBLE = 1e-6  # a task's Λ below this fraction of the precision so far gives it no debiased term
+
+
+@dataclass
+class TaskTerm:
+    """One task's term Σ_i Λ_i (θ_i − centre_i)²: θ*_t for separate, θ̃_t for debiased."""
+
+    precision: list[Tensor]
+    centre: list[Tensor]
+
 
 class QuadraticPenalty:
-    """Ω, the anchor θ* and the precision P = c·Ω + λ_prior; evaluates R and ∇R = 2P ⊙ (θ − θ*).
+    """Ω, the anchors and the precision/centre form of R; evaluates R and ∇R = 2P ⊙ (θ − m).
 
     Parameters are held as a list of tensors (the regularised, shared parameters in a fixed order).
     """
 
-    def __init__(self, params: list[Tensor], c: float, decay: float = 1.0, prior: float = 0.0):
+    def __init__(self, params: list[Tensor], c: float, decay: float = 1.0, prior: float = 0.0,
+                 mode: str = "online", keep_tasks: bool = False):
         if c < 0:
             raise ValueError(f"c must be >= 0, got {c}")
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
         if prior < 0:
             raise ValueError(f"prior must be >= 0, got {prior}")
-        self.c = float(c)
-        self.decay = float(decay)
-        self.prior = float(prior)
+        if mode not in MODES:
+            raise ValueError(f"penalty mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if decay != 1.0 and mode != "online":
+            raise ValueError(f"decay (γ = {decay}) is defined for the online penalty only, not {mode!r}")
+        self.c, self.decay, self.prior, self.mode = float(c), float(decay), float(prior), mode
+        self.keep_tasks = keep_tasks or mode != "online"
         self.omega = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
         self.anchor = [p.detach().clone(memory_format=torch.contiguous_format) for p in params]
+        self.centre = self.anchor if mode == "online" else [a.clone() for a in self.anchor]
+        self.tasks: list[TaskTerm | None] = []  # per task, None once dropped
+        self.constant = 0.0  # K, in float64
         self.tasks_consolidated = 0
         self._twice_precision: list[Tensor] | None = None  # 2P, cached between consolidations
-        self.diff = [torch.zeros_like(a) for a in self.anchor]  # θ − θ* at the last evaluation
+        self._debiased: list[Tensor] | None = None  # θ̃ bookkeeping: ΣΛ_t θ̃_t in float64 (keep_tasks)
+        self.diff = [torch.zeros_like(a) for a in self.anchor]  # θ − m at the last evaluation
         self.grad = [torch.zeros_like(a) for a in self.anchor]  # ∇R at the last autograd evaluation
         self.evaluated = False  # True from an evaluation until the step's after_step
 
@@ -38,9 +69,26 @@ class QuadraticPenalty:
         """True once a task has been consolidated and the penalty has non-zero strength."""
         return self.tasks_consolidated > 0 and (self.c > 0 or self.prior > 0)
 
+    def precision(self) -> list[Tensor]:
+        """P = c·Ω + λ_prior per parameter tensor (online), or ΣΛ_t + λ_prior over the kept terms."""
+        if self.mode == "online":
+            p = torch._foreach_mul(self.omega, self.c)
+        else:
+            p = [torch.zeros_like(o) for o in self.omega]
+            for term in self.tasks:
+                if term is not None:
+                    torch._foreach_add_(p, term.precision)
+        if self.prior:
+            torch._foreach_add_(p, self.prior)
+        return p
+
     @torch.no_grad()
     def consolidate(self, omega: list[Tensor], params: list[Tensor], cumulative: bool = True) -> None:
-        """End of a task: Ω ← γΩ + ω (or Ω ← ω when not cumulative), θ* ← θ."""
+        """End of a task: Ω ← γΩ + ω (or Ω ← ω when not cumulative), θ* ← θ, per-task term added."""
+        if not cumulative and self.keep_tasks:
+            raise ValueError("a measure that replaces Ω (l2-const) works with the online penalty only, "
+                             "without per-task terms")
+        previous = self.precision() if self.keep_tasks else None
         if cumulative:
             if self.decay != 1.0:
                 torch._foreach_mul_(self.omega, self.decay)
@@ -48,37 +96,100 @@ class QuadraticPenalty:
         else:
             torch._foreach_copy_(self.omega, omega)
         torch._foreach_copy_(self.anchor, [p.detach() for p in params])
+        if self.keep_tasks:
+            self.tasks.append(self._new_term(torch._foreach_mul(omega, self.c), previous))
         self.tasks_consolidated += 1
+        self._refresh()
+
+    def _new_term(self, task_precision: list[Tensor], previous: list[Tensor]) -> TaskTerm:
+        """Task T's term: centre θ*_T (separate) or θ̃_T = θ*_T + P_{<T}(θ*_T − m_{<T}) / Λ_T (debiased)."""
+        if self.mode == "separate":
+            return TaskTerm(task_precision, [a.clone() for a in self.anchor])
+        centres = []
+        old_centres = self._debiased_centre()
+        for lam, p_old, m_old, a in zip(task_precision, previous, old_centres, self.anchor):
+            negligible = lam <= NEGLIGIBLE * p_old
+            lam.masked_fill_(negligible, 0.0)  # such a task adds no information there: no term
+            shift = p_old.double() * (a.double() - m_old) / lam.double().masked_fill(negligible, 1.0)
+            centres.append(torch.where(negligible, a.double(), a.double() + shift).to(a.dtype))
+        return TaskTerm(task_precision, centres)
+
+    def _debiased_centre(self) -> list[Tensor]:
+        """m of the kept debiased terms (float64), the latest anchor where there is no precision."""
+        b = [torch.zeros_like(a, dtype=torch.float64) for a in self.anchor]
+        p = [torch.full_like(a, self.prior, dtype=torch.float64) for a in self.anchor]
+        for term in self.tasks:
+            if term is not None:
+                for bi, pi, lam, centre in zip(b, p, term.precision, term.centre):
+                    bi.addcmul_(lam.double(), centre.double())
+                    pi.add_(lam.double())
+        return [torch.where(pi > 0, bi / pi.clamp_min(1e-300), a.double()) for bi, pi, a in zip(b, p, self.anchor)]
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        """Recompute 2P, the centre m and the constant K after the terms changed."""
         self._twice_precision = None
+        if self.mode == "online":
+            return
+        centre = self._debiased_centre()  # Σ Λ_t c_t / P over the kept terms, whatever their centres are
+        precision = self.precision()
+        constant = 0.0
+        for term in self.tasks:
+            if term is not None:
+                constant += sum(float((lam.double() * c.double().square()).sum())
+                                for lam, c in zip(term.precision, term.centre))
+        constant -= sum(float((p.double() * m.square()).sum()) for p, m in zip(precision, centre))
+        torch._foreach_copy_(self.centre, [m.to(a.dtype) for m, a in zip(centre, self.anchor)])
+        self.constant = constant
+
+    @torch.no_grad()
+    def drop_task(self, task: int) -> None:
+        """Remove task `task`'s term (debiased mode): the other tasks' terms stay exactly as they were,
+        so the task's data can be trained on again as if new."""
+        if self.mode != "debiased":
+            raise ValueError(f"dropping a task's penalty needs penalty mode 'debiased', not {self.mode!r}")
+        if not 0 <= task < len(self.tasks) or self.tasks[task] is None:
+            kept = [t for t, term in enumerate(self.tasks) if term is not None]
+            raise ValueError(f"task {task} has no penalty term to drop; terms are kept for tasks {kept}")
+        self.tasks[task] = None
+        self._refresh()
+
+    def proxies(self, params: list[Tensor]) -> list[float | None]:
+        """Per task t, Σ_i Λ_t,i (θ_i − centre_t,i)²: the quadratic estimate of task t's loss increase."""
+        if not self.keep_tasks:
+            raise ValueError("per-task proxy losses need the per-task terms: create the penalty with keep_tasks=True")
+        with torch.no_grad():
+            return [None if term is None else
+                    float(sum((lam * (p.detach() - c).square()).sum() for lam, p, c in zip(term.precision, params, term.centre)))
+                    for term in self.tasks]
 
     def twice_precision(self) -> list[Tensor]:
-        """2P = 2(c·Ω + λ_prior), per parameter tensor."""
+        """2P per parameter tensor, cached between consolidations."""
         if self._twice_precision is None:
             with torch.no_grad():
-                tp = torch._foreach_mul(self.omega, 2.0 * self.c)
-                if self.prior:
-                    torch._foreach_add_(tp, 2.0 * self.prior)
+                tp = self.precision()
+                torch._foreach_mul_(tp, 2.0)
             self._twice_precision = tp
         return self._twice_precision
 
     @torch.no_grad()
     def _difference(self, params: list[Tensor]) -> None:
-        for d, p, a in zip(self.diff, params, self.anchor):
-            torch.sub(p.detach(), a, out=d)
+        for d, p, m in zip(self.diff, params, self.centre):
+            torch.sub(p.detach(), m, out=d)
         self.evaluated = True
 
     @torch.no_grad()
     def value_and_grad(self, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """R(θ) and ∇R(θ) = 2P ⊙ (θ − θ*), written into preallocated buffers (no allocation)."""
+        """R(θ) and ∇R(θ) = 2P ⊙ (θ − m), written into preallocated buffers (no allocation)."""
         self._difference(params)
         for g, d, tp in zip(self.grad, self.diff, self.twice_precision()):
             torch.mul(d, tp, out=g)
         value = 0.5 * sum(torch.dot(d.view(-1), g.view(-1)) for d, g in zip(self.diff, self.grad))
-        return value, self.grad
+        return value + self.constant, self.grad
 
     @torch.no_grad()
     def add_gradient_(self, params: list[Tensor]) -> None:
-        """The fast path: p.grad += 2P ⊙ (θ − θ*) in place, after the task loss's backward."""
+        """The fast path: p.grad += 2P ⊙ (θ − m) in place, after the task loss's backward."""
         if not self.active:
             self.evaluated = False
             return
@@ -107,7 +218,7 @@ class QuadraticPenalty:
 
 
 class _AnalyticPenalty(torch.autograd.Function):
-    """Forward evaluates R; backward returns the stored 2P ⊙ (θ − θ*) instead of differentiating R."""
+    """Forward evaluates R; backward returns the stored 2P ⊙ (θ − m) instead of differentiating R."""
 
     @staticmethod
     def forward(ctx, penalty: QuadraticPenalty, *params: Tensor) -> Tensor:  # noqa: D102

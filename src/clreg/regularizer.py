@@ -59,12 +59,14 @@ class Regularizer:
 
     def __init__(self, model: nn.Module, method: str | ImportanceMeasure = "si", c: float = 1.0, *,
                  heads: Iterable[str] = (), shared: ParamFilter | None = None, decay: float = 1.0,
-                 prior: float = 0.0, memory_budget: int = 1 << 30, **options):
+                 prior: float = 0.0, penalty: str = "online", keep_tasks: bool = False,
+                 memory_budget: int = 1 << 30, **options):
         self.model = model
         self.measure = importance.create(method, **options) if isinstance(method, str) else method
         self.names, self.params = select_shared(model, heads, shared)
         strength = c if self.measure.regularizes else 0.0
-        self.penalty_term = QuadraticPenalty(self.params, strength, decay=decay, prior=prior)
+        self.penalty_term = QuadraticPenalty(self.params, strength, decay=decay, prior=prior, mode=penalty,
+                                             keep_tasks=keep_tasks)
         self.memory_budget = memory_budget
         self.last_importance: dict[str, Tensor] | None = None
         self._task_grads: list[Tensor] | None = None
@@ -86,6 +88,15 @@ class Regularizer:
     def anchor(self) -> dict[str, Tensor]:
         """Anchor θ* per parameter name."""
         return dict(zip(self.names, self.penalty_term.anchor))
+
+    def drop_task(self, task: int) -> None:
+        """Remove task `task`'s penalty term (penalty="debiased") to train on its data again as if new."""
+        self.penalty_term.drop_task(task)
+
+    def proxy_losses(self) -> list[float | None]:
+        """Per consolidated task t, Σ_i Λ_t,i (θ_i − θ̃_t,i)², the quadratic estimate of how much task t's
+        loss has risen (needs penalty="separate"/"debiased" or keep_tasks=True; None for dropped tasks)."""
+        return self.penalty_term.proxies(self.params)
 
     def begin_task(self) -> None:
         """Start a task: θ_start ← θ, per-task statistics reset. Called by the constructor and by
@@ -181,7 +192,7 @@ class Regularizer:
         grads = self._grads()  # raises for a missing gradient
         term = self.penalty_term
         penalty = (2 if term.evaluated else 1) if term.active else 0
-        anchors = term.anchor if penalty else [None] * len(grads)
+        anchors = term.centre if penalty else [None] * len(grads)
         precisions = term.twice_precision() if penalty else [None] * len(grads)
         statistic = self.measure.step_statistic() if trajectory else None
         states = statistic.state if statistic else [None] * len(grads)

@@ -14,6 +14,7 @@ from . import metrics
 from .benchmarks import PermutedBenchmark, build_benchmark, derive_seed
 from .config import RunConfig
 from .models import MLP, glorot_init
+from .proxy import ProxyLog
 from .regularizer import Regularizer
 
 
@@ -54,8 +55,12 @@ class Trainer:
         self.init_generator = torch.Generator().manual_seed(derive_seed(config.seed, 2))
         self.model = MLP(bench.in_features, config.hidden, bench.num_classes)
         self.model.reset_parameters(self.init_generator)
-        self.reg = Regularizer(self.model, config.method, config.c, **config.measure_options())
+        self.reg = Regularizer(self.model, config.method, config.c, penalty=config.penalty, prior=config.prior,
+                               decay=config.decay, keep_tasks=config.proxy_every > 0, **config.measure_options())
         self.timing = {"train_seconds": 0.0, "importance_seconds": 0.0, "evaluation_seconds": 0.0}
+        self.proxies = ProxyLog(self.model, self.reg, bench, config.proxy_samples) if config.proxy_every else None
+        self.steps_done = 0
+        self.revisit: dict | None = None
 
     def run(self) -> np.ndarray:
         """Train on every task; return the accuracy matrix A[k, j]."""
@@ -66,16 +71,26 @@ class Trainer:
             start = time.perf_counter()
             accuracy[task] = [evaluate(self.model, self.bench, j) for j in range(k_total)]
             self.timing["evaluation_seconds"] += time.perf_counter() - start
+        if self.config.revisit:
+            self.revisit_first_task()
         return accuracy
+
+    def revisit_first_task(self) -> None:
+        """Drop task 1's penalty term (debiased) and learn task 1 again as if new; evaluate all tasks."""
+        before = [evaluate(self.model, self.bench, j) for j in range(self.bench.num_tasks)]
+        self.reg.drop_task(0)
+        self.train_task(0, reinit=False)
+        after = [evaluate(self.model, self.bench, j) for j in range(self.bench.num_tasks)]
+        self.revisit = {"task": 0, "accuracy_before": before, "accuracy_after": after}
 
     def steps_per_task(self) -> int:
         """Epochs × ⌊epoch size / b⌋ steps (at least one per epoch)."""
         return self.config.epochs * max(1, self.bench.epoch_size // self.config.batch_size)
 
-    def train_task(self, task: int) -> None:
+    def train_task(self, task: int, reinit: bool = True) -> None:
         """The steps of one task, then the importance measurement and consolidation."""
         cfg, reg = self.config, self.reg
-        if task > 0 and cfg.reinit:
+        if task > 0 and cfg.reinit and reinit:
             glorot_init(self.model, self.model.bias_init, self.init_generator, names=set(reg.names))
             reg.begin_task()
         optimizer = make_optimizer(self.model, cfg.learning_rate)
@@ -89,10 +104,15 @@ class Trainer:
         for _ in tqdm(steps, desc=f"task {task + 1}/{self.bench.num_tasks}", disable=not self.progress, leave=False):
             x, y = self.bench.batch(task, next(batches))
             self.step(optimizer, x, y, None if independent is None else self.bench.batch(task, next(independent)))
+            self.steps_done += 1
+            if self.proxies is not None and self.steps_done % cfg.proxy_every == 0:
+                self.proxies.log(self.steps_done, task)
         self.timing["train_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
         self.consolidate(task)
         self.timing["importance_seconds"] += time.perf_counter() - start
+        if self.proxies is not None and reg.measure.regularizes:
+            self.proxies.task_end(task)
 
     def step(self, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
              independent: tuple[Tensor, Tensor] | None) -> None:
@@ -127,5 +147,10 @@ def run(config: RunConfig, progress: bool = True, bench: PermutedBenchmark | Non
                                      config.data_dir)
     trainer = Trainer(config, bench, progress)
     accuracy = trainer.run()
-    return {"config": config.to_dict(), "benchmark": bench.describe(),
-            "accuracy_matrix": accuracy.tolist(), **metrics.summary(accuracy), "timing": trainer.timing}
+    result = {"config": config.to_dict(), "benchmark": bench.describe(),
+              "accuracy_matrix": accuracy.tolist(), **metrics.summary(accuracy), "timing": trainer.timing}
+    if trainer.proxies is not None:
+        result["proxy_losses"] = trainer.proxies.summary()
+    if trainer.revisit is not None:
+        result["revisit"] = trainer.revisit
+    return result

@@ -59,10 +59,10 @@ class _Layer:
             self.input, self.output = args[0].detach(), output
             self.calls += 1
 
-    def per_sample_floats(self, cotangents: int) -> int:
-        """Floats per sample this layer needs while a chunk with `cotangents` per sample is processed."""
+    def per_sample_floats(self) -> int:
+        """Floats per sample this layer needs while a chunk is processed."""
         n = self.input.shape[0]
-        floats = (self.input.numel() + (2 + 2 * cotangents) * self.output.numel()) // n
+        floats = (self.input.numel() + 3 * self.output.numel()) // n
         if not self.factorised:
             w = self.module.weight
             floats += 2 * w.numel()
@@ -89,7 +89,6 @@ class _Accumulator:
                  forward: Callable[[Tensor], Tensor], power: str, params: list[Tensor], totals: list[Tensor]):
         self.layers, self.fallback, self.model, self.params = layers, fallback, model, params
         self.forward, self.power, self.totals = forward, power, totals
-        self.cotangent_count = 1  # K, known after the first chunk
 
     def run(self, x: Tensor, labels: Tensor | None, cotangents: Cotangents) -> None:
         for layer in self.layers:
@@ -101,19 +100,15 @@ class _Accumulator:
                 raise ValueError(f"{type(layer.module).__name__} {layer.module!r} ran {layer.calls} times in one "
                                  "forward pass; per-sample statistics support each Linear/Conv2d running exactly once")
         v, w = cotangents(logits.detach(), labels)
-        self.cotangent_count = v.shape[0]
         # fold the weights into the cotangents: w·δ² = (√w·δ)², w·abs(δ) = abs(w·δ) for w ≥ 0
         v = v * (w.sqrt() if self.power == "square" else w).unsqueeze(-1).to(v.dtype)
         summed = [torch.zeros_like(layer.output) for layer in self.layers if layer.factorised]
         unfolded = {id(layer): layer.unfolded_input() for layer in self.layers if not layer.factorised}
         outputs = [layer.output for layer in self.layers]
-        # one backward for all K cotangents at once (vmapped): K× larger matrix products
-        batched = torch.autograd.grad(logits, outputs, v, retain_graph=bool(self.fallback),
-                                      is_grads_batched=True) if outputs else []
         for k in range(v.shape[0]):
+            deltas = torch.autograd.grad(logits, outputs, v[k], retain_graph=True) if outputs else []
             factorised = iter(summed)
-            for layer, deltas in zip(self.layers, batched):
-                delta = deltas[k]
+            for layer, delta in zip(self.layers, deltas):
                 if not layer.factorised:
                     self._add_positional(layer, delta, unfolded[id(layer)])
                 elif self.power == "square":
@@ -122,7 +117,6 @@ class _Accumulator:
                     next(factorised).add_(delta.abs())
             if self.fallback:
                 self._add_fallback(x, v[k])
-        del batched
         for layer, s in zip([l for l in self.layers if l.factorised], summed):
             self._add(layer, "weight", lambda: s.t() @ _power(layer.input, self.power))
             self._add(layer, "bias", lambda: s.sum(0))
@@ -235,6 +229,6 @@ def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Tensor
 
 def _chunk_size(accumulator: _Accumulator, params: list[Tensor], fallback: dict[int, str], budget: int) -> int:
     """Samples per chunk so that the working memory stays under `budget` bytes (after a 1-sample run)."""
-    floats = sum(layer.per_sample_floats(accumulator.cotangent_count) for layer in accumulator.layers)
+    floats = sum(layer.per_sample_floats() for layer in accumulator.layers)
     floats += sum(3 * params[slot].numel() for slot in fallback)
     return max(1, budget // max(1, 4 * floats))
