@@ -137,4 +137,5 @@ def test_proxy_equals_the_loss_increase_where_laplace_is_exact():
         proxies_at_end.append(reg.proxy_losses()[t])
     proxies = reg.proxy_losses()
     for t in range(tasks):
-        assert proxies[t] - proxies_at_end[t] == pytest.approx(losses[t](theta.detach()) - at_end[t], rel=1e-9, abs=1e-12)
+        rise = losses[t](theta.detach()) - at_end[t]
+        assert proxies[t] - proxies_at_end[t] == pytest.approx(rise, rel=1e-9, abs=1e-12)

@@ -117,7 +117,7 @@ class _Accumulator:
                     next(factorised).add_(delta.abs())
             if self.fallback:
                 self._add_fallback(x, v[k])
-        for layer, s in zip([l for l in self.layers if l.factorised], summed):
+        for layer, s in zip([layer for layer in self.layers if layer.factorised], summed):
             self._add(layer, "weight", lambda: s.t() @ _power(layer.input, self.power))
             self._add(layer, "bias", lambda: s.sum(0))
         del logits, outputs
