@@ -91,19 +91,30 @@ def test_dropping_a_task_in_debiased_mode_leaves_exactly_the_other_terms():
         online.drop_task(0)
 
 
-def test_a_task_with_zero_importance_adds_no_debiased_term():
+def test_small_importance_keeps_its_far_centre_and_zero_importance_has_no_term():
+    """Λ_T tiny: θ̃_T is far away but Λ_T(θ − θ̃_T) still moves the anchor, exactly as online does;
+    Λ_T = 0 (or a centre that would overflow): no term, the old centre stays (SPEC §4)."""
     torch.manual_seed(1)
-    params = [nn.Parameter(torch.randn(4, dtype=torch.double))]
-    penalty = QuadraticPenalty(params, c=1.0, mode="debiased")
-    penalty.consolidate([torch.ones(4, dtype=torch.double)], params)
+    params = [nn.Parameter(torch.randn(5, dtype=torch.double))]
+    online = QuadraticPenalty(params, c=1.0)
+    debiased = QuadraticPenalty(params, c=1.0, mode="debiased")
+    first = params[0].detach().clone()
+    for penalty in (online, debiased):
+        penalty.consolidate([torch.ones(5, dtype=torch.double)], params)
     with torch.no_grad():
         params[0].add_(1.0)
-    penalty.consolidate([torch.tensor([1.0, 0.0, 1e-12, 1.0], dtype=torch.double)], params)
-    lam, centre = penalty.tasks[1].precision[0], penalty.tasks[1].centre[0]
-    assert lam[1] == 0 and lam[2] == 0 and torch.isfinite(centre).all()
-    # at θ = θ*_2 = θ*_1 + 1: entries 0 and 3 have both terms, (θ − θ̃_1)² = 1 and (θ − θ̃_2)² = 1 with
-    # θ̃_2 = θ*_2 + P_1(θ*_2 − θ*_1)/Λ_2 = θ*_2 + 1; entries 1 and 2 only task 1's term
-    assert value(penalty, [params[0].detach()]) == pytest.approx(2 * 2 + 2 * 1, rel=1e-12)
+    second = [torch.tensor([1.0, 0.0, 1e-12, 1.0, 1e-320], dtype=torch.double)]
+    for penalty in (online, debiased):
+        penalty.consolidate(second, params)
+    lam, centre = debiased.tasks[1].precision[0], debiased.tasks[1].centre[0]
+    assert lam.tolist() == [1.0, 0.0, 1e-12, 1.0, 0.0] and torch.isfinite(centre).all()
+    theta = [torch.randn(5, dtype=torch.double)]
+    g_online = online.value_and_grad(theta)[1][0].clone()
+    g_debiased = debiased.value_and_grad(theta)[1][0].clone()
+    kept = [0, 2, 3]
+    torch.testing.assert_close(g_debiased[kept], g_online[kept], rtol=1e-6, atol=0)
+    # entries 1 and 4: only task 1's term, centred at task 1's anchor, with precision 1
+    torch.testing.assert_close(g_debiased[[1, 4]], 2 * (theta[0] - first)[[1, 4]], rtol=1e-12, atol=0)
 
 
 def test_bad_modes_are_refused_clearly():
@@ -131,7 +142,6 @@ def test_proxy_equals_the_loss_increase_where_laplace_is_exact():
         centre = reg.penalty_term.centre[0] if t else torch.zeros(n, dtype=torch.double)
         with torch.no_grad():
             theta.copy_((fishers[t] * optima[t] + precision * centre) / (fishers[t] + precision))
-        reg.measure.omega_override = fishers[t]
         reg.penalty_term.consolidate([fishers[t]], [theta])
         at_end.append(losses[t](theta.detach()))
         proxies_at_end.append(reg.proxy_losses()[t])

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 MODES = ("online", "separate", "debiased")
-NEGLIGIBLE = 1e-6  # a task's Λ below this fraction of the precision so far gives it no debiased term
 
 
 @dataclass
@@ -102,16 +101,19 @@ class QuadraticPenalty:
         self._refresh()
 
     def _new_term(self, task_precision: list[Tensor], previous: list[Tensor]) -> TaskTerm:
-        """Task T's term: centre θ*_T (separate) or θ̃_T = θ*_T + P_{<T}(θ*_T − m_{<T}) / Λ_T (debiased)."""
+        """Task T's term: centre θ*_T (separate) or θ̃_T = θ*_T + P_{<T}(θ*_T − m_{<T}) / Λ_T (debiased).
+
+        A small Λ_T puts θ̃_T far away, and the term still matters: its gradient carries the move of the
+        anchor to θ*_T. Only where Λ_T = 0, or θ̃_T would overflow, is there no term (SPEC §4)."""
         if self.mode == "separate":
             return TaskTerm(task_precision, [a.clone() for a in self.anchor])
         centres = []
-        old_centres = self._debiased_centre()
-        for lam, p_old, m_old, a in zip(task_precision, previous, old_centres, self.anchor):
-            negligible = lam <= NEGLIGIBLE * p_old
-            lam.masked_fill_(negligible, 0.0)  # such a task adds no information there: no term
-            shift = p_old.double() * (a.double() - m_old) / lam.double().masked_fill(negligible, 1.0)
-            centres.append(torch.where(negligible, a.double(), a.double() + shift).to(a.dtype))
+        for lam, p_old, m_old, a in zip(task_precision, previous, self._debiased_centre(), self.anchor):
+            anchor = a.double()
+            centre = anchor + p_old.double() * (anchor - m_old) / lam.double()
+            undefined = ~torch.isfinite(centre.to(a.dtype)) | (lam == 0)
+            lam.masked_fill_(undefined, 0.0)
+            centres.append(torch.where(undefined, anchor, centre).to(a.dtype))
         return TaskTerm(task_precision, centres)
 
     def _debiased_centre(self) -> list[Tensor]:
