@@ -11,7 +11,9 @@ mode and however many tasks there are (the gradient is 2P ⊙ (θ − m)):
   m = ΣΛ_t θ*_t / P;
 - debiased: Σ_t Λ_t (θ − θ̃_t)² + λ_prior θ² with the centres θ̃_t of SPEC §4: P as for separate, and
   m equals the latest anchor until a task's term is dropped (`drop_task`, for revisiting it).
-The per-task terms are kept for separate and debiased (and for proxy losses when `keep_tasks`).
+The per-task terms are kept for separate and debiased (and for proxy losses when `keep_tasks`; in
+online mode they follow the debiased recursion with P = cΩ + λ_prior, exact for γ = 1 and an
+approximation for γ < 1).
 """
 from __future__ import annotations
 
