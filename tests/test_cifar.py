@@ -57,7 +57,7 @@ def test_binary_version_round_trip_and_cache(tmp_path, monkeypatch):
 
 def test_python_versions_need_the_canonical_checksum_or_an_explicit_opt_in(tmp_path):
     expected = write_python(tmp_path / "cifar10" / "cifar-10-batches-py", list(cifar.CIFAR10_PYTHON), "labels", 10)
-    with pytest.raises(DataFileError, match="md5 differs.*trust_pickle=True"):
+    with pytest.raises(DataFileError, match=r"md5 differs.*trust_pickle=True"):
         cifar.load_cifar10(tmp_path)
     data = cifar.load_cifar10(tmp_path, trust_pickle=True)
     np.testing.assert_array_equal(data.y_test, expected[5][1])
