@@ -46,7 +46,7 @@ def _unpickle(path: Path, canonical_md5: str | None, trust: bool) -> dict:
     content = path.read_bytes()
     if not trust and hashlib.md5(content).hexdigest() != canonical_md5:
         raise DataFileError(f"{path}: not the canonical CIFAR file (md5 differs), and unpickling a file can run "
-                            "code; if this is your own copy, allow it with load_cifar10(..., trust_pickle=True)")
+                            "code; if this is your own copy, allow it with trust_pickle=True (load_cifar10 or load_cifar100)")
     try:
         entry = _DataOnlyUnpickler(io.BytesIO(content), encoding="bytes").load()
     except Exception as err:  # a corrupt or hostile pickle fails in many ways; report them one way
