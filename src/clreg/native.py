@@ -34,14 +34,6 @@ _library: ctypes.CDLL | None = None
 _tried = False
 
 
-def cache_dir() -> Path:
-    """Where built kernels are kept."""
-    import pooch
-
-    root = os.environ.get("CLREG_CACHE_DIR") or pooch.os_cache("clreg")
-    return Path(root) / "native"
-
-
 def _cpu_signature() -> bytes:
     """The machine and its instruction-set flags: a kernel built with -march=native runs only there."""
     flags = ""
@@ -73,7 +65,9 @@ def load() -> ctypes.CDLL | None:
         return _library
     _tried = True
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_signature()).hexdigest()[:16]
-    target = cache_dir() / f"fused_step-{key}.so"
+    from .data.fetch import cache_dir  # the one cache root ($CLREG_CACHE_DIR or the user cache)
+
+    target = cache_dir() / "native" / f"fused_step-{key}.so"
     try:
         if not target.exists():
             _build(target)

@@ -114,26 +114,25 @@ def _cached(key: str, files: list[Path], build) -> ImageDataset:
     return data
 
 
+def _train_and_test(parts: list[tuple[np.ndarray, np.ndarray]]) -> ImageDataset:
+    """CIFAR-10's five training batches concatenated, and its test batch."""
+    return ImageDataset(np.concatenate([x for x, _ in parts[:5]]), np.concatenate([y for _, y in parts[:5]]),
+                        *parts[5])
+
+
 def load_cifar10(data_dir: str | Path | None = None, trust_pickle: bool = False) -> ImageDataset:
     """CIFAR-10 from the binary version (preferred: nothing to unpickle) or the python version."""
     folder = _find("cifar10/cifar-10-batches-bin", CIFAR10_BINARY, data_dir)
     if folder is not None:
         files = [folder / n for n in CIFAR10_BINARY]
 
-        def build():
-            parts = [read_binary_batch(f) for f in files]
-            return ImageDataset(np.concatenate([p[0] for p in parts[:5]]), np.concatenate([p[1] for p in parts[:5]]),
-                                *parts[5])
-        return _cached("cifar10", files, build)
+        return _cached("cifar10", files, lambda: _train_and_test([read_binary_batch(f) for f in files]))
     folder = _find("cifar10/cifar-10-batches-py", list(CIFAR10_PYTHON), data_dir)
     if folder is not None:
         files = [folder / n for n in CIFAR10_PYTHON]
 
-        def build():
-            parts = [read_python_batch(f, CIFAR10_PYTHON[f.name], "labels", 10, trust_pickle) for f in files]
-            return ImageDataset(np.concatenate([p[0] for p in parts[:5]]), np.concatenate([p[1] for p in parts[:5]]),
-                                *parts[5])
-        return _cached("cifar10-py", files, build)
+        return _cached("cifar10-py", files, lambda: _train_and_test(
+            [read_python_batch(f, CIFAR10_PYTHON[f.name], "labels", 10, trust_pickle) for f in files]))
     raise DataFileError(_missing("cifar10", ["cifar-10-batches-bin/ (" + ", ".join(CIFAR10_BINARY) + ")",
                                              "cifar-10-batches-py/ (" + ", ".join(CIFAR10_PYTHON) + ")"], data_dir))
 
