@@ -9,7 +9,7 @@ from . import importance
 from .benchmarks import BENCHMARKS, EVALUATE_ON
 from .config import RunConfig
 from .data import DataFileError
-from .models import parse_widths
+from .models import NETWORKS, parse_widths
 from .results import check_writable, machine, versions, write_json
 
 
@@ -33,20 +33,24 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--benchmark", default="permuted-mnist", show_default=True, help=f"one of: {', '.join(BENCHMARKS)}")
+@click.option("--benchmark", default="permuted-mnist", show_default=True,
+              help=f"one of: {', '.join(BENCHMARKS)} (a .npz of your own: x_train, y_train, x_test, y_test)")
 @click.option("--method", default="si", show_default=True, help="importance measure; see `clreg methods`")
 @click.option("--c", "c", type=float, default=0.2, show_default=True, help="regularisation strength c >= 0")
 @click.option("--reinit/--no-reinit", default=False, show_default=True, help="re-draw shared weights at each task start")
-@click.option("--tasks", type=int, default=10, show_default=True)
+@click.option("--tasks", type=int, default=None, help="the first N tasks [default: all; 10 for permuted benchmarks]")
 @click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--equal-iter", is_flag=True, help="every task as many steps as the first (split-cifar10-100: tasks 2-6 get 10x epochs)")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--hidden", default="2000,2000", show_default=True, help="hidden widths, comma-separated")
+@click.option("--network", default=None, help=f"one of: {', '.join(NETWORKS)} [default: the benchmark's]")
+@click.option("--hidden", default=None, help="widths, comma-separated: MLP hidden layers, or cifar-cnn's "
+              "conv1,conv2,dense [default: 2000,2000 on P-MNIST; 32,64,512 for cifar-cnn]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--lr", type=float, default=None, help="learning rate [default: 1e-3 * batch-size / 256]")
 @click.option("--eval", "evaluate_on", default="test", show_default=True, help=f"one of: {', '.join(EVALUATE_ON)}")
 @click.option("--samples", "importance_samples", type=int, default=None,
-              help="samples for post-task measures [default: 1000 on MNIST]")
-@click.option("--xi", type=float, default=None, help="SI's damping xi > 0 [default: 0.1 on MNIST]")
+              help="samples for post-task measures [default: 1000 on MNIST, 500 on CIFAR]")
+@click.option("--xi", type=float, default=None, help="SI's damping xi > 0 [default: 0.1 on MNIST, 1e-3 on CIFAR]")
 @click.option("--alpha", "sos_alpha", default="0", show_default=True, help="SOS: alpha, a number or 'auto'")
 @click.option("--bias-correction/--no-bias-correction", "sos_bias_correction", default=True, show_default=True,
               help="SOS: divide v by 1 - beta2^T")
@@ -63,28 +67,36 @@ def cli() -> None:
               help="every N steps, log each earlier task's proxy loss and measured loss increase (0: off)")
 @click.option("--proxy-samples", type=int, default=500, show_default=True,
               help="test samples per task for the measured loss increase")
-@click.option("--data-dir", default=None, help="directory containing mnist/ (else $CLREG_DATA_DIR, cache, download)")
+@click.option("--split-classes", type=int, default=None, help="arrays:PATH: tasks of K consecutive classes (multi-head)")
+@click.option("--permute", type=int, default=None, help="arrays:PATH: T pixel-permuted tasks (one head)")
+@click.option("--trust-pickle", is_flag=True,
+              help="unpickle CIFAR python-version files whose md5 is not the canonical one (unpickling can run code)")
+@click.option("--data-dir", default=None,
+              help="directory containing mnist/, cifar10/, ... (else $CLREG_DATA_DIR, the cache, a download)")
 @click.option("--out", "out", default=None, help="write the results as JSON to this file")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def run(hidden: str, sos_alpha: str, out: str | None, quiet: bool, **options) -> None:
+def run(hidden: str | None, sos_alpha: str, out: str | None, quiet: bool, **options) -> None:
     """Train a network on a task sequence with one method and report the accuracy matrix."""
     try:
         alpha = sos_alpha if sos_alpha == "auto" else float(sos_alpha)
     except ValueError:
         _fail(f"--alpha must be a number or 'auto', got {sos_alpha!r}")
     try:
-        config = RunConfig(hidden=parse_widths(hidden), sos_alpha=alpha, **options)
+        config = RunConfig(hidden=None if hidden is None else parse_widths(hidden), sos_alpha=alpha, **options)
         if out:
             check_writable(out)
     except ValueError as err:
         _fail(str(err))
-    from .train import run as run_config  # imported late: keeps `clreg methods` and errors fast
+    from .train import load_benchmark, run as run_config  # imported late: keeps `clreg methods` and errors fast
 
-    click.echo(f"clreg run: {config.method} c={config.c} on {config.benchmark}, {config.tasks} tasks", err=True)
+    tasks = "all tasks" if config.tasks is None else f"{config.tasks} tasks"
+    click.echo(f"clreg run: {config.method} c={config.c} on {config.benchmark}, {tasks}, {config.network_name} "
+               f"{','.join(map(str, config.widths))}", err=True)
     try:
-        result = run_config(config, progress=not quiet)
-    except DataFileError as err:
+        bench = load_benchmark(config)
+    except (DataFileError, ValueError) as err:  # missing or bad data, and the benchmark's checks (task counts, recipes)
         raise click.ClickException(str(err)) from None
+    result = run_config(config, progress=not quiet, bench=bench)
     result.update(versions=versions(), machine=machine(), command=" ".join(["clreg", *sys.argv[1:]]))
     click.echo(format_matrix(result["accuracy_matrix"]))
     click.echo(f"average accuracy {100 * result['average_accuracy']:.2f}%  "

@@ -1,15 +1,13 @@
 """One dataclass describes a run; it is validated before any data is loaded."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from . import importance
+from .benchmarks import EVALUATE_ON, check_name, defaults
+from .models import DEFAULT_WIDTHS, NETWORKS
 from .penalty import MODES
-from .benchmarks import BENCHMARKS, EVALUATE_ON
 
-# ξ of SI's rescaling per benchmark (SPEC §2), and the number of samples of post-task measures (§3)
-DEFAULT_XI = {"permuted-mnist": 0.1, "permuted-digits": 0.1}
-DEFAULT_SAMPLES = {"permuted-mnist": 1000, "permuted-digits": 500}
 SI_FAMILY = ("si", "siu", "sib")
 FISHER_FAMILY = ("fisher", "ewc", "sqrt-fisher", "af")
 
@@ -22,10 +20,12 @@ class RunConfig:
     method: str = "si"
     c: float = 0.2
     reinit: bool = False
-    tasks: int = 10
+    tasks: int | None = None  # None: all of the benchmark's tasks (10 for permuted benchmarks)
     epochs: int = 20
     batch_size: int = 256
-    hidden: list[int] = field(default_factory=lambda: [2000, 2000])
+    network: str | None = None  # None: the benchmark's (mlp, or cifar-cnn on CIFAR)
+    hidden: list[int] | None = None  # None: the benchmark's widths (2000,2000 on P-MNIST; 32,64,512 for cifar-cnn)
+    equal_iter: bool = False  # every task gets as many steps as the first (tasks 2-6 of split-cifar10-100: 10x epochs)
     seed: int = 0
     lr: float | None = None  # None: 1e-3 · b / 256
     evaluate_on: str = "test"
@@ -42,6 +42,9 @@ class RunConfig:
     revisit: bool = False  # after the last task, drop task 1's penalty (debiased) and learn it again
     proxy_every: int = 0  # log per-task proxy losses every this many steps (0: off)
     proxy_samples: int = 500  # test samples per task for the measured loss increase
+    split_classes: int | None = None  # arrays:PATH: tasks of this many consecutive classes
+    permute: int | None = None  # arrays:PATH: this many permuted tasks
+    trust_pickle: bool = False  # unpickle a CIFAR python-version file whose md5 is not the canonical one
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -49,16 +52,27 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the bad value and what is allowed."""
-        if self.benchmark not in BENCHMARKS:
-            raise ValueError(f"unknown benchmark {self.benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
+        check_name(self.benchmark)
         if self.method not in importance.method_names():
             raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(importance.method_names())}")
         checks = [(self.c >= 0, f"c must be >= 0, got {self.c}"),
-                  (self.tasks >= 1, f"tasks must be >= 1, got {self.tasks}"),
+                  (self.tasks is None or self.tasks >= 1, f"tasks must be >= 1, got {self.tasks}"),
                   (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
                   (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-                  (bool(self.hidden) and all(w >= 1 for w in self.hidden),
+                  (self.hidden is None or (bool(self.hidden) and all(w >= 1 for w in self.hidden)),
                    f"hidden widths must be positive integers, got {self.hidden}"),
+                  (self.network is None or self.network in NETWORKS,
+                   f"network must be one of {', '.join(NETWORKS)}, got {self.network!r}"),
+                  (self.network_name != "cifar-cnn" or len(self.widths) == 3,
+                   f"the cifar-cnn network takes 3 widths (conv stage 1, conv stage 2, dense), got {self.widths}"),
+                  (self.benchmark.startswith("arrays:") or (self.split_classes is None and self.permute is None),
+                   "--split-classes and --permute apply to arrays:PATH benchmarks only"),
+                  (self.split_classes is None or self.split_classes >= 1,
+                   f"split-classes must be >= 1, got {self.split_classes}"),
+                  (self.permute is None or self.permute >= 1, f"permute must be >= 1, got {self.permute}"),
+                  (not (self.sos_split and self.network_name == "cifar-cnn"),
+                   "sos split takes g and g' from the training pass, which has dropout on in the cifar-cnn "
+                   "network; SPEC §2 wants them with dropout off: use --no-split (one extra pass per step)"),
                   (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
                   (self.xi is None or self.xi > 0, f"xi must be > 0, got {self.xi}"),
                   (self.importance_samples is None or self.importance_samples >= 1,
@@ -73,7 +87,7 @@ class RunConfig:
                    f"decay (gamma) applies to the online penalty only, not {self.penalty!r}"),
                   (not self.revisit or self.penalty == "debiased",
                    "revisit drops a task's penalty, which needs penalty 'debiased'"),
-                  (not self.revisit or self.tasks >= 2, "revisit needs at least 2 tasks"),
+                  (not self.revisit or self.tasks is None or self.tasks >= 2, "revisit needs at least 2 tasks"),
                   (self.proxy_every >= 0, f"proxy-every must be >= 0, got {self.proxy_every}"),
                   (self.proxy_samples >= 1, f"proxy samples must be >= 1, got {self.proxy_samples}")]
         for ok, message in checks:
@@ -88,13 +102,26 @@ class RunConfig:
 
     @property
     def samples(self) -> int:
-        """n for post-task measures."""
-        return self.importance_samples or DEFAULT_SAMPLES[self.benchmark]
+        """n for post-task measures (1000 on MNIST, 500 on CIFAR)."""
+        return self.importance_samples or defaults(self.benchmark).samples
+
+    @property
+    def network_name(self) -> str:
+        """The network: as given, else the benchmark's."""
+        return self.network or defaults(self.benchmark).network
+
+    @property
+    def widths(self) -> list[int]:
+        """Hidden widths: as given, else the benchmark's for its network, else the network's."""
+        if self.hidden is not None:
+            return list(self.hidden)
+        bench = defaults(self.benchmark)
+        return list(bench.widths) if bench.network == self.network_name else list(DEFAULT_WIDTHS.get(self.network_name, []))
 
     def measure_options(self) -> dict:
         """Keyword arguments of the importance measure this config selects."""
         if self.method in SI_FAMILY:
-            return {"xi": self.xi if self.xi is not None else DEFAULT_XI[self.benchmark]}
+            return {"xi": self.xi if self.xi is not None else defaults(self.benchmark).xi}
         if self.method == "sos":
             return {"alpha": self.sos_alpha, "bias_correction": self.sos_bias_correction,
                     "split": self.sos_split, "batch_size": self.batch_size}
@@ -104,4 +131,5 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """Plain data, with the derived learning rate and sample count filled in."""
-        return {**asdict(self), "learning_rate": self.learning_rate, "samples": self.samples}
+        return {**asdict(self), "network": self.network_name, "hidden": self.widths,
+                "learning_rate": self.learning_rate, "samples": self.samples}

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models import task_forward
 from .regularizer import Regularizer
 
 
@@ -30,7 +31,7 @@ class ProxyLog:
         x, y = self.data[task]
         was_training = self.model.training
         self.model.eval()
-        value = float(F.cross_entropy(self.model(x), y))
+        value = float(F.cross_entropy(task_forward(self.model, task)(x), y))
         self.model.train(was_training)
         return value
 

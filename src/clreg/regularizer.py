@@ -129,7 +129,7 @@ class Regularizer:
         """
         if not self.measure.trajectory:
             return
-        if task_loss is not None:
+        if task_loss is not None and self.measure.uses_task_gradient:
             self._task_grads = self.gradient(task_loss)
         if self.measure.needs_independent_gradient and not self.split:
             if independent_loss is None:
@@ -139,6 +139,9 @@ class Regularizer:
 
     def backward_split(self, loss_first_half: Tensor, loss_second_half: Tensor) -> None:
         """Backward of (L_A + L_B)/2 + R, keeping g_t = ∇L_A and g'_t = ∇L_B apart (SOS `split`)."""
+        if has_active_dropout(self.model):
+            raise ValueError("sos with split=True takes g and g' from the training pass, which has dropout on here; "
+                             "SPEC §2 wants them with dropout off: use split=False (one extra pass per step)")
         (0.5 * loss_first_half).backward(retain_graph=True)
         self._task_grads = torch._foreach_mul(self._grads(), 2.0)
         (0.5 * loss_second_half).backward()
@@ -176,8 +179,8 @@ class Regularizer:
             return False
         if not self.measure.trajectory:
             return None
-        if not hasattr(self.measure, "step_statistic") or (self._task_grads is not None and not self.split):
-            return False  # a measure without a fused form, or g_t taken with dropout off
+        if not hasattr(self.measure, "step_statistic"):
+            return False  # a measure without a fused form
         if self.split and self._task_grads is None:
             return False  # after_step raises the helpful error
         if self.measure.needs_independent_gradient and not self.split and self._independent is None:
@@ -201,6 +204,11 @@ class Regularizer:
         if self.split:
             others = self._task_grads  # g = g_A; g' = 2 (g_A + g_B)/2 − g_A
             weights = (2.0 * weights[1], weights[0] - weights[1])
+        elif self._task_grads is not None:  # g_t taken with dropout off: u = a·g_t + b·g'_t, passed whole
+            others = torch._foreach_mul(self._task_grads, weights[0])
+            if weights[1]:
+                torch._foreach_add_(others, self._independent, alpha=weights[1])
+            weights = (0.0, 1.0)
         elif self._independent is not None:
             others = self._independent
         regularized = dict(zip(self.params, zip(anchors, precisions, states, others)))
@@ -225,7 +233,7 @@ class Regularizer:
             independent = torch._foreach_mul(total, 2.0)
             torch._foreach_sub_(independent, task_grads)
         elif task_grads is None:
-            if has_active_dropout(self.model):
+            if has_active_dropout(self.model) and self.measure.uses_task_gradient:
                 raise ValueError("the model has active dropout: pass before_step(task_loss=...) so that g_t "
                                  "is taken with dropout off")
             task_grads = self.penalty_term.task_gradient(self._grads(), out=self._scratch)

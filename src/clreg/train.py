@@ -11,19 +11,23 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import metrics
-from .benchmarks import PermutedBenchmark, build_benchmark, derive_seed
+from .benchmarks import Benchmark, build_benchmark, derive_seed
 from .config import RunConfig
-from .models import MLP, glorot_init
+from .models import build_model, reinitialize, task_forward
 from .proxy import ProxyLog
-from .regularizer import Regularizer
+from .regularizer import Regularizer, has_active_dropout
 
 
-def index_stream(size: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
-    """Endless minibatch indices: consecutive shuffles of range(size), cut into batches."""
+def index_stream(size: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> Iterator[Tensor]:
+    """Endless minibatch indices from consecutive shuffles of range(size): cut across shuffles, or with
+    `drop_last` ⌊size/b⌋ full batches per shuffle (epoch) and the rest dropped."""
+    if drop_last and size < batch_size:
+        raise ValueError(f"a task has {size} training examples, fewer than one batch of {batch_size}")
     buffer = torch.empty(0, dtype=torch.long)
     while True:
         while len(buffer) < batch_size:
-            buffer = torch.cat([buffer, torch.randperm(size, generator=generator)])
+            shuffle = torch.randperm(size, generator=generator)
+            buffer = shuffle[:size - size % batch_size] if drop_last else torch.cat([buffer, shuffle])
         yield buffer[:batch_size]
         buffer = buffer[batch_size:]
 
@@ -34,13 +38,14 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, bench: PermutedBenchmark, task: int) -> float:
-    """Accuracy of `model` on the evaluation split of `task`."""
+def evaluate(model: nn.Module, bench: Benchmark, task: int) -> float:
+    """Accuracy of `model` (through head `task` if it has heads) on the evaluation split of `task`."""
     was_training = model.training
     model.eval()
+    forward = task_forward(model, task)
     correct = total = 0
     for x, y in bench.evaluation_batches(task):
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((forward(x).argmax(1) == y).sum())
         total += len(y)
     model.train(was_training)
     return correct / total
@@ -49,14 +54,16 @@ def evaluate(model: nn.Module, bench: PermutedBenchmark, task: int) -> float:
 class Trainer:
     """Trains one model on a task sequence with one Regularizer, following the paper's protocol."""
 
-    def __init__(self, config: RunConfig, bench: PermutedBenchmark, progress: bool = True):
+    def __init__(self, config: RunConfig, bench: Benchmark, progress: bool = True):
         self.config, self.bench, self.progress = config, bench, progress
         torch.manual_seed(config.seed)
         self.init_generator = torch.Generator().manual_seed(derive_seed(config.seed, 2))
-        self.model = MLP(bench.in_features, config.hidden, bench.num_classes)
-        self.model.reset_parameters(self.init_generator)
-        self.reg = Regularizer(self.model, config.method, config.c, penalty=config.penalty, prior=config.prior,
-                               decay=config.decay, keep_tasks=config.proxy_every > 0, **config.measure_options())
+        self.model = build_model(config.network_name, bench.input_shape, config.widths, bench.classes,
+                                 self.init_generator)
+        self.reg = Regularizer(self.model, config.method, config.c, heads=("heads",) if bench.multi_head else (),
+                               penalty=config.penalty, prior=config.prior, decay=config.decay,
+                               keep_tasks=config.proxy_every > 0, **config.measure_options())
+        self.dropout = has_active_dropout(self.model)
         self.timing = {"train_seconds": 0.0, "importance_seconds": 0.0, "evaluation_seconds": 0.0}
         self.proxies = ProxyLog(self.model, self.reg, bench, config.proxy_samples) if config.proxy_every else None
         self.steps_done = 0
@@ -83,27 +90,36 @@ class Trainer:
         after = [evaluate(self.model, self.bench, j) for j in range(self.bench.num_tasks)]
         self.revisit = {"task": 0, "accuracy_before": before, "accuracy_after": after}
 
-    def steps_per_task(self) -> int:
-        """Epochs × ⌊epoch size / b⌋ steps (at least one per epoch)."""
-        return self.config.epochs * max(1, self.bench.epoch_size // self.config.batch_size)
+    def steps_per_task(self, task: int) -> int:
+        """Epochs × ⌊epoch size / b⌋ steps (at least one per epoch); with equal_iter, task t's epochs are
+        multiplied by round(n_1 / n_t), so that every task gets about as many steps as the first (10× for
+        tasks 2–6 of split-cifar10-100, as in SPEC §5)."""
+        epochs = self.config.epochs
+        if self.config.equal_iter:
+            epochs *= max(1, round(self.bench.epoch_size(0) / self.bench.epoch_size(task)))
+        return epochs * max(1, self.bench.epoch_size(task) // self.config.batch_size)
 
     def train_task(self, task: int, reinit: bool = True) -> None:
         """The steps of one task, then the importance measurement and consolidation."""
         cfg, reg = self.config, self.reg
         if task > 0 and cfg.reinit and reinit:
-            glorot_init(self.model, self.model.bias_init, self.init_generator, names=set(reg.names))
+            reinitialize(self.model, set(reg.names), self.init_generator)
             reg.begin_task()
         optimizer = make_optimizer(self.model, cfg.learning_rate)
-        size = self.bench.train_size(task)
-        batches = index_stream(size, cfg.batch_size, torch.Generator().manual_seed(derive_seed(cfg.seed, 3, task)))
+        size, drop_last = self.bench.train_size(task), self.bench.drop_last
+        batches = index_stream(size, cfg.batch_size, torch.Generator().manual_seed(derive_seed(cfg.seed, 3, task)),
+                               drop_last)
         independent = None
         if reg.measure.needs_independent_gradient and not reg.split:
-            independent = index_stream(size, cfg.batch_size, torch.Generator().manual_seed(derive_seed(cfg.seed, 4, task)))
+            independent = index_stream(size, cfg.batch_size,
+                                       torch.Generator().manual_seed(derive_seed(cfg.seed, 4, task)), drop_last)
+        forward = task_forward(self.model, task)
         start = time.perf_counter()
-        steps = range(self.steps_per_task())
+        steps = range(self.steps_per_task(task))
         for _ in tqdm(steps, desc=f"task {task + 1}/{self.bench.num_tasks}", disable=not self.progress, leave=False):
             x, y = self.bench.batch(task, next(batches))
-            self.step(optimizer, x, y, None if independent is None else self.bench.batch(task, next(independent)))
+            self.step(optimizer, forward, x, y,
+                      None if independent is None else self.bench.batch(task, next(independent)))
             self.steps_done += 1
             if self.proxies is not None and self.steps_done % cfg.proxy_every == 0:
                 self.proxies.log(self.steps_done, task)
@@ -114,20 +130,25 @@ class Trainer:
         if self.proxies is not None and reg.measure.regularizes:
             self.proxies.task_end(task)
 
-    def step(self, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+    def step(self, optimizer: torch.optim.Optimizer, forward, x: Tensor, y: Tensor,
              independent: tuple[Tensor, Tensor] | None) -> None:
-        """One optimiser step on the task loss plus the penalty, with the measure's hooks."""
-        model, reg = self.model, self.reg
+        """One optimiser step on the task loss plus the penalty, with the measure's hooks; with dropout,
+        the measure's g_t is taken in one more pass with dropout off (SPEC §2)."""
+        reg = self.reg
         optimizer.zero_grad(set_to_none=True)
         if reg.split:
             half = len(y) // 2
-            reg.backward_split(F.cross_entropy(model(x[:half]), y[:half]),
-                               F.cross_entropy(model(x[half:]), y[half:]))
+            reg.backward_split(F.cross_entropy(forward(x[:half]), y[:half]),
+                               F.cross_entropy(forward(x[half:]), y[half:]))
         else:
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(forward(x), y).backward()
+            task_loss = (lambda: F.cross_entropy(forward(x), y)) if self.dropout else None
+            independent_loss = None
             if independent is not None:
                 xi, yi = independent
-                reg.before_step(independent_loss=lambda: F.cross_entropy(model(xi), yi))
+                independent_loss = lambda: F.cross_entropy(forward(xi), yi)  # noqa: E731
+            if task_loss or independent_loss:
+                reg.before_step(task_loss=task_loss, independent_loss=independent_loss)
         reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass
 
     def consolidate(self, task: int) -> None:
@@ -138,13 +159,19 @@ class Trainer:
             generator = torch.Generator().manual_seed(derive_seed(self.config.seed, 5, task))
             index = torch.randperm(self.bench.train_size(task), generator=generator)[:n]
             sample = self.bench.batch(task, index)
-        self.reg.end_task(*(sample if sample else ()))
+        self.reg.end_task(*(sample if sample else ()), forward=task_forward(self.model, task))
 
 
-def run(config: RunConfig, progress: bool = True, bench: PermutedBenchmark | None = None) -> dict:
+def load_benchmark(config: RunConfig) -> Benchmark:
+    """The task sequence `config` asks for (loads, and if need be downloads, its data)."""
+    return build_benchmark(config.benchmark, config.tasks, config.seed, config.evaluate_on, config.data_dir,
+                           trust_pickle=config.trust_pickle, split_classes=config.split_classes,
+                           permute=config.permute, network=config.network)
+
+
+def run(config: RunConfig, progress: bool = True, bench: Benchmark | None = None) -> dict:
     """Run one configuration end to end; return the results as plain data."""
-    bench = bench or build_benchmark(config.benchmark, config.tasks, config.seed, config.evaluate_on,
-                                     config.data_dir)
+    bench = bench or load_benchmark(config)
     trainer = Trainer(config, bench, progress)
     accuracy = trainer.run()
     result = {"config": config.to_dict(), "benchmark": bench.describe(),

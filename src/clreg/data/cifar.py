@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fetch import cache_dir, search_roots
+from .fetch import RemoteFile, cached_arrays, download_archive, search_roots
 from .idx import DataFileError
 from .mnist import ImageDataset
 
@@ -27,6 +27,9 @@ CIFAR10_PYTHON = {  # canonical md5 of each file of cifar-10-python.tar.gz
     "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
 }
+MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
+CIFAR10_ARCHIVE = RemoteFile("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", MIRRORS)
+CIFAR100_ARCHIVE = RemoteFile("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", MIRRORS)
 CIFAR100_PYTHON = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
 _NUMPY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                   ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
@@ -98,56 +101,52 @@ def _find(relative: str, names: list[str], data_dir) -> Path | None:
     return None
 
 
-def _cached(key: str, files: list[Path], build) -> ImageDataset:
-    """The decoded arrays from the cache if they were built from these very files, else built and cached."""
-    stamp = hashlib.sha256(repr([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
-                           .encode()).hexdigest()[:16]
-    path = cache_dir() / "arrays" / f"{key}-{stamp}.npz"
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return ImageDataset(z["x_train"], z["y_train"], z["x_test"], z["y_test"])
-    data = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
-    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
-    return data
-
-
 def _train_and_test(parts: list[tuple[np.ndarray, np.ndarray]]) -> ImageDataset:
     """CIFAR-10's five training batches concatenated, and its test batch."""
     return ImageDataset(np.concatenate([x for x, _ in parts[:5]]), np.concatenate([y for _, y in parts[:5]]),
                         *parts[5])
 
 
-def load_cifar10(data_dir: str | Path | None = None, trust_pickle: bool = False) -> ImageDataset:
-    """CIFAR-10 from the binary version (preferred: nothing to unpickle) or the python version."""
-    folder = _find("cifar10/cifar-10-batches-bin", CIFAR10_BINARY, data_dir)
-    if folder is not None:
-        files = [folder / n for n in CIFAR10_BINARY]
-
-        return _cached("cifar10", files, lambda: _train_and_test([read_binary_batch(f) for f in files]))
-    folder = _find("cifar10/cifar-10-batches-py", list(CIFAR10_PYTHON), data_dir)
-    if folder is not None:
-        files = [folder / n for n in CIFAR10_PYTHON]
-
-        return _cached("cifar10-py", files, lambda: _train_and_test(
-            [read_python_batch(f, CIFAR10_PYTHON[f.name], "labels", 10, trust_pickle) for f in files]))
-    raise DataFileError(_missing("cifar10", ["cifar-10-batches-bin/ (" + ", ".join(CIFAR10_BINARY) + ")",
-                                             "cifar-10-batches-py/ (" + ", ".join(CIFAR10_PYTHON) + ")"], data_dir))
+CIFAR10_LAYOUTS = ["cifar-10-batches-bin/ (" + ", ".join(CIFAR10_BINARY) + ")",
+                   "cifar-10-batches-py/ (" + ", ".join(CIFAR10_PYTHON) + ")"]
 
 
-def load_cifar100(data_dir: str | Path | None = None, trust_pickle: bool = False) -> ImageDataset:
-    """CIFAR-100 (python version), fine labels 0..99."""
-    folder = _find("cifar100/cifar-100-python", list(CIFAR100_PYTHON), data_dir)
-    if folder is None:
-        raise DataFileError(_missing("cifar100", ["cifar-100-python/ (train, test)"], data_dir))
+def load_cifar10(data_dir: str | Path | None = None, trust_pickle: bool = False, download: bool = True) -> ImageDataset:
+    """CIFAR-10 from the binary version (preferred: nothing to unpickle) or the python version; if neither
+    is found, the binary version is downloaded (md5-checked) into the cache."""
+    binary = _find("cifar10/cifar-10-batches-bin", CIFAR10_BINARY, data_dir)
+    python = _find("cifar10/cifar-10-batches-py", list(CIFAR10_PYTHON), data_dir)
+    if binary is None and python is None:
+        binary = _download("cifar10", CIFAR10_ARCHIVE, "cifar-10-batches-bin", CIFAR10_LAYOUTS, data_dir, download)
+    if binary is not None:
+        files = [binary / n for n in CIFAR10_BINARY]
+        return cached_arrays("cifar10", files, lambda: _train_and_test([read_binary_batch(f) for f in files]))
+    files = [python / n for n in CIFAR10_PYTHON]
+    return cached_arrays("cifar10-py", files, lambda: _train_and_test(
+        [read_python_batch(f, CIFAR10_PYTHON[f.name], "labels", 10, trust_pickle) for f in files]))
+
+
+def load_cifar100(data_dir: str | Path | None = None, trust_pickle: bool = False, download: bool = True) -> ImageDataset:
+    """CIFAR-100 (python version), fine labels 0..99; downloaded (md5-checked) into the cache if not found."""
+    folder = _find("cifar100/cifar-100-python", list(CIFAR100_PYTHON), data_dir) or \
+        _download("cifar100", CIFAR100_ARCHIVE, "cifar-100-python", ["cifar-100-python/ (train, test)"], data_dir, download)
     files = [folder / n for n in CIFAR100_PYTHON]
 
     def build():
         parts = [read_python_batch(f, CIFAR100_PYTHON[f.name], "fine_labels", 100, trust_pickle) for f in files]
         return ImageDataset(*parts[0], *parts[1])
-    return _cached("cifar100", files, build)
+    return cached_arrays("cifar100", files, build)
+
+
+def _download(dataset: str, archive: RemoteFile, folder: str, layouts: list[str], data_dir, download: bool) -> Path:
+    """Download and unpack `archive` into the cache; if that is off or fails, say where the files belong."""
+    reason = ""
+    if download:
+        try:
+            return download_archive(dataset, archive) / folder
+        except DataFileError as err:
+            reason = f" (download failed: {err})"
+    raise DataFileError(_missing(dataset, layouts, data_dir) + reason)
 
 
 def _missing(dataset: str, layouts: list[str], data_dir) -> str:

@@ -1,11 +1,18 @@
 """Where dataset files come from: a local data directory, the cache, or a checksummed download."""
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from .idx import DataFileError
+
+if TYPE_CHECKING:  # mnist imports fetch
+    from .mnist import ImageDataset
 
 ENV_DATA_DIR = "CLREG_DATA_DIR"
 ENV_CACHE_DIR = "CLREG_CACHE_DIR"
@@ -33,10 +40,11 @@ def search_roots(data_dir: str | Path | None) -> list[Path]:
     return [*roots, cache_dir()]
 
 
-def locate(dataset: str, files: list[RemoteFile], data_dir: str | Path | None, download: bool = True
-           ) -> list[Path]:
-    """Paths of `files` under `<root>/<dataset>/`, downloading missing ones into the cache."""
-    roots = search_roots(data_dir)
+def locate(dataset: str, files: list[RemoteFile], data_dir: str | Path | None, download: bool = True,
+           system_roots: tuple[str, ...] = ()) -> list[Path]:
+    """Paths of `files` under `<root>/<dataset>/` (the search roots, then `system_roots`, e.g. where a
+    Debian package puts them), downloading missing ones into the cache."""
+    roots = [*search_roots(data_dir), *map(Path, system_roots)]
     for root in roots:
         paths = [_existing(root / dataset / f.name) for f in files]
         if all(p is not None for p in paths):
@@ -74,3 +82,41 @@ def _download(dataset: str, remote: RemoteFile) -> Path:
         except Exception as err:  # try the next mirror
             last = err
     raise DataFileError(f"could not download {remote.name}: {last}")
+
+
+def download_archive(dataset: str, remote: RemoteFile) -> Path:
+    """Download `remote` (a .tar.gz or .zip) into `<cache>/<dataset>/`, verify its md5, unpack it there;
+    returns that folder. A failed download or a wrong checksum raises DataFileError."""
+    import pooch
+
+    target = cache_dir() / dataset
+    unpack = pooch.Unzip(extract_dir=".") if remote.name.endswith(".zip") else pooch.Untar(extract_dir=".")
+    last: Exception | None = None
+    for mirror in remote.mirrors:
+        try:
+            pooch.retrieve(mirror + remote.name, known_hash=f"md5:{remote.md5}", fname=remote.name, path=target,
+                           processor=unpack, progressbar=False)
+            return target
+        except Exception as err:  # network and checksum errors come in many types; try the next mirror
+            last = err
+    raise DataFileError(f"could not download {remote.name} (md5 {remote.md5}) into {target}: {last}. "
+                        f"Download it yourself and unpack it into {target}, or point --data-dir at a copy")
+
+
+def cached_arrays(key: str, files: list[Path], build: Callable[[], "ImageDataset"]) -> "ImageDataset":
+    """The decoded arrays from `<cache>/arrays/` if they were built from these very files (path, size and
+    modification time), else `build()`, cached atomically as an .npz for the next load."""
+    from .mnist import ImageDataset
+
+    stamp = hashlib.sha256(repr([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+                           .encode()).hexdigest()[:16]
+    path = cache_dir() / "arrays" / f"{key}-{stamp}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return ImageDataset(z["x_train"], z["y_train"], z["x_test"], z["y_test"])
+    data = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
+    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    return data

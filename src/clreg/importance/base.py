@@ -30,6 +30,7 @@ class ImportanceMeasure:
     description: str = ""
     trajectory: bool = False  # observe_step is needed after every optimiser step
     needs_independent_gradient: bool = False  # observe_step needs g'_t on an independent batch
+    uses_task_gradient: bool = True  # a trajectory measure that reads g_t (all but SIU)
     needs_sample: bool = False  # task_importance needs a TaskSample
     cumulative: bool = True  # Ω ← Ω + ω (False: Ω ← ω, as for l2-const)
     regularizes: bool = True  # False only for fine-tuning (no penalty at all)

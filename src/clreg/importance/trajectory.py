@@ -77,6 +77,7 @@ class SynapticIntelligenceUnbiased(SynapticIntelligence):
     name = "siu"
     description = "SI unbiased: path integral with the gradient of an independent minibatch g'_t"
     needs_independent_gradient = True
+    uses_task_gradient = False
     weights = (0.0, 1.0)
 
     def contribution(self, grads, independent):  # noqa: D102
