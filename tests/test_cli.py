@@ -30,6 +30,11 @@ def clreg(*args, **kwargs):
     (["--revisit"], "revisit drops a task's penalty, which needs penalty 'debiased'"),
     (["--prior", "-1"], "prior must be >= 0, got -1.0"),
     (["--proxy-every", "-5"], "proxy-every must be >= 0, got -5"),
+    (["--network", "resnet"], "network must be one of mlp, cifar-cnn, got 'resnet'"),
+    (["--benchmark", "split-cifar10", "--hidden", "32,64"], "the cifar-cnn network takes 3 widths"),
+    (["--split-classes", "2"], "--split-classes and --permute apply to arrays:PATH benchmarks only"),
+    (["--benchmark", "arrays:"], "arrays:PATH needs the path of a .npz file after the colon"),
+    (["--benchmark", "split-cifar10", "--method", "sos", "--alpha", "1", "--split"], "use --no-split"),
 ])
 def test_invalid_input_exits_2_with_one_line(args, message):
     result = clreg("run", *args, "--data-dir", "/nonexistent-data")
@@ -104,3 +109,33 @@ def test_debiased_revisit_and_proxy_losses_end_to_end(tmp_path):
     records = record["proxy_losses"]["records"]
     assert {e["task"] for r in records for e in r["tasks"]} == {0, 1, 2}  # every consolidated task (2 while revisiting)
     assert record["proxy_losses"]["correlation_proxy_vs_loss_increase"] > 0.3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--benchmark", "arrays:/nonexistent/x.npz", "--split-classes", "2"], "/nonexistent/x.npz: no such file"),
+    (["--benchmark", "split-mnist", "--tasks", "6"], "split-mnist has 5 tasks; --tasks must be 1..5, got 6"),
+])
+def test_data_errors_exit_1_with_one_line(args, message):
+    env = {**os.environ, "CLREG_DATA_DIR": os.environ.get("CLREG_DATA_DIR", "../shared/datasets")}
+    result = clreg("run", *args, "--epochs", "1", env=env)
+    if "split-mnist" in args and "not found" in result.stderr:
+        pytest.skip("no MNIST copy")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert message in lines[-1] and not any("Traceback" in line for line in lines), result.stderr
+
+
+def test_run_on_user_arrays_end_to_end(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (200, 6, 6), dtype=np.uint8), y_train=rng.integers(0, 4, 200),
+             x_test=rng.integers(0, 256, (40, 6, 6), dtype=np.uint8), y_test=rng.integers(0, 4, 40))
+    out = tmp_path / "r.json"
+    result = clreg("run", "--benchmark", f"arrays:{path}", "--permute", "3", "--method", "ewc", "--c", "1",
+                   "--epochs", "1", "--batch-size", "32", "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    saved = json.loads(out.read_text())
+    assert len(saved["accuracy_matrix"]) == 3 and saved["benchmark"]["name"] == f"arrays:{path}"
+    assert saved["config"]["network"] == "mlp" and saved["config"]["hidden"] == [400, 400]

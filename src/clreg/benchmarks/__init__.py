@@ -51,14 +51,12 @@ def check_name(name: str) -> None:
 
 def build_benchmark(name: str, num_tasks: int | None, seed: int, evaluate_on: str = "test",
                     data_dir: str | Path | None = None, *, trust_pickle: bool = False,
-                    split_classes: int | None = None, permute: int | None = None,
-                    network: str | None = None) -> Benchmark:
+                    split_classes: int | None = None, permute: int | None = None) -> Benchmark:
     """The benchmark registered under `name`, with its first `num_tasks` tasks (None: its default count)."""
     check_name(name)
     check_evaluate_on(evaluate_on)
     if name.startswith("arrays:"):
-        return arrays_benchmark(name[len("arrays:"):], num_tasks, seed, evaluate_on, split_classes, permute,
-                                network or defaults(name).network)
+        return arrays_benchmark(name[len("arrays:"):], num_tasks, seed, evaluate_on, split_classes, permute)
     if split_classes or permute:
         raise ValueError("--split-classes and --permute apply to arrays:PATH benchmarks only")
     builders = {
@@ -70,10 +68,7 @@ def build_benchmark(name: str, num_tasks: int | None, seed: int, evaluate_on: st
         "split-cifar10-100": lambda: split_cifar10_100(num_tasks, evaluate_on, data_dir, trust_pickle),
         "split-tiny-imagenet": lambda: split_tiny_imagenet(num_tasks, evaluate_on, data_dir),
     }
-    bench = builders[name]()
-    if network:
-        bench.network = network
-    return bench
+    return builders[name]()
 
 
 __all__ = ["BENCHMARKS", "DEFAULTS", "EVALUATE_ON", "Benchmark", "PermutedBenchmark", "Split", "SplitBenchmark",

@@ -11,7 +11,7 @@ from .split import SplitBenchmark, TaskData, class_tasks
 
 
 def arrays_benchmark(path: str, num_tasks: int | None, seed: int, evaluate_on: str, split_classes: int | None,
-                     permute: int | None, network: str = "mlp") -> SplitBenchmark | PermutedBenchmark:
+                     permute: int | None) -> SplitBenchmark | PermutedBenchmark:
     """Tasks from the file's task_train/task_test (multi-head), from --split-classes K (consecutive groups of
     K sorted classes, multi-head) or from --permute T (T pixel permutations, one shared head)."""
     check_evaluate_on(evaluate_on)
@@ -24,10 +24,8 @@ def arrays_benchmark(path: str, num_tasks: int | None, seed: int, evaluate_on: s
     name = f"arrays:{path}"
     if permute:
         classes = int(max(data.y_train.max(), data.y_test.max())) + 1
-        bench = permuted_split(name, _split(data.x_train, data.y_train), _split(data.x_test, data.y_test),
-                               num_tasks or permute, seed, classes, evaluate_on)
-        bench.network = network
-        return bench
+        return permuted_split(name, _split(data.x_train, data.y_train), _split(data.x_test, data.y_test),
+                              num_tasks or permute, seed, classes, evaluate_on)
     tasks = _class_groups(data, split_classes, path) if split_classes else _given_tasks(data, evaluate_on)
     if split_classes:
         tasks = class_tasks(data.x_train, data.y_train, data.x_test, data.y_test, tasks, evaluate_on, flatten=False)
@@ -35,7 +33,7 @@ def arrays_benchmark(path: str, num_tasks: int | None, seed: int, evaluate_on: s
         if not 1 <= num_tasks <= len(tasks):
             raise ValueError(f"{name} has {len(tasks)} tasks; --tasks must be 1..{len(tasks)}, got {num_tasks}")
         tasks = tasks[:num_tasks]
-    return SplitBenchmark(name, tasks, network)
+    return SplitBenchmark(name, tasks)
 
 
 def _class_groups(data: UserArrays, k: int, path: str) -> list[list[int]]:

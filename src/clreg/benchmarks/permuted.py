@@ -18,10 +18,10 @@ class PermutedBenchmark:
     drop_last = False  # an "epoch" is ⌊epoch_size/b⌋ steps of a stream of consecutive shuffles
 
     def __init__(self, name: str, train: Split, evaluation: Split, num_tasks: int, seed: int,
-                 num_classes: int = 10, epoch_size: int | None = None, network: str = "mlp"):
+                 num_classes: int = 10, epoch_size: int | None = None):
         if num_tasks < 1:
             raise ValueError(f"tasks must be >= 1, got {num_tasks}")
-        self.name, self.train, self.evaluation, self.network = name, train, evaluation, network
+        self.name, self.train, self.evaluation = name, train, evaluation
         self.num_tasks, self.classes = num_tasks, num_classes
         self.in_features = train.x.shape[1]
         self.input_shape = (self.in_features,)

@@ -29,10 +29,10 @@ class SplitBenchmark:
     multi_head = True
     drop_last = True  # an epoch is ⌊n/b⌋ full batches of one shuffle
 
-    def __init__(self, name: str, tasks: Sequence[TaskData], network: str):
+    def __init__(self, name: str, tasks: Sequence[TaskData]):
         if not tasks:
             raise ValueError(f"{name}: no tasks")
-        self.name, self.tasks, self.network = name, list(tasks), network
+        self.name, self.tasks = name, list(tasks)
         self.num_tasks = len(self.tasks)
         self.input_shape = tuple(self.tasks[0].train.x.shape[1:])
         self.classes = [t.classes for t in self.tasks]
@@ -89,7 +89,7 @@ def split_cifar10_100(num_tasks: int | None = None, evaluate_on: str = "test", d
         c100 = load_cifar100(data_dir, trust_pickle)
         groups = [range(10 * i, 10 * i + 10) for i in range(count - 1)]
         tasks += class_tasks(c100.x_train, c100.y_train, c100.x_test, c100.y_test, groups, evaluate_on)
-    return SplitBenchmark("split-cifar10-100", tasks, "cifar-cnn")
+    return SplitBenchmark("split-cifar10-100", tasks)
 
 
 def split_cifar10(num_tasks: int | None = None, evaluate_on: str = "test", data_dir: str | Path | None = None,
@@ -99,7 +99,7 @@ def split_cifar10(num_tasks: int | None = None, evaluate_on: str = "test", data_
     c10 = load_cifar10(data_dir, trust_pickle)
     groups = [(2 * i, 2 * i + 1) for i in range(count)]
     return SplitBenchmark("split-cifar10", class_tasks(c10.x_train, c10.y_train, c10.x_test, c10.y_test, groups,
-                                                       evaluate_on), "cifar-cnn")
+                                                       evaluate_on))
 
 
 def split_mnist(num_tasks: int | None = None, evaluate_on: str = "test", data_dir: str | Path | None = None
@@ -109,4 +109,4 @@ def split_mnist(num_tasks: int | None = None, evaluate_on: str = "test", data_di
     mnist = load_mnist(data_dir)
     groups = [(2 * i, 2 * i + 1) for i in range(count)]
     return SplitBenchmark("split-mnist", class_tasks(mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test,
-                                                     groups, evaluate_on, flatten=True), "mlp")
+                                                     groups, evaluate_on, flatten=True))

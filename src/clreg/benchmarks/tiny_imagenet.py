@@ -44,4 +44,4 @@ def split_tiny_imagenet(num_tasks: int | None = None, evaluate_on: str = "test",
     if data.y_train.max() + 1 < CLASSES_PER_TASK * count:
         raise ValueError(f"Tiny ImageNet here has {data.y_train.max() + 1} classes, too few for {count} tasks of 10")
     return SplitBenchmark("split-tiny-imagenet", tiny_imagenet_tasks(data.x_train, data.y_train, data.x_test,
-                                                                     data.y_test, count, evaluate_on), "cifar-cnn")
+                                                                     data.y_test, count, evaluate_on))
