@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -32,57 +33,78 @@ def cli() -> None:
     """clreg: regularisation-based continual learning (EWC, SI, MAS, SOS, ...)."""
 
 
-@cli.command()
-@click.option("--benchmark", default="permuted-mnist", show_default=True,
-              help=f"one of: {', '.join(BENCHMARKS)} (a .npz of your own: x_train, y_train, x_test, y_test)")
-@click.option("--method", default="si", show_default=True, help="importance measure; see `clreg methods`")
-@click.option("--c", "c", type=float, default=0.2, show_default=True, help="regularisation strength c >= 0")
-@click.option("--reinit/--no-reinit", default=False, show_default=True, help="re-draw shared weights at each task start")
-@click.option("--tasks", type=int, default=None, help="the first N tasks [default: all; 10 for permuted benchmarks]")
-@click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--equal-iter", is_flag=True, help="every task as many steps as the first (split-cifar10-100: tasks 2-6 get 10x epochs)")
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--network", default=None, help=f"one of: {', '.join(NETWORKS)} [default: the benchmark's]")
-@click.option("--hidden", default=None, help="widths, comma-separated: MLP hidden layers, or cifar-cnn's "
-              "conv1,conv2,dense [default: 2000,2000 on P-MNIST; 32,64,512 for cifar-cnn]")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--lr", type=float, default=None, help="learning rate [default: 1e-3 * batch-size / 256]")
-@click.option("--eval", "evaluate_on", default="test", show_default=True, help=f"one of: {', '.join(EVALUATE_ON)}")
-@click.option("--samples", "importance_samples", type=int, default=None,
-              help="samples for post-task measures [default: 1000 on MNIST, 500 on CIFAR]")
-@click.option("--xi", type=float, default=None, help="SI's damping xi > 0 [default: 0.1 on MNIST, 1e-3 on CIFAR]")
-@click.option("--alpha", "sos_alpha", default="0", show_default=True, help="SOS: alpha, a number or 'auto'")
-@click.option("--bias-correction/--no-bias-correction", "sos_bias_correction", default=True, show_default=True,
-              help="SOS: divide v by 1 - beta2^T")
-@click.option("--split/--no-split", "sos_split", default=False, show_default=True,
-              help="SOS: g and g' from the two halves of the minibatch")
-@click.option("--fisher-mode", default="exact", show_default=True, help="Fisher: exact, sampled or empirical")
-@click.option("--fisher-draws", type=int, default=1, show_default=True, help="Fisher, sampled: labels drawn per sample")
-@click.option("--penalty", default="online", show_default=True,
-              help="combining tasks' penalties: online, separate or debiased (SPEC §4)")
-@click.option("--prior", type=float, default=0.0, show_default=True, help="Gaussian prior precision lambda_prior >= 0")
-@click.option("--decay", type=float, default=1.0, show_default=True, help="online penalty: Omega <- decay*Omega + omega")
-@click.option("--revisit", is_flag=True, help="debiased: at the end, drop task 1's penalty and learn task 1 again")
-@click.option("--proxy-every", type=int, default=0, show_default=True,
-              help="every N steps, log each earlier task's proxy loss and measured loss increase (0: off)")
-@click.option("--proxy-samples", type=int, default=500, show_default=True,
-              help="test samples per task for the measured loss increase")
-@click.option("--split-classes", type=int, default=None, help="arrays:PATH: tasks of K consecutive classes (multi-head)")
-@click.option("--permute", type=int, default=None, help="arrays:PATH: T pixel-permuted tasks (one head)")
-@click.option("--trust-pickle", is_flag=True,
-              help="unpickle CIFAR python-version files whose md5 is not the canonical one (unpickling can run code)")
-@click.option("--data-dir", default=None,
-              help="directory containing mnist/, cifar10/, ... (else $CLREG_DATA_DIR, the cache, a download)")
-@click.option("--out", "out", default=None, help="write the results as JSON to this file")
-@click.option("--quiet", is_flag=True, help="no progress bars")
-def run(hidden: str | None, sos_alpha: str, out: str | None, quiet: bool, **options) -> None:
-    """Train a network on a task sequence with one method and report the accuracy matrix."""
+CONFIG_OPTIONS = [
+    click.option("--benchmark", default="permuted-mnist", show_default=True,
+                  help=f"one of: {', '.join(BENCHMARKS)} (a .npz of your own: x_train, y_train, x_test, y_test)"),
+    click.option("--method", default="si", show_default=True, help="importance measure; see `clreg methods`"),
+    click.option("--c", "c", type=float, default=0.2, show_default=True, help="regularisation strength c >= 0"),
+    click.option("--reinit/--no-reinit", default=False, show_default=True, help="re-draw shared weights at each task start"),
+    click.option("--tasks", type=int, default=None, help="the first N tasks [default: all; 10 for permuted benchmarks]"),
+    click.option("--epochs", type=int, default=20, show_default=True),
+    click.option("--equal-iter", is_flag=True,
+                 help="every task as many steps as the first (split-cifar10-100: tasks 2-6 get 10x epochs)"),
+    click.option("--batch-size", type=int, default=256, show_default=True),
+    click.option("--network", default=None, help=f"one of: {', '.join(NETWORKS)} [default: the benchmark's]"),
+    click.option("--hidden", default=None, help="widths, comma-separated: MLP hidden layers, or cifar-cnn's "
+                  "conv1,conv2,dense [default: 2000,2000 on P-MNIST; 32,64,512 for cifar-cnn]"),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--lr", type=float, default=None, help="learning rate [default: 1e-3 * batch-size / 256]"),
+    click.option("--eval", "evaluate_on", default="test", show_default=True, help=f"one of: {', '.join(EVALUATE_ON)}"),
+    click.option("--samples", "importance_samples", type=int, default=None,
+                  help="samples for post-task measures [default: 1000 on MNIST, 500 on CIFAR]"),
+    click.option("--xi", type=float, default=None, help="SI's damping xi > 0 [default: 0.1 on MNIST, 1e-3 on CIFAR]"),
+    click.option("--alpha", "sos_alpha", default="0", show_default=True, help="SOS: alpha, a number or 'auto'"),
+    click.option("--bias-correction/--no-bias-correction", "sos_bias_correction", default=True, show_default=True,
+                  help="SOS: divide v by 1 - beta2^T"),
+    click.option("--split/--no-split", "sos_split", default=False, show_default=True,
+                  help="SOS: g and g' from the two halves of the minibatch"),
+    click.option("--fisher-mode", default="exact", show_default=True, help="Fisher: exact, sampled or empirical"),
+    click.option("--fisher-draws", type=int, default=1, show_default=True, help="Fisher, sampled: labels drawn per sample"),
+    click.option("--penalty", default="online", show_default=True,
+                  help="combining tasks' penalties: online, separate or debiased (SPEC §4)"),
+    click.option("--prior", type=float, default=0.0, show_default=True, help="Gaussian prior precision lambda_prior >= 0"),
+    click.option("--decay", type=float, default=1.0, show_default=True, help="online penalty: Omega <- decay*Omega + omega"),
+    click.option("--revisit", is_flag=True, help="debiased: at the end, drop task 1's penalty and learn task 1 again"),
+    click.option("--proxy-every", type=int, default=0, show_default=True,
+                  help="every N steps, log each earlier task's proxy loss and measured loss increase (0: off)"),
+    click.option("--proxy-samples", type=int, default=500, show_default=True,
+                  help="test samples per task for the measured loss increase"),
+    click.option("--split-classes", type=int, default=None, help="arrays:PATH: tasks of K consecutive classes (multi-head)"),
+    click.option("--permute", type=int, default=None, help="arrays:PATH: T pixel-permuted tasks (one head)"),
+    click.option("--trust-pickle", is_flag=True,
+                  help="unpickle CIFAR python-version files whose md5 is not the canonical one (unpickling can run code)"),
+    click.option("--data-dir", default=None,
+                  help="directory containing mnist/, cifar10/, ... (else $CLREG_DATA_DIR, the cache, a download)"),
+]
+
+
+def config_options(command):
+    """The options that make a RunConfig, shared by `run` and the `analyze` commands."""
+    for option in reversed(CONFIG_OPTIONS):
+        command = option(command)
+    return command
+
+
+def make_config(hidden: str | None, sos_alpha: str, **options) -> RunConfig:
+    """A validated RunConfig from the options; bad values become one-line usage errors."""
     try:
         alpha = sos_alpha if sos_alpha == "auto" else float(sos_alpha)
     except ValueError:
         _fail(f"--alpha must be a number or 'auto', got {sos_alpha!r}")
     try:
-        config = RunConfig(hidden=None if hidden is None else parse_widths(hidden), sos_alpha=alpha, **options)
+        return RunConfig(hidden=None if hidden is None else parse_widths(hidden), sos_alpha=alpha, **options)
+    except ValueError as err:
+        _fail(str(err))
+
+
+@cli.command()
+@config_options
+@click.option("--out", "out", default=None, help="write the results as JSON to this file")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def run(out: str | None, quiet: bool, **options) -> None:
+    """Train a network on a task sequence with one method and report the accuracy matrix."""
+    config = make_config(**options)
+    try:
         if out:
             check_writable(out)
     except ValueError as err:
@@ -113,6 +135,47 @@ def run(hidden: str | None, sos_alpha: str, out: str | None, quiet: bool, **opti
     if out:
         write_json(out, result)
         click.echo(f"results written to {out}", err=True)
+
+
+@cli.group()
+def analyze() -> None:
+    """The paper's analyses (SPEC §7) on one training run: JSON data, PNG/SVG figures, summary.md."""
+
+
+def _analysis_command(kind: str, doc: str, every_default: int):
+    @analyze.command(name=kind, help=doc)
+    @config_options
+    @click.option("--out-dir", required=True, help="directory for the JSON, figures and summary.md")
+    @click.option("--every", type=int, default=every_default, show_default=True,
+                  help="steps between full training-set gradients (bias, noise)")
+    @click.option("--large-samples", type=int, default=None,
+                  help="measures: also Fisher and AF on this many samples, to correlate with --samples")
+    @click.option("--scatter-points", type=int, default=100_000, show_default=True,
+                  help="measures: weights sampled (seeded) for the scatter plots")
+    @click.option("--quiet", is_flag=True, help="no progress bars")
+    def command(out_dir: str, every: int, large_samples: int | None, scatter_points: int, quiet: bool, **options):
+        config = make_config(**options)
+        if every < 1 or scatter_points < 1 or (large_samples is not None and large_samples < 1):
+            _fail("--every, --scatter-points and --large-samples must be >= 1")
+        from .analysis import analyze as run_analysis
+        from .train import load_benchmark
+
+        try:
+            bench = load_benchmark(config)
+        except (DataFileError, ValueError) as err:
+            raise click.ClickException(str(err)) from None
+        data = run_analysis(kind, config, out_dir, every, large_samples, scatter_points, not quiet, bench)
+        click.echo((Path(out_dir) / "summary.md").read_text())
+        click.echo(f"{len(data['figures'])} figures and {kind}.json written to {out_dir}", err=True)
+    return command
+
+
+_analysis_command("measures", "Train once (SI by default) and compare every importance measure on that run: per "
+                  "task, Pearson correlations over all parameters and log-log scatter plots (figures 1-2).", 10)
+_analysis_command("bias", "SI's bias: running sums of SI, SIU and SIB per step against the path integral with "
+                  "the full training-set gradient and the actual loss decrease; Σ SI / Σ SIU per task.", 10)
+_analysis_command("noise", "Gradient noise: ‖g_batch − g_full‖², ‖g_full‖² and their ratio every k steps; the "
+                  "fraction of steps whose ratio exceeds x (figure J.1).", 10)
 
 
 @cli.command()

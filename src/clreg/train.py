@@ -105,12 +105,13 @@ class Trainer:
         if task > 0 and cfg.reinit and reinit:
             reinitialize(self.model, set(reg.names), self.init_generator)
             reg.begin_task()
+        self.task_started(task)
         optimizer = make_optimizer(self.model, cfg.learning_rate)
         size, drop_last = self.bench.train_size(task), self.bench.drop_last
         batches = index_stream(size, cfg.batch_size, torch.Generator().manual_seed(derive_seed(cfg.seed, 3, task)),
                                drop_last)
         independent = None
-        if reg.measure.needs_independent_gradient and not reg.split:
+        if self.wants_independent_batches():
             independent = index_stream(size, cfg.batch_size,
                                        torch.Generator().manual_seed(derive_seed(cfg.seed, 4, task)), drop_last)
         forward = task_forward(self.model, task)
@@ -129,6 +130,17 @@ class Trainer:
         self.timing["importance_seconds"] += time.perf_counter() - start
         if self.proxies is not None and reg.measure.regularizes:
             self.proxies.task_end(task)
+        self.task_ended(task)
+
+    def wants_independent_batches(self) -> bool:
+        """True if each step needs a minibatch B'_t independent of B_t (for g'_t)."""
+        return self.reg.measure.needs_independent_gradient and not self.reg.split
+
+    def task_started(self, task: int) -> None:
+        """Hook for subclasses (analyses): the task's training starts (after any re-init)."""
+
+    def task_ended(self, task: int) -> None:
+        """Hook for subclasses (analyses): the task is trained and consolidated."""
 
     def step(self, optimizer: torch.optim.Optimizer, forward, x: Tensor, y: Tensor,
              independent: tuple[Tensor, Tensor] | None) -> None:

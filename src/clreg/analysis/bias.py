@@ -1,0 +1,58 @@
+"""SPEC §7: SI's bias. Per step, the running sums over all parameters of SI's path integral Σ −g_t·Δ_t, SIU's
+Σ −g'_t·Δ_t and SIB's Σ −(g_t − g'_t)·Δ_t; every k steps the path integral with the training set's full
+gradient, Σ −∇L(θ_c)·(θ_c' − θ_c) between checkpoints c, c', beside the actual decrease L(θ_0) − L(θ_c).
+Sums run over every parameter the task trains (with a multi-head model: the shared ones and the task's head),
+so that they add up to the loss decrease."""
+from __future__ import annotations
+
+import torch
+
+from .probe import Probe, trained_parameters
+
+
+def _dot(a, b) -> float:
+    return float(sum(float(torch.dot(x.reshape(-1).double(), y.reshape(-1).double())) for x, y in zip(a, b)))
+
+
+class BiasProbe(Probe):
+    """Records the running sums per step and the full-gradient path integral per checkpoint, per task."""
+
+    def __init__(self, every: int):
+        if every < 1:
+            raise ValueError(f"the full gradient is taken every k >= 1 steps, got {every}")
+        self.full_gradient_every = every
+        self.tasks: list[dict] = []
+
+    def task_started(self, trainer, task) -> None:  # noqa: D102
+        self.current = {"task": task, "si": [], "siu": [], "sib": [], "checkpoints": []}
+        self.sums = {"si": 0.0, "siu": 0.0, "sib": 0.0}
+        self.last = None  # (θ_c, ∇L(θ_c)) of the last checkpoint
+        self.full_path = 0.0
+        self.start_loss = None
+
+    def stepped(self, trainer, grads, independent, delta) -> None:  # noqa: D102
+        si, siu = -_dot(grads, delta), -_dot(independent, delta)
+        sib = -_dot(torch._foreach_sub(grads, independent), delta)  # computed on its own, not as si − siu
+        for name, value in (("si", si), ("siu", siu), ("sib", sib)):
+            self.sums[name] += value
+            self.current[name].append(self.sums[name])
+
+    def checkpoint(self, trainer, step, loss, full, batch) -> None:  # noqa: D102
+        theta = [p.detach().clone() for p in trained_parameters(trainer, trainer.task)]
+        if self.last is None:
+            self.start_loss = loss
+        else:
+            moved = torch._foreach_sub(theta, self.last[0])
+            self.full_path += -_dot(self.last[1], moved)
+        self.last = (theta, [g.clone() for g in full])
+        self.current["checkpoints"].append({"step": step, "loss": loss, "loss_decrease": self.start_loss - loss,
+                                            "full_gradient_path": self.full_path,
+                                            "si": self.sums["si"], "siu": self.sums["siu"], "sib": self.sums["sib"]})
+
+    def task_ended(self, trainer, task) -> None:  # noqa: D102
+        s = self.sums
+        self.current.update(ratio_si_to_siu=s["si"] / s["siu"] if s["siu"] else None, totals=dict(s),
+                            loss_decrease=self.current["checkpoints"][-1]["loss_decrease"],
+                            full_gradient_path=self.full_path)
+        self.tasks.append(self.current)
+        self.last = None

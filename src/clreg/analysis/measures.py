@@ -1,0 +1,96 @@
+"""SPEC §7, figures 1–2: every importance measure on one training run, compared parameter by parameter.
+
+Along the trajectory of one run (SI by default, the paper's setting) the path integrals of SI, SIU and SIB
+and SOS's second moments (α = 0 and 1) are accumulated side by side; after each task the sensitivity
+measures are computed on one shared sample. Per task: the Pearson correlation matrix over all shared
+parameters (streamed, never all measures in float64 at once) and a seeded sample of positions for scatter plots.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import importance
+from ..benchmarks import derive_seed
+from ..importance import TaskSample
+from ..importance.trajectory import SecondOrderSynapses
+from ..models import task_forward
+from .probe import Probe
+from .stats import ScatterSample, StreamingCorrelation, slope_through_origin
+
+PATH_MEASURES = ("si", "siu", "sib")  # g_t, g'_t, g_t − g'_t in the path integral
+SENSITIVITY = ("fisher", "sqrt-fisher", "af", "mas", "masx", "mas-logits", "masx-logits")
+SIZE_DEPENDENT = ("fisher", "af")  # also measured on the large sample, if one is asked for
+PAIRS = (("si", "sos"), ("siu", "sos"), ("sib", "sos"), ("mas", "sqrt-fisher"), ("mas", "masx"), ("mas", "af"))
+
+
+def path_variants(name: str, path: list[Tensor], start: list[Tensor], params: list[Tensor], xi: float
+                  ) -> dict[str, list[Tensor]]:
+    """SPEC §2's SI-type importance and its variants from one path integral s: `name` (rescaled by
+    (θ_end − θ_start)² + ξ, clipped at 0: the method), `-noclip`, `-raw` (s clipped), `-raw-noclip` (s)."""
+    denominator = [(p.detach() - s0).square_() + xi for p, s0 in zip(params, start)]
+    rescaled = [s / d for s, d in zip(path, denominator)]
+    return {name: [r.clamp_min(0) for r in rescaled], f"{name}-noclip": rescaled,
+            f"{name}-raw": [s.clamp_min(0) for s in path], f"{name}-raw-noclip": [s.clone() for s in path]}
+
+
+class MeasuresProbe(Probe):
+    """Accumulates every measure side by side and, per task, correlates them and samples them for scatters."""
+
+    def __init__(self, xi: float, batch_size: int, samples: int, large_samples: int | None = None,
+                 scatter_points: int = 100_000, seed: int = 0):
+        self.xi, self.samples, self.large = xi, samples, large_samples
+        self.scatter_points, self.seed = scatter_points, seed
+        self.paths = {name: importance.create(name, xi=xi) for name in PATH_MEASURES}
+        self.sos = {"sos": SecondOrderSynapses(alpha=0.0), "sos-a1": SecondOrderSynapses(alpha=1.0)}
+        self.tasks: list[dict] = []
+        self.scatter: list[dict[str, np.ndarray]] = []
+
+    def task_started(self, trainer, task) -> None:  # noqa: D102
+        for measure in [*self.paths.values(), *self.sos.values()]:
+            measure.begin_task(trainer.reg.params)
+
+    def stepped(self, trainer, grads, independent, delta) -> None:  # noqa: D102
+        shared = len(trainer.reg.params)  # importance is measured for the regularised parameters only
+        for measure in [*self.paths.values(), *self.sos.values()]:
+            measure.observe_step(trainer.reg.params, grads[:shared], independent[:shared])
+
+    def task_ended(self, trainer, task) -> None:  # noqa: D102
+        values = self.importances(trainer, task)
+        names = list(values)
+        correlation = StreamingCorrelation(names)
+        for i in range(len(trainer.reg.params)):
+            correlation.update([values[name][i] for name in names])
+        sample = ScatterSample([p.numel() for p in trainer.reg.params], self.scatter_points,
+                               derive_seed(self.seed, 7, task))
+        points = {name: sample.take(values[name]) for name in names}
+        slopes = {f"{a} vs {b}": slope_through_origin(points[a], points[b]) for a, b in PAIRS}
+        totals = {name: float(sum(float(v.double().sum()) for v in values[name])) for name in names}
+        self.tasks.append({"task": task, "measures": names, "correlation": correlation.as_dict(),
+                           "pairs": {f"{a} vs {b}": correlation.as_dict()[a][b] for a, b in PAIRS},
+                           "slope_through_origin": slopes, "sums": totals, "parameters": correlation.n})
+        self.scatter.append(points)
+
+    def importances(self, trainer, task: int) -> dict[str, list[Tensor]]:
+        """ω of every measure for the task just trained, at θ_end."""
+        params = trainer.reg.params
+        values: dict[str, list[Tensor]] = {}
+        for name, measure in self.paths.items():
+            values.update(path_variants(name, measure.path, measure.start, params, self.xi))
+        for name, measure in self.sos.items():
+            values[name] = measure.task_importance(params, None)
+        forward = task_forward(trainer.model, task)
+        sizes = [(self.samples, "")] + ([(self.large, f"@{self.large}")] if self.large else [])
+        for n, suffix in sizes:
+            inputs, labels = trainer.bench.batch(task, self._sample(trainer, task, n))
+            sample = TaskSample(trainer.model, inputs, labels, forward, trainer.reg.memory_budget)
+            for name in SENSITIVITY if not suffix else SIZE_DEPENDENT:
+                values[name + suffix] = importance.create(name).task_importance(params, sample)
+        return values
+
+    def _sample(self, trainer, task: int, n: int) -> Tensor:
+        size = trainer.bench.train_size(task)
+        if n > size:
+            raise ValueError(f"task {task + 1} has {size} training examples, fewer than the {n} samples asked for")
+        return torch.randperm(size, generator=torch.Generator().manual_seed(derive_seed(self.seed, 8, task)))[:n]

@@ -1,0 +1,115 @@
+"""`clreg analyze measures|bias|noise`: one training run with a probe; JSON data, PNG/SVG figures, a summary."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics
+from ..benchmarks import defaults
+from ..config import RunConfig
+from ..results import write_json
+from ..train import load_benchmark
+from . import plots
+from .bias import BiasProbe
+from .measures import PAIRS, MeasuresProbe
+from .noise import NoiseProbe
+from .probe import ProbeTrainer
+
+KINDS = ("measures", "bias", "noise")
+
+
+def analyze(kind: str, config: RunConfig, out_dir: str | Path, every: int = 10, large_samples: int | None = None,
+            scatter_points: int = 100_000, progress: bool = True, bench=None) -> dict:
+    """Train `config` with the analysis `kind` attached; write `<kind>.json`, figures and `summary.md` into
+    `out_dir`; return the JSON data."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown analysis {kind!r}; choose one of: {', '.join(KINDS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    xi = config.xi if config.xi is not None else defaults(config.benchmark).xi
+    probe = {"measures": lambda: MeasuresProbe(xi, config.batch_size, config.samples, large_samples, scatter_points,
+                                               config.seed),
+             "bias": lambda: BiasProbe(every), "noise": lambda: NoiseProbe(every)}[kind]()
+    bench = bench or load_benchmark(config)
+    start = time.perf_counter()
+    trainer = ProbeTrainer(config, bench, [probe], progress)
+    accuracy = trainer.run()
+    data = {"analysis": kind, "config": config.to_dict(), "benchmark": bench.describe(),
+            "accuracy_matrix": accuracy.tolist(), **metrics.summary(accuracy),
+            "wall_seconds": time.perf_counter() - start}
+    figures = {"measures": _measures, "bias": _bias, "noise": _noise}[kind](probe, data, out, every)
+    data["figures"] = [str(f.relative_to(out)) for f in figures]
+    write_json(out / f"{kind}.json", data)
+    (out / "summary.md").write_text(summary(data))
+    return data
+
+
+def _first_and_last(items: list) -> list:
+    return items[:1] + items[-1:] if len(items) > 1 else items
+
+
+def _measures(probe: MeasuresProbe, data: dict, out: Path, every: int) -> list[Path]:
+    data["tasks"] = probe.tasks
+    figures = []
+    for record, points in _first_and_last(list(zip(probe.tasks, probe.scatter))):
+        t = record["task"] + 1
+        np.savez_compressed(out / f"scatter-task{t}.npz", **points)
+        names = record["measures"]
+        matrix = np.array([[np.nan if record["correlation"][a][b] is None else record["correlation"][a][b]
+                            for b in names] for a in names])
+        figures += plots.correlation_heatmap(matrix, names, f"Correlation of importance measures after task {t} "
+                                             f"({data['benchmark']['name']}, trained with {data['config']['method']})",
+                                             out / f"correlation-task{t}")
+        for a, b in PAIRS:
+            figures += plots.scatter(points[a], points[b], (a, b), record["slope_through_origin"][f"{a} vs {b}"],
+                                     record["pairs"][f"{a} vs {b}"], f"{a} vs {b} after task {t}",
+                                     out / f"scatter-task{t}-{a}-vs-{b}")
+    return figures
+
+
+def _bias(probe: BiasProbe, data: dict, out: Path, every: int) -> list[Path]:
+    data["tasks"] = probe.tasks
+    data["ratio_si_to_siu"] = [t["ratio_si_to_siu"] for t in probe.tasks]
+    return [f for task in _first_and_last(probe.tasks)
+            for f in plots.bias_curves(task, every, out / f"bias-task{task['task'] + 1}")]
+
+
+def _noise(probe: NoiseProbe, data: dict, out: Path, every: int) -> list[Path]:
+    data["records"], data["summary"] = probe.records, probe.summary()
+    return plots.noise_plot(probe.records, data["summary"], out / "noise")
+
+
+def summary(data: dict) -> str:
+    """The key numbers as markdown."""
+    cfg = data["config"]
+    lines = [f"# clreg analyze {data['analysis']}", "",
+             f"{data['benchmark']['name']}, {cfg['network']} {cfg['hidden']}, method {cfg['method']} c={cfg['c']}, "
+             f"re-init {'on' if cfg['reinit'] else 'off'}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
+             f"seed {cfg['seed']}; average accuracy {100 * data['average_accuracy']:.2f}%; "
+             f"{data['wall_seconds']:.0f} s.", ""]
+    if data["analysis"] == "measures":
+        pairs = list(data["tasks"][0]["pairs"])
+        extra = [k for k in data["tasks"][0]["measures"] if "@" in k]
+        lines += ["Pearson r over all shared parameters, per task:", "",
+                  "| task | " + " | ".join(pairs + [f"{k.split('@')[0]} vs {k}" for k in extra]) + " |",
+                  "| --- |" + " --- |" * (len(pairs) + len(extra))]
+        for t in data["tasks"]:
+            cells = [t["pairs"][p] for p in pairs] + [t["correlation"][k.split("@")[0]][k] for k in extra]
+            lines.append(f"| {t['task'] + 1} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |")
+    elif data["analysis"] == "bias":
+        lines += ["| task | Σ SI | Σ SIU | Σ SIB | Σ SI / Σ SIU | full-gradient path integral | actual loss decrease |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for t in data["tasks"]:
+            s = t["totals"]
+            ratio = "–" if t["ratio_si_to_siu"] is None else f"{t['ratio_si_to_siu']:.2f}"
+            lines.append(f"| {t['task'] + 1} | {s['si']:.4g} | {s['siu']:.4g} | {s['sib']:.4g} | {ratio} | "
+                         f"{t['full_gradient_path']:.4g} | {t['loss_decrease']:.4g} |")
+    else:
+        s = data["summary"]
+        lines += [f"{s['steps_recorded']} steps recorded; median ‖g_batch − g_full‖² / ‖g_full‖² = "
+                  f"{s['median_ratio']:.3g}.", "", "| x | fraction of steps with ratio > x |", "| --- | --- |"]
+        lines += [f"| {x} | {v:.3f} |" for x, v in s["fraction_above"].items()]
+    lines += ["", "Figures: " + ", ".join(f for f in data["figures"] if f.endswith(".png")), ""]
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""The analyses: streamed statistics against numpy, SI's bias on a problem whose full gradient is known,
+side-by-side measures against the trained method's own, and the figures."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clreg.analysis import ScatterSample, StreamingCorrelation, analyze, slope_through_origin
+from clreg.analysis import stats
+from clreg.analysis.bias import BiasProbe
+from clreg.analysis.measures import MeasuresProbe
+from clreg.analysis.probe import ProbeTrainer, full_gradient
+from clreg.benchmarks import build_benchmark
+from clreg.config import RunConfig
+
+
+def test_streaming_correlation_equals_numpy(monkeypatch):
+    monkeypatch.setattr(stats, "CHUNK", 7)  # many blocks per tensor
+    rng = np.random.default_rng(0)
+    shapes = [(5, 4), (13,), (3, 3, 3)]
+    base = [rng.normal(size=s) for s in shapes]
+    measures = [[b + 1e4 for b in base], [2 * b + rng.normal(size=b.shape) for b in base],
+                [rng.exponential(size=b.shape) for b in base]]  # a large mean: the shift keeps it exact
+    corr = StreamingCorrelation(["a", "b", "c"])
+    for i in range(len(shapes)):
+        corr.update([torch.tensor(m[i], dtype=torch.float32) for m in measures])
+    flat = np.array([np.concatenate([x.astype(np.float32).astype(np.float64).ravel() for x in m]) for m in measures])
+    np.testing.assert_allclose(corr.matrix(), np.corrcoef(flat), rtol=1e-9, atol=1e-12)
+    assert corr.n == 20 + 13 + 27 and corr.as_dict()["a"]["b"] == pytest.approx(np.corrcoef(flat)[0, 1])
+    with pytest.raises(ValueError, match="expected 3 measures, got 2"):
+        corr.update([torch.zeros(2), torch.zeros(2)])
+
+
+def test_scatter_sample_is_seeded_and_takes_the_right_positions():
+    tensors = [torch.arange(10.0).reshape(2, 5), torch.arange(100.0, 107.0)]
+    a, b = ScatterSample([10, 7], 6, seed=3), ScatterSample([10, 7], 6, seed=3)
+    assert np.array_equal(a.index, b.index) and not np.array_equal(a.index, ScatterSample([10, 7], 6, seed=4).index)
+    flat = torch.cat([t.reshape(-1) for t in tensors]).numpy()
+    assert np.array_equal(a.take(tensors), flat[a.index])
+    assert slope_through_origin(np.array([1.0, 2.0]), np.array([2.0, 4.0])) == pytest.approx(2.0)
+
+
+@pytest.fixture
+def blobs(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 6)) * 2
+    y_train, y_test = rng.integers(0, 4, 400), rng.integers(0, 4, 100)
+    path = tmp_path / "blobs.npz"
+    np.savez(path, x_train=(centres[y_train] + rng.normal(size=(400, 6))).astype(np.float32), y_train=y_train,
+             x_test=(centres[y_test] + rng.normal(size=(100, 6))).astype(np.float32), y_test=y_test)
+    return f"arrays:{path}"
+
+
+def config(benchmark, **kw):
+    return RunConfig(**{**dict(benchmark=benchmark, split_classes=2, method="si", c=0.0, epochs=2, batch_size=20,
+                               hidden=[12], lr=1e-2, importance_samples=50), **kw})
+
+
+def test_full_gradient_is_the_gradient_of_the_whole_training_set(blobs):
+    cfg = config(blobs)
+    bench = build_benchmark(cfg.benchmark, None, 0, "test", split_classes=2)
+    trainer = ProbeTrainer(cfg, bench, [])
+    loss, grads = full_gradient(trainer, 1, chunk=7)
+    x, y = bench.tasks[1].train.x, bench.tasks[1].train.y
+    expected = F.cross_entropy(trainer.model(x, 1), y)
+    reference = torch.autograd.grad(expected, [*trainer.reg.params, *trainer.model.heads[1].parameters()])
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-5)
+    for g, r in zip(grads, reference):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("lr", [1e-3, 2.5e-4])
+def test_full_gradient_path_integral_is_the_loss_decrease_to_first_order(blobs, lr):
+    cfg = config(blobs, lr=lr, epochs=3)
+    bench = build_benchmark(cfg.benchmark, None, 0, "test", split_classes=2)
+    probe = BiasProbe(every=1)
+    ProbeTrainer(cfg, bench, [probe], progress=False).run()
+    for task in probe.tasks:
+        decrease, path = task["loss_decrease"], task["full_gradient_path"]
+        assert decrease > 0 and abs(path - decrease) < 0.03 * decrease * (lr / 1e-3)  # error O(lr²)
+        s = task["totals"]
+        assert s["si"] - s["siu"] == pytest.approx(s["sib"], rel=1e-5, abs=1e-9)
+
+
+def test_side_by_side_si_equals_the_trained_method(blobs):
+    cfg = config(blobs, c=0.5)
+    bench = build_benchmark(cfg.benchmark, None, 0, "test", split_classes=2)
+    probe = MeasuresProbe(xi=0.1, batch_size=20, samples=50, scatter_points=30)
+    trainer = ProbeTrainer(cfg, bench, [probe], progress=False)
+    trainer.train_task(0)
+    side = probe.importances(trainer, 0)
+    for ours, theirs in zip(side["si"], trainer.reg.last_importance.values()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
+    assert probe.tasks[0]["correlation"]["si"]["si"] == pytest.approx(1.0)
+    assert set(probe.tasks[0]["pairs"]) >= {"si vs sos", "mas vs sqrt-fisher"}
+
+
+def test_every_analysis_writes_its_data_figures_and_summary(blobs, tmp_path):
+    from PIL import Image
+
+    for kind in ("measures", "bias", "noise"):
+        out = tmp_path / kind
+        data = analyze(kind, config(blobs), out, every=3, large_samples=80, scatter_points=200, progress=False)
+        assert (out / f"{kind}.json").stat().st_size > 0 and "| " in (out / "summary.md").read_text()
+        pngs = [out / f for f in data["figures"] if f.endswith(".png")]
+        assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+        for png in pngs:
+            width, height = Image.open(png).size
+            assert 300 < width < 3000 and 250 < height < 3000
+        assert all((out / f).read_text().lstrip().startswith("<?xml") for f in data["figures"] if f.endswith(".svg"))
+    assert len(data["records"]) == 2 * 2 * (180 // 20) // 3 and 0 <= data["summary"]["fraction_above"]["1"] <= 1
