@@ -55,7 +55,9 @@ def _measures(probe: MeasuresProbe, data: dict, out: Path, every: int) -> list[P
     figures = []
     for record, points in _first_and_last(list(zip(probe.tasks, probe.scatter))):
         t = record["task"] + 1
-        np.savez_compressed(out / f"scatter-task{t}.npz", **points)
+        plotted = {name for pair in PAIRS for name in pair}
+        np.savez_compressed(out / f"scatter-task{t}.npz", **{k: v.astype(np.float32) for k, v in points.items()
+                                                             if k in plotted})
         names = record["measures"]
         matrix = np.array([[np.nan if record["correlation"][a][b] is None else record["correlation"][a][b]
                             for b in names] for a in names])

@@ -1,0 +1,54 @@
+"""The paper's analyses (SPEC §7) at reduced scale: `clreg analyze measures`, `bias` and `noise` on Permuted
+MNIST (10 tasks, widths 400,400, 5 epochs, SI with its reduced-scale c and re-init, as in
+experiments/pmnist_reduced.py) and on split-cifar10 (5 tasks, 5 epochs, the CIFAR network, SI with SPEC's c).
+
+Each analysis writes its JSON, figures and summary.md into experiments/results/analyses/<benchmark>/<kind>/;
+one whose JSON exists is not run again.
+
+    python experiments/analyses.py --data-dir ../shared/datasets
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from clreg.analysis import analyze
+from clreg.config import RunConfig
+from clreg.results import machine, versions, write_json
+
+OUT = Path(__file__).parent / "results" / "analyses"
+SETTINGS = {
+    "permuted-mnist": dict(benchmark="permuted-mnist", tasks=10, hidden=[400, 400], epochs=5, method="si", c=5.0,
+                           reinit=True),
+    "split-cifar10": dict(benchmark="split-cifar10", epochs=5, method="si", c=5.0, reinit=False),
+}
+OPTIONS = {  # per benchmark and analysis: steps between full gradients; the large sample of the measures analysis
+    "permuted-mnist": {"measures": dict(large_samples=10000), "bias": dict(every=10), "noise": dict(every=10)},
+    "split-cifar10": {"measures": dict(), "bias": dict(every=25), "noise": dict(every=25)},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--benchmarks", default=",".join(SETTINGS))
+    parser.add_argument("--kinds", default="measures,bias,noise")
+    args = parser.parse_args()
+    for name in args.benchmarks.split(","):
+        for kind in args.kinds.split(","):
+            out = OUT / name / kind
+            if (out / f"{kind}.json").exists():
+                continue
+            config = RunConfig(seed=0, data_dir=args.data_dir, **SETTINGS[name])
+            data = analyze(kind, config, out, progress=False, **OPTIONS[name][kind])
+            data.update(versions=versions(), machine=machine(), command=" ".join([sys.executable, *sys.argv]))
+            write_json(out / f"{kind}.json", data)
+            print(f"{name} {kind}: {data['wall_seconds']:.0f} s", flush=True)
+            print((out / "summary.md").read_text(), flush=True)
+    print(json.dumps({"done": True}))
+
+
+if __name__ == "__main__":
+    main()
