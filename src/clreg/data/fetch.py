@@ -70,37 +70,34 @@ def _existing(path: Path) -> Path | None:
     return None
 
 
-def _download(dataset: str, remote: RemoteFile) -> Path:
+def _download(dataset: str, remote: RemoteFile, processor=None) -> Path:
+    """Download `remote` into `<cache>/<dataset>/` from the first mirror that serves it with the right md5."""
     import pooch
 
     target = cache_dir() / dataset
-    last: Exception | None = None
-    for mirror in remote.mirrors:
-        try:
-            return Path(pooch.retrieve(mirror + remote.name, known_hash=f"md5:{remote.md5}",
-                                       fname=remote.name, path=target, progressbar=False))
-        except Exception as err:  # try the next mirror
-            last = err
-    raise DataFileError(f"could not download {remote.name}: {last}")
-
-
-def download_archive(dataset: str, remote: RemoteFile) -> Path:
-    """Download `remote` (a .tar.gz or .zip) into `<cache>/<dataset>/`, verify its md5, unpack it there;
-    returns that folder. A failed download or a wrong checksum raises DataFileError."""
-    import pooch
-
-    target = cache_dir() / dataset
-    unpack = pooch.Unzip(extract_dir=".") if remote.name.endswith(".zip") else pooch.Untar(extract_dir=".")
     last: Exception | None = None
     for mirror in remote.mirrors:
         try:
             pooch.retrieve(mirror + remote.name, known_hash=f"md5:{remote.md5}", fname=remote.name, path=target,
-                           processor=unpack, progressbar=False)
-            return target
+                           processor=processor, progressbar=False)
+            return target / remote.name
         except Exception as err:  # network and checksum errors come in many types; try the next mirror
             last = err
-    raise DataFileError(f"could not download {remote.name} (md5 {remote.md5}) into {target}: {last}. "
-                        f"Download it yourself and unpack it into {target}, or point --data-dir at a copy")
+    raise DataFileError(f"could not download {remote.name} (md5 {remote.md5}) into {target}: {last}")
+
+
+def download_archive(dataset: str, remote: RemoteFile) -> Path:
+    """Download `remote` (a .tar.gz or .zip) into `<cache>/<dataset>/`, verify its md5 and unpack it there;
+    returns that folder. A failed download or a wrong checksum raises DataFileError."""
+    import pooch
+
+    unpack = pooch.Unzip(extract_dir=".") if remote.name.endswith(".zip") else pooch.Untar(extract_dir=".")
+    try:
+        _download(dataset, remote, unpack)
+    except DataFileError as err:
+        raise DataFileError(f"{err}. Download it yourself and unpack it into {cache_dir() / dataset}, "
+                            "or point --data-dir at a copy") from None
+    return cache_dir() / dataset
 
 
 def cached_arrays(key: str, files: list[Path], build: Callable[[], "ImageDataset"]) -> "ImageDataset":
