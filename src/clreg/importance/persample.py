@@ -9,8 +9,8 @@ that is, a weighted sum of a function of *per-sample* gradients:
 - Linear on (n, in) inputs: the per-sample gradient is the outer product δ_x ⊗ a_x, so
   Σ_x Σ_k w_xk h(δ_xk ⊗ a_x) = (Σ_k w_k ⊙ h(δ_k))ᵀ h(a): one matrix product per layer, and the
   backward pass only runs down to the layer outputs (no weight gradients at all);
-- Conv2d (and Linear on inputs with extra dimensions): per-sample gradients via unfold, one batched
-  product per cotangent;
+- Conv2d: per-sample gradients as one batched product per kernel offset and cotangent, on strided copies
+  of the input (the numbers unfold would give); Linear on inputs with extra dimensions likewise, directly;
 - any other parameter: `torch.func` (vmap of grad over samples), chunked.
 Samples are processed in chunks that keep the working memory under a budget.
 """
@@ -74,12 +74,19 @@ class _Layer:
     def factorised(self) -> bool:
         return isinstance(self.module, nn.Linear) and self.input.dim() == 2
 
-    def unfolded_input(self) -> Tensor:
-        """(n, fan_in, positions) view of the layer's input, as the weight sees it."""
+    def unfolded_input(self) -> Tensor | list[Tensor]:
+        """The layer's input as the weight sees it: Linear, a (n, fan_in, positions) view; Conv2d, per kernel
+        offset the (n, positions, in_channels) values that each output position multiplies there (the same
+        numbers as unfold's, laid out so that building them is a plain strided copy, ~4× faster than im2col)."""
         m, a = self.module, self.input
         if isinstance(m, nn.Linear):
             return a.reshape(a.shape[0], -1, a.shape[-1]).transpose(1, 2)
-        return F.unfold(a, m.kernel_size, dilation=m.dilation, padding=_conv_padding(m), stride=m.stride)
+        (ph, pw), (sh, sw), (dh, dw) = _conv_padding(m), m.stride, m.dilation
+        n, channels, rows, cols = self.output.shape[0], a.shape[1], self.output.shape[2], self.output.shape[3]
+        padded = F.pad(a.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # (n, H, W, C) with zero borders
+        kh, kw = m.kernel_size
+        return [padded[:, i * dh:i * dh + sh * (rows - 1) + 1:sh, j * dw:j * dw + sw * (cols - 1) + 1:sw, :]
+                .reshape(n, rows * cols, channels) for i in range(kh) for j in range(kw)]
 
 
 class _Accumulator:
@@ -126,14 +133,17 @@ class _Accumulator:
         if kind in layer.slots:
             self.totals[layer.slots[kind]].add_(statistic())
 
-    def _add_positional(self, layer: _Layer, delta: Tensor, unfolded: Tensor) -> None:
+    def _add_positional(self, layer: _Layer, delta: Tensor, unfolded: Tensor | list[Tensor]) -> None:
         n = delta.shape[0]
         if isinstance(layer.module, nn.Linear):
             delta = delta.reshape(n, -1, delta.shape[-1]).transpose(1, 2)  # (n, out, positions)
         else:
-            delta = delta.reshape(n, delta.shape[1], -1)
+            delta = delta.permute(0, 2, 3, 1).reshape(n, -1, delta.shape[1]).transpose(1, 2)  # free if channels-last
         if "weight" in layer.slots:
-            per_sample = torch.bmm(delta, unfolded.transpose(1, 2))  # (n, out, fan_in)
+            if isinstance(unfolded, list):  # Conv2d: (n, out, in, kernel offsets), the weight's own layout
+                per_sample = torch.stack([torch.bmm(delta, patch) for patch in unfolded], dim=-1)
+            else:
+                per_sample = torch.bmm(delta, unfolded.transpose(1, 2))  # (n, out, fan_in)
             total = self.totals[layer.slots["weight"]]
             total.add_(_power(per_sample, self.power).sum(0).view_as(total))
         if "bias" in layer.slots:
