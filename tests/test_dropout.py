@@ -85,3 +85,34 @@ def test_split_sos_with_dropout_is_refused_with_the_alternative():
         reg.backward_split(F.cross_entropy(forward(x[:4]), y[:4]), F.cross_entropy(forward(x[4:]), y[4:]))
     with pytest.raises(ValueError, match="use --no-split"):
         RunConfig(benchmark="split-cifar10", method="sos", sos_split=True, sos_alpha=1.0)
+
+
+@pytest.mark.parametrize("method,options", [("sib", {}), ("sos", {"alpha": 1.0})])
+def test_fused_step_with_dropout_equals_the_unfused_path(method, options, monkeypatch):
+    import copy
+
+    from clreg import fused
+
+    model = mlp_with_dropout()
+    reg = Regularizer(model, method, c=0.3, **options)
+    x, y = torch.rand(32, 12), torch.randint(0, 4, (32,))
+    xi, yi = torch.rand(32, 12), torch.randint(0, 4, (32,))
+    reg.end_task()  # a penalty from a first task, so that ∇R is in play
+    twin = copy.deepcopy((model, reg))
+    calls = []
+    monkeypatch.setattr(fused, "adam_step", lambda *a, real=fused.adam_step: calls.append(1) or real(*a))
+    results = []
+    for (m, r), fuse in (((model, reg), True), (twin, False)):
+        monkeypatch.setattr(fused, "supported", (lambda o, real=fused.supported: real(o)) if fuse else (lambda o: False))
+        optimizer = make_optimizer(m, 1e-2)
+        torch.manual_seed(3)
+        F.cross_entropy(m(x), y).backward()
+        r.before_step(task_loss=lambda: F.cross_entropy(m(x), y), independent_loss=lambda: F.cross_entropy(m(xi), yi))
+        r.step(optimizer)
+        state = r.measure.path if method == "sib" else r.measure.second_moment
+        results.append(([p.detach().clone() for p in m.parameters()], [s.clone() for s in state]))
+    assert calls == [1]  # the first took the fused kernel, the second the unfused path
+    (params_a, state_a), (params_b, state_b) = results
+    for a, b in zip(params_a + state_a, params_b + state_b):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    assert max(float(s.abs().max()) for s in state_a) > 0
