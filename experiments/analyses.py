@@ -25,8 +25,8 @@ SETTINGS = {
     "split-cifar10": dict(benchmark="split-cifar10", epochs=5, method="si", c=5.0, reinit=False),
 }
 OPTIONS = {  # per benchmark and analysis: steps between full gradients; the large sample of the measures analysis
-    "permuted-mnist": {"measures": dict(large_samples=10000), "bias": dict(every=10), "noise": dict(every=10)},
-    "split-cifar10": {"measures": dict(), "bias": dict(every=25), "noise": dict(every=25)},
+    "permuted-mnist": {"measures": dict(large_samples=10000), "bias": dict(every=25), "noise": dict(every=25)},
+    "split-cifar10": {"measures": dict(), "bias": dict(every=100), "noise": dict(every=100)},
 }
 
 

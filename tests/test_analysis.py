@@ -78,6 +78,8 @@ def test_full_gradient_path_integral_is_the_loss_decrease_to_first_order(blobs, 
     for task in probe.tasks:
         decrease, path = task["loss_decrease"], task["full_gradient_path"]
         assert decrease > 0 and abs(path - decrease) < 0.03 * decrease * (lr / 1e-3)  # error O(lr²)
+        trapezoid = task["full_gradient_path_trapezoid"]
+        assert abs(trapezoid - decrease) < 0.2 * abs(path - decrease)  # error O(lr³)
         s = task["totals"]
         assert s["si"] - s["siu"] == pytest.approx(s["sib"], rel=1e-5, abs=1e-9)
 

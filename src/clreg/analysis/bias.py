@@ -1,6 +1,8 @@
 """SPEC §7: SI's bias. Per step, the running sums over all parameters of SI's path integral Σ −g_t·Δ_t, SIU's
 Σ −g'_t·Δ_t and SIB's Σ −(g_t − g'_t)·Δ_t; every k steps the path integral with the training set's full
-gradient, Σ −∇L(θ_c)·(θ_c' − θ_c) between checkpoints c, c', beside the actual decrease L(θ_0) − L(θ_c).
+gradient between checkpoints c, c': Σ −∇L(θ_c)·(θ_c' − θ_c) (the gradient at the start of each stretch, as SI
+sums it; with k = 1 the quantity SI and SIU estimate) and the trapezoid Σ −½(∇L(θ_c) + ∇L(θ_c'))·(θ_c' − θ_c)
+(exact for a quadratic loss), beside the actual decrease L(θ_0) − L(θ_c).
 Sums run over every parameter the task trains (with a multi-head model: the shared ones and the task's head),
 so that they add up to the loss decrease."""
 from __future__ import annotations
@@ -27,7 +29,7 @@ class BiasProbe(Probe):
         self.current = {"task": task, "si": [], "siu": [], "sib": [], "checkpoints": []}
         self.sums = {"si": 0.0, "siu": 0.0, "sib": 0.0}
         self.last = None  # (θ_c, ∇L(θ_c)) of the last checkpoint
-        self.full_path = 0.0
+        self.full_path = self.trapezoid = 0.0
         self.start_loss = None
 
     def stepped(self, trainer, grads, independent, delta) -> None:  # noqa: D102
@@ -43,16 +45,19 @@ class BiasProbe(Probe):
             self.start_loss = loss
         else:
             moved = torch._foreach_sub(theta, self.last[0])
-            self.full_path += -_dot(self.last[1], moved)
+            start_term, end_term = -_dot(self.last[1], moved), -_dot(full, moved)
+            self.full_path += start_term  # as SI sums it: the gradient where each stretch starts
+            self.trapezoid += 0.5 * (start_term + end_term)  # exact for a quadratic loss
         self.last = (theta, [g.clone() for g in full])
         self.current["checkpoints"].append({"step": step, "loss": loss, "loss_decrease": self.start_loss - loss,
                                             "full_gradient_path": self.full_path,
+                                            "full_gradient_path_trapezoid": self.trapezoid,
                                             "si": self.sums["si"], "siu": self.sums["siu"], "sib": self.sums["sib"]})
 
     def task_ended(self, trainer, task) -> None:  # noqa: D102
         s = self.sums
         self.current.update(ratio_si_to_siu=s["si"] / s["siu"] if s["siu"] else None, totals=dict(s),
                             loss_decrease=self.current["checkpoints"][-1]["loss_decrease"],
-                            full_gradient_path=self.full_path)
+                            full_gradient_path=self.full_path, full_gradient_path_trapezoid=self.trapezoid)
         self.tasks.append(self.current)
         self.last = None

@@ -70,7 +70,10 @@ def bias_curves(task: dict, every: int, stem: Path) -> list[Path]:
         ax.plot(steps, task[name], label=label, lw=1)
     points = task["checkpoints"]
     ax.plot([c["step"] for c in points], [c["full_gradient_path"] for c in points], "k--", lw=1,
-            label=f"Σ −∇L·Δ with the full training-set gradient (every {every} steps)")
+            label=f"Σ −∇L·Δ, full training-set gradient at the start of every {every} steps")
+    if "full_gradient_path_trapezoid" in points[0]:
+        ax.plot([c["step"] for c in points], [c["full_gradient_path_trapezoid"] for c in points], "k:", lw=1,
+                label="the same, trapezoid rule (mean of both ends' gradients)")
     ax.plot([c["step"] for c in points], [c["loss_decrease"] for c in points], "o", ms=3, color="C3",
             label="actual training-loss decrease L(θ_0) − L(θ_t)")
     ax.set(xlabel=f"step within task {task['task'] + 1}", ylabel="summed over all shared parameters")

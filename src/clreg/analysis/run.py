@@ -74,6 +74,7 @@ def _measures(probe: MeasuresProbe, data: dict, out: Path, every: int) -> list[P
 def _bias(probe: BiasProbe, data: dict, out: Path, every: int) -> list[Path]:
     data["tasks"] = probe.tasks
     data["ratio_si_to_siu"] = [t["ratio_si_to_siu"] for t in probe.tasks]
+    data["every"] = every
     return [f for task in _first_and_last(probe.tasks)
             for f in plots.bias_curves(task, every, out / f"bias-task{task['task'] + 1}")]
 
@@ -101,13 +102,16 @@ def summary(data: dict) -> str:
             cells = [t["pairs"][p] for p in pairs] + [t["correlation"][k.split("@")[0]][k] for k in extra]
             lines.append(f"| {t['task'] + 1} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |")
     elif data["analysis"] == "bias":
-        lines += ["| task | Σ SI | Σ SIU | Σ SIB | Σ SI / Σ SIU | full-gradient path integral | actual loss decrease |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"Path integrals with the full gradient every {data['every']} steps: start-point sum (as SI) and "
+                  "trapezoid rule.", "",
+                  "| task | Σ SI | Σ SIU | Σ SIB | Σ SI / Σ SIU | full gradient, start points | full gradient, trapezoid "
+                  "| actual loss decrease |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for t in data["tasks"]:
             s = t["totals"]
             ratio = "–" if t["ratio_si_to_siu"] is None else f"{t['ratio_si_to_siu']:.2f}"
             lines.append(f"| {t['task'] + 1} | {s['si']:.4g} | {s['siu']:.4g} | {s['sib']:.4g} | {ratio} | "
-                         f"{t['full_gradient_path']:.4g} | {t['loss_decrease']:.4g} |")
+                         f"{t['full_gradient_path']:.4g} | {t.get('full_gradient_path_trapezoid', float('nan')):.4g} | "
+                         f"{t['loss_decrease']:.4g} |")
     else:
         s = data["summary"]
         lines += [f"{s['steps_recorded']} steps recorded; median ‖g_batch − g_full‖² / ‖g_full‖² = "
