@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from clreg.analysis import ScatterSample, StreamingCorrelation, analyze, slope_through_origin
 from clreg.analysis import stats
 from clreg.analysis.bias import BiasProbe
-from clreg.analysis.measures import MeasuresProbe
+from clreg.analysis.measures import MeasuresProbe, measure_names, parse_pairs
 from clreg.analysis.probe import ProbeTrainer, full_gradient
 from clreg.benchmarks import build_benchmark
 from clreg.config import RunConfig
@@ -91,6 +91,10 @@ def test_side_by_side_si_equals_the_trained_method(blobs):
     trainer = ProbeTrainer(cfg, bench, [probe], progress=False)
     trainer.train_task(0)
     side = probe.importances(trainer, 0)
+    assert list(side) == measure_names()  # what --pairs may name is what is computed
+    with pytest.raises(ValueError, match="NAME one of si, si-noclip.*got si:fisher@10"):
+        parse_pairs("si:fisher@10")
+    assert parse_pairs("si:fisher@10", large_samples=10) == (("si", "fisher@10"),)
     for ours, theirs in zip(side["si"], trainer.reg.last_importance.values()):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
     assert probe.tasks[0]["correlation"]["si"]["si"] == pytest.approx(1.0)

@@ -10,6 +10,7 @@ from . import importance
 from .benchmarks import BENCHMARKS, EVALUATE_ON
 from .config import RunConfig
 from .data import DataFileError
+from .analysis.measures import PAIRS, parse_pairs
 from .models import NETWORKS, parse_widths
 from .results import check_writable, machine, versions, write_json
 
@@ -152,11 +153,18 @@ def _analysis_command(kind: str, doc: str, every_default: int):
                   help="measures: also Fisher and AF on this many samples, to correlate with --samples")
     @click.option("--scatter-points", type=int, default=100_000, show_default=True,
                   help="measures: weights sampled (seeded) for the scatter plots")
+    @click.option("--pairs", default=",".join(f"{a}:{b}" for a, b in PAIRS), show_default=True,
+                  help="measures: the pairs to correlate and scatter-plot, NAME:NAME separated by commas")
     @click.option("--quiet", is_flag=True, help="no progress bars")
-    def command(out_dir: str, every: int, large_samples: int | None, scatter_points: int, quiet: bool, **options):
+    def command(out_dir: str, every: int, large_samples: int | None, scatter_points: int, pairs: str, quiet: bool,
+                **options):
         config = make_config(**options)
         if every < 1 or scatter_points < 1 or (large_samples is not None and large_samples < 1):
             _fail("--every, --scatter-points and --large-samples must be >= 1")
+        try:
+            chosen = parse_pairs(pairs, large_samples)
+        except ValueError as err:
+            _fail(str(err))
         from .analysis import analyze as run_analysis
         from .train import load_benchmark
 
@@ -164,7 +172,7 @@ def _analysis_command(kind: str, doc: str, every_default: int):
             bench = load_benchmark(config)
         except (DataFileError, ValueError) as err:
             raise click.ClickException(str(err)) from None
-        data = run_analysis(kind, config, out_dir, every, large_samples, scatter_points, not quiet, bench)
+        data = run_analysis(kind, config, out_dir, every, large_samples, scatter_points, not quiet, bench, chosen)
         click.echo((Path(out_dir) / "summary.md").read_text())
         click.echo(f"{len(data['figures'])} figures and {kind}.json written to {out_dir}", err=True)
     return command

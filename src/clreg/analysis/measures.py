@@ -25,6 +25,24 @@ SIZE_DEPENDENT = ("fisher", "af")  # also measured on the large sample, if one i
 PAIRS = (("si", "sos"), ("siu", "sos"), ("sib", "sos"), ("mas", "sqrt-fisher"), ("mas", "masx"), ("mas", "af"))
 
 
+def measure_names(large_samples: int | None = None) -> list[str]:
+    """Every measure the analysis computes, in its order."""
+    paths = [f"{name}{variant}" for name in PATH_MEASURES for variant in ("", "-noclip", "-raw", "-raw-noclip")]
+    large = [f"{name}@{large_samples}" for name in SIZE_DEPENDENT] if large_samples else []
+    return [*paths, "sos", "sos-a1", *SENSITIVITY, *large]
+
+
+def parse_pairs(text: str, large_samples: int | None = None) -> tuple[tuple[str, str], ...]:
+    """'si:sos,mas:af' → (("si", "sos"), ("mas", "af")), every name checked."""
+    names = measure_names(large_samples)
+    pairs = tuple(tuple(part.split(":")) for part in text.split(",") if part)
+    bad = [":".join(p) for p in pairs if len(p) != 2 or not set(p) <= set(names)]
+    if bad or not pairs:
+        raise ValueError(f"pairs must be NAME:NAME separated by commas, NAME one of {', '.join(names)}; "
+                         f"got {', '.join(bad) or repr(text)}")
+    return pairs
+
+
 def path_variants(name: str, path: list[Tensor], start: list[Tensor], params: list[Tensor], xi: float
                   ) -> dict[str, list[Tensor]]:
     """SPEC §2's SI-type importance and its variants from one path integral s: `name` (rescaled by
@@ -39,9 +57,9 @@ class MeasuresProbe(Probe):
     """Accumulates every measure side by side and, per task, correlates them and samples them for scatters."""
 
     def __init__(self, xi: float, batch_size: int, samples: int, large_samples: int | None = None,
-                 scatter_points: int = 100_000, seed: int = 0):
+                 scatter_points: int = 100_000, seed: int = 0, pairs: tuple[tuple[str, str], ...] = PAIRS):
         self.xi, self.samples, self.large = xi, samples, large_samples
-        self.scatter_points, self.seed = scatter_points, seed
+        self.scatter_points, self.seed, self.pairs = scatter_points, seed, pairs
         self.paths = {name: importance.create(name, xi=xi) for name in PATH_MEASURES}
         self.sos = {"sos": SecondOrderSynapses(alpha=0.0), "sos-a1": SecondOrderSynapses(alpha=1.0)}
         self.tasks: list[dict] = []
@@ -65,10 +83,10 @@ class MeasuresProbe(Probe):
         sample = ScatterSample([p.numel() for p in trainer.reg.params], self.scatter_points,
                                derive_seed(self.seed, 7, task))
         points = {name: sample.take(values[name]) for name in names}
-        slopes = {f"{a} vs {b}": slope_through_origin(points[a], points[b]) for a, b in PAIRS}
+        slopes = {f"{a} vs {b}": slope_through_origin(points[a], points[b]) for a, b in self.pairs}
         totals = {name: float(sum(float(v.double().sum()) for v in values[name])) for name in names}
         self.tasks.append({"task": task, "measures": names, "correlation": correlation.as_dict(),
-                           "pairs": {f"{a} vs {b}": correlation.as_dict()[a][b] for a, b in PAIRS},
+                           "pairs": {f"{a} vs {b}": correlation.as_dict()[a][b] for a, b in self.pairs},
                            "slope_through_origin": slopes, "sums": totals, "parameters": correlation.n})
         self.scatter.append(points)
 

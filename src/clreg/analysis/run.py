@@ -21,7 +21,8 @@ KINDS = ("measures", "bias", "noise")
 
 
 def analyze(kind: str, config: RunConfig, out_dir: str | Path, every: int = 10, large_samples: int | None = None,
-            scatter_points: int = 100_000, progress: bool = True, bench=None) -> dict:
+            scatter_points: int = 100_000, progress: bool = True, bench=None,
+            pairs: tuple[tuple[str, str], ...] = PAIRS) -> dict:
     """Train `config` with the analysis `kind` attached; write `<kind>.json`, figures and `summary.md` into
     `out_dir`; return the JSON data."""
     if kind not in KINDS:
@@ -30,7 +31,7 @@ def analyze(kind: str, config: RunConfig, out_dir: str | Path, every: int = 10, 
     out.mkdir(parents=True, exist_ok=True)
     xi = config.xi if config.xi is not None else defaults(config.benchmark).xi
     probe = {"measures": lambda: MeasuresProbe(xi, config.batch_size, config.samples, large_samples, scatter_points,
-                                               config.seed),
+                                               config.seed, pairs),
              "bias": lambda: BiasProbe(every), "noise": lambda: NoiseProbe(every)}[kind]()
     bench = bench or load_benchmark(config)
     start = time.perf_counter()
@@ -55,7 +56,7 @@ def _measures(probe: MeasuresProbe, data: dict, out: Path, every: int) -> list[P
     figures = []
     for record, points in _first_and_last(list(zip(probe.tasks, probe.scatter))):
         t = record["task"] + 1
-        plotted = {name for pair in PAIRS for name in pair}
+        plotted = {name for pair in probe.pairs for name in pair}
         np.savez_compressed(out / f"scatter-task{t}.npz", **{k: v.astype(np.float32) for k, v in points.items()
                                                              if k in plotted})
         names = record["measures"]
@@ -64,7 +65,7 @@ def _measures(probe: MeasuresProbe, data: dict, out: Path, every: int) -> list[P
         figures += plots.correlation_heatmap(matrix, names, f"Correlation of importance measures after task {t} "
                                              f"({data['benchmark']['name']}, trained with {data['config']['method']})",
                                              out / f"correlation-task{t}")
-        for a, b in PAIRS:
+        for a, b in probe.pairs:
             figures += plots.scatter(points[a], points[b], (a, b), record["slope_through_origin"][f"{a} vs {b}"],
                                      record["pairs"][f"{a} vs {b}"], f"{a} vs {b} after task {t}",
                                      out / f"scatter-task{t}-{a}-vs-{b}")
