@@ -108,16 +108,17 @@ class Regularizer:
         """R(θ) as a scalar to add to the loss; its backward is the analytic 2cΩ ⊙ (θ − θ*)."""
         return self.penalty_term(self.params)
 
-    def gradient(self, loss_fn: Callable[[], Tensor]) -> list[Tensor]:
-        """∇θ loss_fn() for the shared parameters, dropout off, leaving `.grad` untouched."""
+    def gradient(self, loss_fn: Callable[[], Tensor], params: list[Tensor] | None = None) -> list[Tensor]:
+        """∇ loss_fn() for `params` (default: the shared parameters), dropout off, leaving `.grad` untouched."""
+        params = self.params if params is None else params
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.enable_grad():
-                grads = torch.autograd.grad(loss_fn(), self.params, allow_unused=True)
+                grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)
         finally:
             self.model.train(was_training)
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
     def before_step(self, task_loss: Callable[[], Tensor] | None = None,
                     independent_loss: Callable[[], Tensor] | None = None) -> None:

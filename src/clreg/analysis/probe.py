@@ -38,18 +38,6 @@ def trained_parameters(trainer: Trainer, task: int) -> list[Tensor]:
     return [*trainer.reg.params, *head]
 
 
-def gradient(trainer: Trainer, params: list[Tensor], loss_fn) -> list[Tensor]:
-    """∇ loss_fn() for `params`, dropout off, `.grad` untouched."""
-    model = trainer.model
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            return list(torch.autograd.grad(loss_fn(), params))
-    finally:
-        model.train(was_training)
-
-
 def full_gradient(trainer: Trainer, task: int, chunk: int = 5000) -> tuple[float, list[Tensor]]:
     """Mean task loss and its gradient (for `trained_parameters`) over the task's training set, dropout off."""
     n, params = trainer.bench.train_size(task), trained_parameters(trainer, task)
@@ -63,7 +51,7 @@ def full_gradient(trainer: Trainer, task: int, chunk: int = 5000) -> tuple[float
             value = F.cross_entropy(forward(x), y, reduction="sum")
             losses.append(float(value.detach()))
             return value
-        torch._foreach_add_(total, gradient(trainer, params, summed_loss))
+        torch._foreach_add_(total, trainer.reg.gradient(summed_loss, params))
     torch._foreach_div_(total, n)
     return sum(losses) / n, total
 
@@ -98,9 +86,9 @@ class ProbeTrainer(Trainer):
 
     def step(self, optimizer, forward, x, y, independent) -> None:  # noqa: D102
         params = trained_parameters(self, self.task)
-        grads = gradient(self, params, lambda: F.cross_entropy(forward(x), y))
+        grads = self.reg.gradient(lambda: F.cross_entropy(forward(x), y), params)
         xi, yi = independent
-        other = gradient(self, params, lambda: F.cross_entropy(forward(xi), yi))
+        other = self.reg.gradient(lambda: F.cross_entropy(forward(xi), yi), params)
         if self.every and self.task_step % self.every == 0:
             self._checkpoint(grads)
         before = [p.detach().clone() for p in params]
