@@ -87,7 +87,7 @@ def test_full_gradient_path_integral_is_the_loss_decrease_to_first_order(blobs, 
 def test_side_by_side_si_equals_the_trained_method(blobs):
     cfg = config(blobs, c=0.5)
     bench = build_benchmark(cfg.benchmark, None, 0, "test", split_classes=2)
-    probe = MeasuresProbe(xi=0.1, batch_size=20, samples=50, scatter_points=30)
+    probe = MeasuresProbe(xi=0.1, samples=50, scatter_points=30)
     trainer = ProbeTrainer(cfg, bench, [probe], progress=False)
     trainer.train_task(0)
     side = probe.importances(trainer, 0)

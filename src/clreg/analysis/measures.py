@@ -56,7 +56,7 @@ def path_variants(name: str, path: list[Tensor], start: list[Tensor], params: li
 class MeasuresProbe(Probe):
     """Accumulates every measure side by side and, per task, correlates them and samples them for scatters."""
 
-    def __init__(self, xi: float, batch_size: int, samples: int, large_samples: int | None = None,
+    def __init__(self, xi: float, samples: int, large_samples: int | None = None,
                  scatter_points: int = 100_000, seed: int = 0, pairs: tuple[tuple[str, str], ...] = PAIRS):
         self.xi, self.samples, self.large = xi, samples, large_samples
         self.scatter_points, self.seed, self.pairs = scatter_points, seed, pairs
@@ -85,8 +85,9 @@ class MeasuresProbe(Probe):
         points = {name: sample.take(values[name]) for name in names}
         slopes = {f"{a} vs {b}": slope_through_origin(points[a], points[b]) for a, b in self.pairs}
         totals = {name: float(sum(float(v.double().sum()) for v in values[name])) for name in names}
-        self.tasks.append({"task": task, "measures": names, "correlation": correlation.as_dict(),
-                           "pairs": {f"{a} vs {b}": correlation.as_dict()[a][b] for a, b in self.pairs},
+        matrix = correlation.as_dict()
+        self.tasks.append({"task": task, "measures": names, "correlation": matrix,
+                           "pairs": {f"{a} vs {b}": matrix[a][b] for a, b in self.pairs},
                            "slope_through_origin": slopes, "sums": totals, "parameters": correlation.n})
         self.scatter.append(points)
 

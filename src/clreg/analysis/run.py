@@ -30,7 +30,7 @@ def analyze(kind: str, config: RunConfig, out_dir: str | Path, every: int = 10, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     xi = config.xi if config.xi is not None else defaults(config.benchmark).xi
-    probe = {"measures": lambda: MeasuresProbe(xi, config.batch_size, config.samples, large_samples, scatter_points,
+    probe = {"measures": lambda: MeasuresProbe(xi, config.samples, large_samples, scatter_points,
                                                config.seed, pairs),
              "bias": lambda: BiasProbe(every), "noise": lambda: NoiseProbe(every)}[kind]()
     bench = bench or load_benchmark(config)

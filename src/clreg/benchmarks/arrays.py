@@ -55,9 +55,8 @@ def _given_tasks(data: UserArrays, evaluate_on: str) -> list[TaskData]:
         classes = np.unique(train_y)
         if not np.isin(test_y, classes).all():
             raise DataFileError(f"task {t}: y_test has labels that the task's training data never shows")
-        relabel = {int(c): i for i, c in enumerate(classes)}
-        train = _split(data.x_train[data.task_train == t], np.array([relabel[int(v)] for v in train_y]))
-        test = _split(data.x_test[data.task_test == t], np.array([relabel[int(v)] for v in test_y], dtype=np.int64))
+        train = _split(data.x_train[data.task_train == t], np.searchsorted(classes, train_y))  # position in classes
+        test = _split(data.x_test[data.task_test == t], np.searchsorted(classes, test_y))
         train, validation = train.head(HOLDOUT)
         tasks.append(TaskData(train, validation if evaluate_on == "validation" else test, len(classes)))
     return tasks
