@@ -1,4 +1,4 @@
-"""Command line: `clreg run`, `clreg methods`, `clreg demo`."""
+"""Command line: `clreg run`, `clreg sweep`, `clreg report`, `clreg analyze`, `clreg methods`, `clreg demo`."""
 from __future__ import annotations
 
 import sys
@@ -101,10 +101,14 @@ def make_config(hidden: str | None, sos_alpha: str, **options) -> RunConfig:
 @cli.command()
 @config_options
 @click.option("--out", "out", default=None, help="write the results as JSON to this file")
+@click.option("--checkpoint", default=None, help="save the run's state to this file after every task")
+@click.option("--resume", is_flag=True, help="with --checkpoint: continue from the checkpoint if it exists")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def run(out: str | None, quiet: bool, **options) -> None:
+def run(out: str | None, checkpoint: str | None, resume: bool, quiet: bool, **options) -> None:
     """Train a network on a task sequence with one method and report the accuracy matrix."""
     config = make_config(**options)
+    if resume and checkpoint is None:
+        _fail("--resume needs --checkpoint FILE (the file written after every task)")
     try:
         if out:
             check_writable(out)
@@ -119,7 +123,15 @@ def run(out: str | None, quiet: bool, **options) -> None:
         bench = load_benchmark(config)
     except (DataFileError, ValueError) as err:  # missing or bad data, and the benchmark's checks (task counts, recipes)
         raise click.ClickException(str(err)) from None
-    result = run_config(config, progress=not quiet, bench=bench)
+    from .checkpoint import CheckpointError
+    from .train import Diverged
+
+    if resume and Path(checkpoint).exists():
+        click.echo(f"resuming from {checkpoint}", err=True)
+    try:
+        result = run_config(config, progress=not quiet, bench=bench, checkpoint_path=checkpoint, resume=resume)
+    except (Diverged, CheckpointError) as err:
+        raise click.ClickException(str(err)) from None
     result.update(versions=versions(), machine=machine(), command=" ".join(["clreg", *sys.argv[1:]]))
     click.echo(format_matrix(result["accuracy_matrix"]))
     click.echo(f"average accuracy {100 * result['average_accuracy']:.2f}%  "
@@ -136,6 +148,82 @@ def run(out: str | None, quiet: bool, **options) -> None:
     if out:
         write_json(out, result)
         click.echo(f"results written to {out}", err=True)
+
+
+@cli.command()
+@click.argument("spec_file", metavar="SPEC.yaml")
+@click.option("--store", "store_path", default=None, help="results store (SQLite) [default: SPEC.sqlite beside the file]")
+@click.option("--workers", type=int, default=1, show_default=True, help="runs side by side")
+@click.option("--threads", type=int, default=None, help="torch threads per run [default: cores / workers; ray: 1]")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", default="local", show_default=True,
+              help="ray: 'local' starts Ray here, 'auto' joins a running cluster, or ray://HOST:PORT")
+@click.option("--data-dir", default=None, help="where the workers find the datasets (overrides the sweep file's)")
+@click.option("--checkpoint-dir", default=None,
+              help="task checkpoints of runs in flight, so a killed sweep's runs resume [default: STORE.checkpoints; ray: none]")
+@click.option("--stale-after", type=float, default=600.0, show_default=True,
+              help="seconds without a heartbeat after which another host's running run is taken over")
+@click.option("--dry-run", is_flag=True, help="validate, show what is stored and what would run next, run nothing")
+def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | None, backend: str, address: str,
+          data_dir: str | None, checkpoint_dir: str | None, stale_after: float, dry_run: bool) -> None:
+    """Grid search over c (extended at the edges) and seeds, resumable: every run is kept in a results store."""
+    from . import executors
+    from .store import Store, StoreError
+    from .sweep import SweepDriver, plan
+    from .sweepspec import SpecError, load_spec
+
+    if workers < 1 or (threads is not None and threads < 1):
+        _fail("--workers and --threads must be >= 1")
+    try:
+        spec = load_spec(spec_file)
+        store = Store(store_path or Path(spec_file).with_suffix(".sqlite"), stale_after=stale_after)
+    except (SpecError, StoreError) as err:
+        _fail(str(err))
+    runtime = {**spec.runtime, **({"data_dir": data_dir} if data_dir else {})}
+    if dry_run:
+        driver = SweepDriver(spec, store, None)
+        wanted, states = plan(spec, driver.lookup)
+        click.echo(f"{spec.name}: {len(spec.entries)} methods, store {store.path} holds {store.counts() or 'nothing'}; "
+                   f"{len(wanted)} run(s) to start now: " + ", ".join(f"{c.method} c={c.c:g} seed {c.seed}" for c in wanted))
+        return
+    if checkpoint_dir is None and backend == "local":
+        checkpoint_dir = str(store.path) + ".checkpoints"
+    try:
+        if backend == "ray":
+            executor = executors.RayExecutor(address, workers if workers > 1 else None, threads, runtime, checkpoint_dir)
+        elif workers == 1:
+            executor = executors.InlineExecutor(threads, runtime, checkpoint_dir)
+        else:
+            executor = executors.ProcessExecutor(workers, threads, runtime, checkpoint_dir)
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"sweep {spec.name}: {len(spec.entries)} methods x {len(spec.seeds)} seeds on {spec.benchmark}, "
+               f"{executor.slots} run(s) at a time, {executor.threads} thread(s) each; store {store.path}", err=True)
+    states = SweepDriver(spec, store, executor, log=lambda line: click.echo(line, err=True)).run()
+    executor.shutdown()
+    from .report import entry_row, markdown
+
+    click.echo(markdown([entry_row(spec, state) for state in states.values()]))
+
+
+@cli.command()
+@click.argument("store_path", metavar="STORE")
+@click.option("--out-dir", default=None, help="write table.md, table.csv and the figures here [default: STORE.report]")
+def report(store_path: str, out_dir: str | None) -> None:
+    """The sweeps in a results store as table 1 (markdown, CSV) with grid-search and accuracy-matrix figures."""
+    from .report import write_report
+    from .store import Store, StoreError
+
+    try:
+        store = Store(store_path, create=False)
+    except StoreError as err:
+        _fail(str(err))
+    if not store.sweeps():
+        raise click.ClickException(f"store {store_path!r} holds no sweep (run `clreg sweep SPEC.yaml --store {store_path}`)")
+    out = out_dir or store_path + ".report"
+    data = write_report(store, out)
+    click.echo(data["markdown"])
+    click.echo(f"table.md, table.csv and {len(data['figures'])} figure files written to {out}", err=True)
 
 
 @cli.group()

@@ -1,7 +1,9 @@
 """One dataclass describes a run; it is validated before any data is loaded."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
 
 from . import importance
 from .benchmarks import EVALUATE_ON, check_name, defaults
@@ -10,6 +12,8 @@ from .penalty import MODES
 
 SI_FAMILY = ("si", "siu", "sib")
 FISHER_FAMILY = ("fisher", "ewc", "sqrt-fisher", "af")
+NOT_IN_KEY = ("data_dir", "trust_pickle")  # where the data is read from does not change the numbers
+FLOAT_FIELDS = ("c", "lr", "xi", "prior", "decay")
 
 
 @dataclass
@@ -133,3 +137,28 @@ class RunConfig:
         """Plain data, with the derived learning rate and sample count filled in."""
         return {**asdict(self), "network": self.network_name, "hidden": self.widths,
                 "learning_rate": self.learning_rate, "samples": self.samples}
+
+    def canonical(self) -> dict:
+        """The fields that determine the run's numbers, defaults resolved and numbers normalised (1 and
+        1.0 alike): what identifies a run in a results store and a checkpoint."""
+        d = {k: v for k, v in asdict(self).items() if k not in NOT_IN_KEY}
+        d.update(network=self.network_name, hidden=self.widths, lr=self.learning_rate, importance_samples=self.samples,
+                 xi=self.xi if self.xi is not None else defaults(self.benchmark).xi)
+        for name in FLOAT_FIELDS:
+            d[name] = float(d[name])
+        if d["sos_alpha"] != "auto":
+            d["sos_alpha"] = float(d["sos_alpha"])
+        return d
+
+    def key(self) -> str:
+        """SHA-256 of the canonical config: equal for configs that give the same numbers."""
+        return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: dict, **overrides) -> "RunConfig":
+        """A config from plain data (a `canonical` or `to_dict` dict, a sweep file); unknown names are refused."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names - {"learning_rate", "samples"})
+        if unknown:
+            raise ValueError(f"unknown run setting(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(names))}")
+        return cls(**{k: v for k, v in {**data, **overrides}.items() if k in names})

@@ -146,6 +146,25 @@ class QuadraticPenalty:
         torch._foreach_copy_(self.centre, [m.to(a.dtype) for m, a in zip(centre, self.anchor)])
         self.constant = constant
 
+    def state_dict(self) -> dict:
+        """Ω, anchors, centres and the per-task terms as tensors and plain data (for checkpoints)."""
+        return {"omega": self.omega, "anchor": self.anchor, "centre": self.centre, "constant": self.constant,
+                "tasks_consolidated": self.tasks_consolidated,
+                "tasks": [None if t is None else {"precision": t.precision, "centre": t.centre} for t in self.tasks]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned (tensors are copied into this penalty's own)."""
+        if len(state["omega"]) != len(self.omega):
+            raise ValueError(f"checkpoint has {len(state['omega'])} regularised tensors, this model {len(self.omega)}")
+        torch._foreach_copy_(self.omega, state["omega"])
+        torch._foreach_copy_(self.anchor, state["anchor"])
+        if self.centre is not self.anchor:
+            torch._foreach_copy_(self.centre, state["centre"])
+        self.constant, self.tasks_consolidated = float(state["constant"]), int(state["tasks_consolidated"])
+        self.tasks = [None if t is None else TaskTerm(list(t["precision"]), list(t["centre"])) for t in state["tasks"]]
+        self._twice_precision = None
+
     @torch.no_grad()
     def drop_task(self, task: int) -> None:
         """Remove task `task`'s term (debiased mode): the other tasks' terms stay exactly as they were,

@@ -54,6 +54,16 @@ class ProxyLog:
         if entries:
             self.records.append({"step": step, "training": training, "tasks": entries})
 
+    def state_dict(self) -> dict:
+        """The records so far, as plain data (the evaluation samples are drawn again)."""
+        return {"terms": self.terms, "loss_at_end": self.loss_at_end, "proxy_at_end": self.proxy_at_end,
+                "records": self.records}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+        self.terms, self.loss_at_end = list(state["terms"]), list(state["loss_at_end"])
+        self.proxy_at_end, self.records = list(state["proxy_at_end"]), list(state["records"])
+
     def summary(self) -> dict:
         """The series and the Pearson correlation of proxy rise with measured rise over all records."""
         pairs = np.array([(e["proxy_increase"], e["loss_increase"]) for r in self.records for e in r["tasks"]])

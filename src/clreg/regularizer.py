@@ -98,6 +98,16 @@ class Regularizer:
         loss has risen (needs penalty="separate"/"debiased" or keep_tasks=True; None for dropped tasks)."""
         return self.penalty_term.proxies(self.params)
 
+    def state_dict(self) -> dict:
+        """The penalty (Ω, anchors, per-task terms) and the measure's lasting state, between tasks."""
+        return {"penalty": self.penalty_term.state_dict(), "measure": self.measure.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict` taken between tasks, then start a task at the current parameters."""
+        self.penalty_term.load_state_dict(state["penalty"])
+        self.measure.load_state_dict(state["measure"])
+        self.begin_task()
+
     def begin_task(self) -> None:
         """Start a task: θ_start ← θ, per-task statistics reset. Called by the constructor and by
         `end_task`; call it yourself only if you change the parameters in between (re-init)."""

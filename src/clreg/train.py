@@ -1,7 +1,9 @@
 """The continual loop: tasks × steps with a Regularizer, evaluation after each task (SPEC §1, §5)."""
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -10,12 +12,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import metrics
+from . import checkpoint, metrics
 from .benchmarks import Benchmark, build_benchmark, derive_seed
 from .config import RunConfig
 from .models import build_model, reinitialize, task_forward
 from .proxy import ProxyLog
 from .regularizer import Regularizer, has_active_dropout
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the run stops (a sweep records it as diverged)."""
+
+    def __init__(self, step: int, task: int, loss: float):
+        super().__init__(f"diverged: the training loss became {loss} at step {step} (task {task + 1})")
+        self.step, self.task, self.loss = step, task, loss
 
 
 def index_stream(size: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> Iterator[Tensor]:
@@ -67,20 +77,50 @@ class Trainer:
         self.timing = {"train_seconds": 0.0, "importance_seconds": 0.0, "evaluation_seconds": 0.0}
         self.proxies = ProxyLog(self.model, self.reg, bench, config.proxy_samples) if config.proxy_every else None
         self.steps_done = 0
+        self.current_task = 0
         self.revisit: dict | None = None
 
-    def run(self) -> np.ndarray:
-        """Train on every task; return the accuracy matrix A[k, j]."""
+    def run(self, checkpoint_path: str | Path | None = None, resume: bool = False) -> np.ndarray:
+        """Train on every task; return the accuracy matrix A[k, j]. With `checkpoint_path`, the state is
+        saved after every task; with `resume` too, a run starts from that checkpoint when it exists."""
         k_total = self.bench.num_tasks
         accuracy = np.zeros((k_total, k_total))
-        for task in range(k_total):
+        first = 0
+        if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+            first = self.load_state_dict(checkpoint.load(checkpoint_path, self.config.canonical()), accuracy)
+        for task in range(first, k_total):
             self.train_task(task)
             start = time.perf_counter()
             accuracy[task] = [evaluate(self.model, self.bench, j) for j in range(k_total)]
             self.timing["evaluation_seconds"] += time.perf_counter() - start
+            if checkpoint_path is not None:
+                checkpoint.save(checkpoint_path, self.state_dict(accuracy[:task + 1]))
         if self.config.revisit:
             self.revisit_first_task(accuracy[-1].tolist())
         return accuracy
+
+    def state_dict(self, accuracy: np.ndarray) -> dict:
+        """Everything a resumed run needs after the tasks whose accuracy rows are given: model, penalty,
+        random generators, timings, and the rows themselves (tensors and plain data only)."""
+        return {"config": self.config.canonical(), "tasks_done": len(accuracy), "accuracy": accuracy.tolist(),
+                "model": self.model.state_dict(), "regularizer": self.reg.state_dict(),
+                "init_generator": self.init_generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "timing": dict(self.timing), "steps_done": self.steps_done,
+                "proxies": None if self.proxies is None else self.proxies.state_dict()}
+
+    def load_state_dict(self, state: dict, accuracy: np.ndarray) -> int:
+        """Restore a `state_dict`, fill the finished rows of `accuracy`; return the next task to train."""
+        done = int(state["tasks_done"])
+        accuracy[:done] = np.asarray(state["accuracy"])
+        self.model.load_state_dict(state["model"])
+        self.reg.load_state_dict(state["regularizer"])
+        self.init_generator.set_state(state["init_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.timing.update(state["timing"])
+        self.steps_done = int(state["steps_done"])
+        if self.proxies is not None:
+            self.proxies.load_state_dict(state["proxies"])
+        return done
 
     def revisit_first_task(self, before: list[float]) -> None:
         """Drop task 1's penalty term (debiased) and learn task 1 again as if new; evaluate all tasks.
@@ -105,6 +145,7 @@ class Trainer:
         if task > 0 and cfg.reinit and reinit:
             reinitialize(self.model, set(reg.names), self.init_generator)
             reg.begin_task()
+        self.current_task = task
         self.task_started(task)
         optimizer = make_optimizer(self.model, cfg.learning_rate)
         size, drop_last = self.bench.train_size(task), self.bench.drop_last
@@ -150,10 +191,13 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         if reg.split:
             half = len(y) // 2
-            reg.backward_split(F.cross_entropy(forward(x[:half]), y[:half]),
-                               F.cross_entropy(forward(x[half:]), y[half:]))
+            first, second = F.cross_entropy(forward(x[:half]), y[:half]), F.cross_entropy(forward(x[half:]), y[half:])
+            reg.backward_split(first, second)
+            self.check_finite(first + second)
         else:
-            F.cross_entropy(forward(x), y).backward()
+            loss = F.cross_entropy(forward(x), y)
+            loss.backward()
+            self.check_finite(loss)
             task_loss = (lambda: F.cross_entropy(forward(x), y)) if self.dropout else None
             independent_loss = None
             if independent is not None:
@@ -162,6 +206,12 @@ class Trainer:
             if task_loss or independent_loss:
                 reg.before_step(task_loss=task_loss, independent_loss=independent_loss)
         reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass
+
+    def check_finite(self, loss: Tensor) -> None:
+        """Raise Diverged if the step's task loss is NaN or infinite (one host sync per step)."""
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise Diverged(self.steps_done + 1, self.current_task, value)  # steps counted from 1
 
     def consolidate(self, task: int) -> None:
         """End of task: hand the regulariser a sample of the task's training inputs (n of them)."""
@@ -181,11 +231,13 @@ def load_benchmark(config: RunConfig) -> Benchmark:
                            permute=config.permute)
 
 
-def run(config: RunConfig, progress: bool = True, bench: Benchmark | None = None) -> dict:
-    """Run one configuration end to end; return the results as plain data."""
+def run(config: RunConfig, progress: bool = True, bench: Benchmark | None = None,
+        checkpoint_path: str | Path | None = None, resume: bool = False) -> dict:
+    """Run one configuration end to end; return the results as plain data. Raises Diverged if the
+    loss becomes NaN or infinite. `checkpoint_path`/`resume`: see `Trainer.run`."""
     bench = bench or load_benchmark(config)
     trainer = Trainer(config, bench, progress)
-    accuracy = trainer.run()
+    accuracy = trainer.run(checkpoint_path, resume)
     result = {"config": config.to_dict(), "benchmark": bench.describe(),
               "accuracy_matrix": accuracy.tolist(), **metrics.summary(accuracy), "timing": trainer.timing}
     if trainer.proxies is not None:

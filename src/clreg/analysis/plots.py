@@ -7,7 +7,8 @@ from typing import Sequence
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -22,13 +23,13 @@ def save(fig, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for path in paths:
         fig.savefig(path, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return paths
 
 
 def correlation_heatmap(matrix: np.ndarray, names: Sequence[str], title: str, stem: Path) -> list[Path]:
     """Pearson r between measures over all parameters, one cell per pair, annotated."""
-    plt = _pyplot()
+    plt = pyplot()
     k = len(names)
     fig, ax = plt.subplots(figsize=(0.45 * k + 3, 0.45 * k + 2))
     image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
@@ -46,7 +47,7 @@ def correlation_heatmap(matrix: np.ndarray, names: Sequence[str], title: str, st
 def scatter(x: np.ndarray, y: np.ndarray, names: tuple[str, str], slope: float, r: float | None, title: str,
             stem: Path) -> list[Path]:
     """Log–log scatter of two measures on sampled parameters, with the least-squares line y = a·x."""
-    plt = _pyplot()
+    plt = pyplot()
     keep = (x > 0) & (y > 0)
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
     ax.scatter(x[keep], y[keep], s=1, alpha=0.25, linewidths=0, rasterized=True)
@@ -62,7 +63,7 @@ def scatter(x: np.ndarray, y: np.ndarray, names: tuple[str, str], slope: float, 
 
 def bias_curves(task: dict, every: int, stem: Path) -> list[Path]:
     """Running sums of SI, SIU and SIB against the full-gradient path integral and the actual loss decrease."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     steps = np.arange(1, len(task["si"]) + 1)
     for name, label in (("si", "SI: Σ −g_t·Δ_t (same batch)"), ("siu", "SIU: Σ −g'_t·Δ_t (independent batch)"),
@@ -86,7 +87,7 @@ def bias_curves(task: dict, every: int, stem: Path) -> list[Path]:
 
 def noise_plot(records: list[dict], summary: dict, stem: Path) -> list[Path]:
     """The ratio ‖g_batch − g_full‖² / ‖g_full‖² over training, and the fraction of steps above each x."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
     ratios = np.array([r["ratio"] if r["ratio"] is not None else np.nan for r in records])
     left.plot(np.arange(len(ratios)), ratios, ".", ms=2)

@@ -49,6 +49,14 @@ class ImportanceMeasure:
         """The measure's options, JSON-serialisable, for run records."""
         return {}
 
+    def state_dict(self) -> dict:
+        """State that outlives a task (random generators), for checkpoints taken between tasks; per-task
+        state is rebuilt by `begin_task`."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+
 
 def zeros_like_all(params: list[Tensor]) -> list[Tensor]:
     """Contiguous zero tensors shaped like `params`."""

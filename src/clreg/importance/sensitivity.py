@@ -91,6 +91,12 @@ class Fisher(SensitivityMeasure):
     def options(self) -> dict:  # noqa: D102
         return {"mode": self.mode, "draws": self.draws} if self.mode == "sampled" else {"mode": self.mode}
 
+    def state_dict(self) -> dict:  # noqa: D102
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        self.generator.set_state(state["generator"])
+
     def cotangents(self, logits: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:  # noqa: D102
         q = _at_least_float32(logits).softmax(dim=1)
         n, classes = q.shape

@@ -1,0 +1,123 @@
+"""The results store: claims, results, stale owners, concurrent processes, refusal of non-stores."""
+import json
+import multiprocessing
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from clreg.store import Store, StoreError
+
+
+def test_claim_finish_and_no_second_claim(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    assert store.claim("k1", {"c": 1.0})
+    assert not store.claim("k1", {"c": 1.0})  # running, owner (this process) alive
+    assert store.finish("k1", {"status": "done", "result": {"average_accuracy": 0.5}, "seconds": 2.0,
+                               "versions": {"torch": "x"}, "machine": {"cpu_count": 2}})
+    assert not store.claim("k1", {"c": 1.0})  # done: never run again
+    row = store.get("k1")
+    assert row["status"] == "done" and row["result"] == {"average_accuracy": 0.5} and row["attempts"] == 1
+    assert row["config"] == {"c": 1.0} and row["versions"] == {"torch": "x"} and row["seconds"] == 2.0
+    assert store.counts() == {"done": 1}
+    # a second finish (another worker finishing late) keeps the first result
+    assert not store.finish("k1", {"status": "done", "result": {"average_accuracy": 0.9}})
+    assert store.get("k1")["result"] == {"average_accuracy": 0.5}
+
+
+def test_failed_runs_are_retried_and_diverged_are_final(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    store.claim("f", {})
+    store.finish("f", {"status": "failed", "error": "boom"})
+    assert not store.claim("f", {}, retry_failed=False)
+    assert store.claim("f", {})
+    assert store.get("f")["attempts"] == 2 and store.get("f")["error"] is None
+    store.claim("d", {})
+    store.finish("d", {"status": "diverged", "error": "nan", "diverged_step": 17})
+    assert not store.claim("d", {}) and store.get("d")["diverged_step"] == 17
+
+
+def test_run_of_a_dead_process_is_taken_over(tmp_path):
+    path = tmp_path / "s.sqlite"
+    code = f"from clreg.store import Store; Store({str(path)!r}).claim('k', {{}})"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)  # claims, then exits: owner dead
+    store = Store(path)
+    row = store.get("k")
+    assert row["status"] == "running" and row["pid"] != os.getpid()
+    assert store.claim("k", {})
+    assert store.get("k")["attempts"] == 2 and store.get("k")["pid"] == os.getpid()
+
+
+def test_other_hosts_run_is_stale_only_without_heartbeat(tmp_path):
+    store = Store(tmp_path / "s.sqlite", stale_after=60)
+    store.claim("k", {})
+    store.db.execute("UPDATE runs SET host = 'elsewhere', pid = 1")
+    assert not store.claim("k", {})  # fresh heartbeat from another host
+    store.db.execute("UPDATE runs SET heartbeat = ?", (time.time() - 120,))
+    assert store.claim("k", {})
+
+
+def test_release_hands_runs_back(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    store.claim("a", {})
+    store.release(["a"], "interrupted: KeyboardInterrupt")
+    assert store.get("a")["status"] == "failed" and "interrupted" in store.get("a")["error"]
+    assert store.claim("a", {})
+
+
+def _claim_all(path, keys, out):
+    store = Store(path)
+    mine = []
+    for key in keys:
+        if store.claim(key, {"key": key}):
+            mine.append(key)
+            store.finish(key, {"status": "done", "result": {"by": os.getpid()}})
+    out.put(mine)
+
+
+def test_two_processes_claim_each_run_once(tmp_path):
+    path = tmp_path / "s.sqlite"
+    Store(path)
+    keys = [f"run{i}" for i in range(300)]
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    workers = [ctx.Process(target=_claim_all, args=(path, keys if i == 0 else keys[::-1], out)) for i in range(2)]
+    for w in workers:
+        w.start()
+    claimed = [out.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+    assert sorted(claimed[0] + claimed[1]) == sorted(keys)  # every run exactly once between the two
+    store = Store(path)
+    rows = store.runs()
+    assert len(rows) == 300 and all(r["attempts"] == 1 and r["status"] == "done" for r in rows)
+
+
+def test_not_a_store_is_refused(tmp_path):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="is not a clreg results store"):
+        Store(junk)
+    with pytest.raises(StoreError, match="no results store at"):
+        Store(tmp_path / "missing.sqlite", create=False)
+    with pytest.raises(StoreError, match="is a directory"):
+        Store(tmp_path)
+    other = tmp_path / "other.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('schema', '99')")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        Store(other)
+
+
+def test_rows_are_json_text(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    store.claim("k", {"hidden": [4, 4]})
+    store.finish("k", {"status": "done", "result": {"accuracy_matrix": [[1.0]]}})
+    raw = sqlite3.connect(tmp_path / "s.sqlite").execute("SELECT config, result FROM runs").fetchone()
+    assert json.loads(raw[0]) == {"hidden": [4, 4]} and json.loads(raw[1]) == {"accuracy_matrix": [[1.0]]}

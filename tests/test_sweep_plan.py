@@ -1,0 +1,132 @@
+"""Sweep files and the grid search's plan, against a store that is a plain dict (no training)."""
+import math
+
+import pytest
+import yaml
+
+from clreg.sweep import WAIT, edge_extension, lattice_neighbour, plan
+from clreg.sweepspec import SpecError, load_spec, parse_spec
+
+BASE = {"benchmark": "permuted-digits", "settings": {"tasks": 2, "epochs": 1, "hidden": [8]}, "seeds": [0, 1, 2]}
+
+
+@pytest.mark.parametrize("c,up,expected", [(1, True, 2), (2, True, 5), (5, True, 10), (0.2, True, 0.5), (50, True, 100),
+                                           (1, False, 0.5), (0.05, False, 0.02), (10, False, 5), (3, True, 5),
+                                           (3, False, 2), (0.001, False, 0.0005), (0, True, None)])
+def test_lattice_neighbours(c, up, expected):
+    assert lattice_neighbour(c, up) == expected
+
+
+def test_edge_extension():
+    assert edge_extension([1, 2, 5], 5) == 10 and edge_extension([1, 2, 5], 1) == 0.5
+    assert edge_extension([1, 2, 5], 2) is None and edge_extension([5], 5) is None
+    assert edge_extension([0, 1], 0) is None  # c = 0 cannot be extended below
+
+
+def simulate(spec, accuracy):
+    """Run the plan to the end with instant 'runs' whose search score is accuracy(c, reinit)."""
+    store, waves = {}, 0
+    while True:
+        wanted, states = plan(spec, lambda key: store.get(key))
+        if not wanted:
+            return store, states, waves
+        waves += 1
+        for config in wanted:
+            score = accuracy(config.c, config.reinit) + 0.001 * config.seed
+            store[config.key()] = {"status": "done", "config": config,
+                                   "result": {"average_accuracy": score, "bwt": -score, "mean_forgetting": 0.0}}
+
+
+def peaked(best_c):
+    return lambda c, reinit: 0.9 - 0.1 * abs(math.log10(c / best_c)) - (0.05 if reinit else 0.0)
+
+
+def test_grid_is_extended_to_the_optimum_then_final_seeds_run():
+    spec = parse_spec({**BASE, "methods": {"si": {"c": [1, 2, 5], "reinit": [True, False]}}})
+    store, states, waves = simulate(spec, peaked(50))
+    state = states["si"]
+    assert state.complete and state.selected == (50.0, False)
+    assert sorted(state.curves[False]) == [1, 2, 5, 10, 20, 50, 100]  # extended until 50 is interior
+    assert state.at_edge == {True: False, False: False}
+    finals = [r["config"] for r in store.values() if r["config"].evaluate_on == "test"]
+    assert sorted(c.seed for c in finals) == [0, 1, 2] and {c.c for c in finals} == {50.0}
+    search = [r["config"] for r in store.values() if r["config"].evaluate_on == "validation"]
+    assert {c.seed for c in search} == {0}  # the search uses the first seed only
+    assert len(search) == 14 and waves == 6  # 7 values per line; one wave per extension, then the final runs
+
+
+def test_extensions_are_capped_and_the_edge_reported():
+    spec = parse_spec({**BASE, "search": {"max_extensions": 2}, "methods": {"mas": {"c": [1, 2, 5]}}})
+    _, states, _ = simulate(spec, peaked(1000))
+    assert sorted(states["mas"].curves[False]) == [1, 2, 5, 10, 20] and states["mas"].at_edge[False]
+    assert states["mas"].selected == (20.0, False)
+
+
+def test_diverged_runs_lose_and_search_on_test_reuses_runs():
+    spec = parse_spec({**BASE, "search": {"evaluate_on": "test", "seeds": 2}, "methods": {"sos": {"c": [1, 10]}}})
+    store = {}
+    wanted, _ = plan(spec, store.get)
+    for config in wanted:
+        status = "diverged" if config.c == 10 else "done"
+        store[config.key()] = {"status": status, "config": config, "result": {"average_accuracy": 0.5}}
+    wanted, states = plan(spec, store.get)
+    assert states["sos"].curves[False][10.0] == -math.inf  # diverged: never chosen
+    assert {c.c for c in wanted} == {0.5}  # so c = 1 is best, on the lower edge: extend downwards
+    store.update({c.key(): {"status": "done", "config": c, "result": {"average_accuracy": 0.4}} for c in wanted})
+    wanted, states = plan(spec, store.get)
+    assert states["sos"].selected == (1.0, False)
+    assert [c.seed for c in wanted] == [2]  # seeds 0 and 1 of c = 1 on test were the search runs
+
+
+def test_runs_in_flight_are_not_wanted_twice():
+    spec = parse_spec({**BASE, "methods": {"si": {"c": [1, 2]}}})
+    wanted, states = plan(spec, lambda key: WAIT)
+    assert wanted == [] and not states["si"].search_done
+
+
+def test_yaml_file_round_trip(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "methods": {"SOS b=2048": {"method": "sos", "c": 5, "reinit": True,
+                                                                      "settings": {"batch_size": 64, "sos_alpha": 1}}}}))
+    spec = load_spec(path)
+    assert spec.name == "grid" and spec.entries[0].c == [5.0] and spec.entries[0].reinit == [True]
+    config = spec.config(spec.entries[0], 5.0, True, 0, "test")
+    assert config.batch_size == 64 and config.sos_alpha == 1 and config.hidden == [8] and config.method == "sos"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"methods": {"si": {"c": [1], "lr": 3}}}, "methods.si: unknown key(s) 'lr'; allowed: method, c, reinit, settings"),
+    ({"methods": {"si": {"c": [-1]}}}, "methods.si.c must be a number >= 0 or a non-empty list of them, got [-1]"),
+    ({"methods": {"si": {"c": [1, 1]}}}, "methods.si.c lists a value twice"),
+    ({"methods": {"si": {}}}, "methods.si: c is required"),
+    ({"methods": {"nope": {"c": 1}}}, "methods.nope: unknown method 'nope'"),
+    ({"methods": {"si": {"c": 1, "reinit": "yes"}}}, "methods.si.reinit must be true, false or [true, false]"),
+    ({"methods": {"si": {"c": 1, "settings": {"seed": 3}}}}, "methods.si.settings: unknown key(s) 'seed'"),
+    ({"methods": {"si": {"c": 1, "settings": {"epochs": 0}}}}, "methods.si: epochs must be >= 1, got 0"),
+    ({"settings": {"method": "si"}, "methods": {"si": {"c": 1}}}, "settings: unknown key(s) 'method'"),
+    ({"seeds": 0, "methods": {"si": {"c": 1}}}, "seeds must be a count >= 1 or a list of distinct integers"),
+    ({"search": {"seeds": 4}, "methods": {"si": {"c": 1}}}, "search.seeds (how many of the seeds the grid search uses) must be 1..3"),
+    ({"search": {"metric": "loss"}, "methods": {"si": {"c": 1}}}, "search.metric must be one of average_accuracy, bwt"),
+    ({"search": {"evaluate_on": "train"}, "methods": {"si": {"c": 1}}}, "search.evaluate_on must be one of test, validation"),
+    ({"methods": {}}, "methods must be a non-empty mapping"),
+    ({"benchmark": "nope", "methods": {"si": {"c": 1}}}, "methods.si: unknown benchmark 'nope'"),
+    ({"grid": 1, "methods": {"si": {"c": 1}}}, "the sweep file: unknown key(s) 'grid'"),
+])
+def test_bad_sweep_files_name_the_key(change, message):
+    with pytest.raises(SpecError) as err:
+        parse_spec({**BASE, **change})
+    assert message in str(err.value)
+
+
+def test_yaml_is_never_executed(tmp_path):
+    path = tmp_path / "evil.yaml"
+    marker = tmp_path / "ran"
+    path.write_text(f"benchmark: !!python/object/apply:os.system ['touch {marker}']\nmethods: {{si: {{c: 1}}}}\n")
+    with pytest.raises(SpecError, match="is not valid YAML"):
+        load_spec(path)
+    assert not marker.exists()
+    (tmp_path / "bad.yaml").write_text("methods: [unclosed\n")
+    with pytest.raises(SpecError, match="is not valid YAML"):
+        load_spec(tmp_path / "bad.yaml")
+    with pytest.raises(SpecError, match="cannot read sweep file"):
+        load_spec(tmp_path / "missing.yaml")
