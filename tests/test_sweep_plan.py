@@ -1,10 +1,12 @@
 """Sweep files and the grid search's plan, against a store that is a plain dict (no training)."""
 import math
+import time
 
 import pytest
 import yaml
 
-from clreg.sweep import WAIT, edge_extension, lattice_neighbour, plan
+from clreg.store import Store
+from clreg.sweep import WAIT, SweepDriver, edge_extension, lattice_neighbour, plan
 from clreg.sweepspec import SpecError, load_spec, parse_spec
 
 BASE = {"benchmark": "permuted-digits", "settings": {"tasks": 2, "epochs": 1, "hidden": [8]}, "seeds": [0, 1, 2]}
@@ -130,3 +132,48 @@ def test_yaml_is_never_executed(tmp_path):
         load_spec(tmp_path / "bad.yaml")
     with pytest.raises(SpecError, match="cannot read sweep file"):
         load_spec(tmp_path / "missing.yaml")
+
+
+class FakeExecutor:
+    """Instant 'runs' whose score peaks at c = 5; optionally slow, or interrupted at the n-th wait."""
+
+    def __init__(self, seconds=0.0, interrupt_at=None):
+        self.slots, self.threads, self.queue, self.waits = 1, 1, [], 0
+        self.seconds, self.interrupt_at, self.shut = seconds, interrupt_at, False
+
+    def submit(self, key, config):
+        self.queue.append((key, config))
+
+    def wait(self, timeout):
+        self.waits += 1
+        if self.waits == self.interrupt_at:
+            raise KeyboardInterrupt
+        time.sleep(self.seconds)
+        key, config = self.queue.pop(0)
+        score = peaked(5)(config["c"], config["reinit"])
+        return [(key, {"status": "done", "result": {"average_accuracy": score, "mean_forgetting": 0.0}, "seconds": 0.0})]
+
+    def shutdown(self, cancel=False):
+        self.shut = cancel
+
+
+def test_driver_heartbeats_while_a_run_is_in_flight(tmp_path):
+    spec = parse_spec({**BASE, "seeds": 1, "search": {"evaluate_on": "test"}, "methods": {"si": {"c": 5}}})
+    store = Store(tmp_path / "s.sqlite")
+    states = SweepDriver(spec, store, FakeExecutor(seconds=0.6), log=lambda line: None, heartbeat_every=0.1).run()
+    (row,) = store.runs()
+    assert states["si"].complete and row["status"] == "done" and row["heartbeat"] - row["claimed"] > 0.3
+
+
+def test_interrupted_driver_hands_its_runs_back(tmp_path):
+    spec = parse_spec({**BASE, "methods": {"si": {"c": [1, 2, 5, 10]}}})
+    store = Store(tmp_path / "s.sqlite")
+    executor = FakeExecutor(interrupt_at=3)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        SweepDriver(spec, store, executor, log=lines.append).run()
+    assert store.counts() == {"done": 2, "failed": 1} and executor.shut
+    assert store.runs(status="failed")[0]["error"] == "interrupted: KeyboardInterrupt" and len(lines) == 2
+    states = SweepDriver(spec, store, FakeExecutor(), log=lines.append).run()  # the next invocation finishes
+    assert states["si"].selected == (5.0, False) and store.counts() == {"done": 7}
+    assert sorted(r["attempts"] for r in store.runs()) == [1] * 6 + [2]  # the interrupted run, once more

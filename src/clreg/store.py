@@ -110,7 +110,8 @@ class Store:
 
     # -- runs -----------------------------------------------------------------------------------
 
-    def _stale(self, host: str | None, pid: int | None, heartbeat: float | None) -> bool:
+    def is_stale(self, host: str | None, pid: int | None, heartbeat: float | None) -> bool:
+        """True if a running row's owner is gone: a dead pid on this host, else an old heartbeat."""
         if host == self.host and pid is not None:
             return not _pid_alive(pid)
         return heartbeat is None or time.time() - heartbeat > self.stale_after
@@ -125,7 +126,7 @@ class Store:
                 status, host, pid, heartbeat = row
                 if status in FINISHED or (status == "failed" and not retry_failed):
                     return False
-                if status == "running" and not self._stale(host, pid, heartbeat):
+                if status == "running" and not self.is_stale(host, pid, heartbeat):
                     return False
             self.db.execute(
                 "INSERT INTO runs (key, config, status, attempts, host, pid, claimed, heartbeat) "

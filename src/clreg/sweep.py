@@ -10,6 +10,7 @@ runs are read back, never repeated; several drivers on one store share the work.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -164,13 +165,24 @@ class SweepDriver:
         if row["status"] in FINISHED or (row["status"] == "failed" and key in self.attempted):
             self.finished[key] = row
             return row
-        if row["status"] == "running" and not self.store._stale(row["host"], row["pid"], row["heartbeat"]):
+        if row["status"] == "running" and not self.store.is_stale(row["host"], row["pid"], row["heartbeat"]):
             return WAIT
         return None  # failed in an earlier invocation, or abandoned by a dead worker: run it again
+
+    def _heartbeats(self, stop: threading.Event) -> None:
+        """Every `heartbeat_every` seconds, mark this driver's runs as alive (own connection: a run in
+        this process can take an hour, and other hosts must not take it over meanwhile)."""
+        store = Store(self.store.path, self.store.stale_after)
+        while not stop.wait(self.heartbeat_every):
+            store.heartbeat(list(self.in_flight))
+        store.close()
 
     def run(self) -> dict[str, EntryState]:
         """Drive the sweep until every method has its final runs; return the states."""
         self.store.save_sweep(self.spec.name, self.spec.to_dict())
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeats, args=(stop,), daemon=True)
+        beat.start()
         try:
             while True:
                 wanted, states = plan(self.spec, self.lookup)
@@ -183,11 +195,13 @@ class SweepDriver:
                     continue
                 for key, record in self.executor.wait(self.heartbeat_every):
                     self._record(key, record)
-                self.store.heartbeat(list(self.in_flight))
         except BaseException as err:
             self.store.release(list(self.in_flight), f"interrupted: {type(err).__name__}")
             self.executor.shutdown(cancel=True)
             raise
+        finally:
+            stop.set()
+            beat.join()
 
     def _submit(self, wanted: list[RunConfig]) -> None:
         for config in wanted:
