@@ -29,7 +29,7 @@ SPEC = {"benchmark": "permuted-digits", "settings": SETTINGS, "seeds": 2,
 
 def write_spec(tmp_path, spec=SPEC, name="grid"):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
     return path
 
 
@@ -236,3 +236,13 @@ def test_cli_sweep_and_report_errors(tmp_path):
     Store(tmp_path / "empty2.sqlite")
     p = subprocess.run([*CLREG, "report", str(tmp_path / "empty2.sqlite")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "holds no sweep" in p.stderr
+
+
+def test_dry_run_creates_nothing_and_missing_ray_says_how_to_install(tmp_path):
+    spec = write_spec(tmp_path)
+    p = subprocess.run([*CLREG, "sweep", str(spec), "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "holds nothing; 5 run(s) to start now: si c=1 b=32 seed 0" in p.stdout
+    assert not (tmp_path / "grid.sqlite").exists()
+    no_ray = [sys.executable, "-c", "import sys; sys.modules['ray'] = None; from clreg.cli import main; main()"]
+    p = subprocess.run([*no_ray, "sweep", str(spec), "--backend", "ray"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "the ray backend needs Ray: pip install 'clreg[ray]'" in p.stderr

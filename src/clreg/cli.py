@@ -174,17 +174,19 @@ def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | N
 
     if workers < 1 or (threads is not None and threads < 1):
         _fail("--workers and --threads must be >= 1")
+    path = Path(store_path or Path(spec_file).with_suffix(".sqlite"))
     try:
         spec = load_spec(spec_file)
-        store = Store(store_path or Path(spec_file).with_suffix(".sqlite"), stale_after=stale_after)
+        store = Store(path, stale_after=stale_after) if path.exists() or not dry_run else None
     except (SpecError, StoreError) as err:
         _fail(str(err))
     runtime = {**spec.runtime, **({"data_dir": data_dir} if data_dir else {})}
-    if dry_run:
-        driver = SweepDriver(spec, store, None)
-        wanted, states = plan(spec, driver.lookup)
-        click.echo(f"{spec.name}: {len(spec.entries)} methods, store {store.path} holds {store.counts() or 'nothing'}; "
-                   f"{len(wanted)} run(s) to start now: " + ", ".join(f"{c.method} c={c.c:g} seed {c.seed}" for c in wanted))
+    if dry_run:  # creates nothing
+        wanted, _ = plan(spec, SweepDriver(spec, store, None).lookup if store else lambda key: None)
+        held = store.counts() if store else {}
+        click.echo(f"{spec.name}: {len(spec.entries)} methods; store {path} holds {held or 'nothing'}; "
+                   f"{len(wanted)} run(s) to start now: " + ", ".join(f"{c.method} c={c.c:g} b={c.batch_size} "
+                                                                  f"seed {c.seed}" for c in wanted))
         return
     if checkpoint_dir is None and backend == "local":
         checkpoint_dir = str(store.path) + ".checkpoints"
