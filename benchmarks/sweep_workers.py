@@ -22,11 +22,13 @@ from clreg.sweepspec import parse_spec
 
 
 def spec(args) -> dict:
-    """`args.runs` runs: one method, one c, `args.runs` seeds, search on test (so each seed is one run)."""
-    return {"name": "workers", "benchmark": args.benchmark, "seeds": args.runs,
+    """`args.runs` independent runs: SI with `args.runs` values of c, one seed, searched on test without
+    extension (the chosen c's final run is its search run), so all runs can start at once."""
+    return {"name": "workers", "benchmark": args.benchmark, "seeds": 1,
             "settings": {"tasks": args.tasks, "epochs": args.epochs, "hidden": [args.width, args.width],
                          "data_dir": args.data_dir},
-            "search": {"evaluate_on": "test", "seeds": 1}, "methods": {"si": {"c": 1.0}}}
+            "search": {"evaluate_on": "test", "extend": False},
+            "methods": {"si": {"c": [float(2 ** i) for i in range(args.runs)]}}}
 
 
 def measure(args, workers: int, threads: int) -> float:
