@@ -5,6 +5,7 @@ import time
 import pytest
 import yaml
 
+from clreg.config import RunConfig
 from clreg.store import Store
 from clreg.sweep import WAIT, SweepDriver, edge_extension, lattice_neighbour, plan
 from clreg.sweepspec import SpecError, load_spec, parse_spec
@@ -177,3 +178,18 @@ def test_interrupted_driver_hands_its_runs_back(tmp_path):
     states = SweepDriver(spec, store, FakeExecutor(), log=lines.append).run()  # the next invocation finishes
     assert states["si"].selected == (5.0, False) and store.counts() == {"done": 7}
     assert sorted(r["attempts"] for r in store.runs()) == [1] * 6 + [2]  # the interrupted run, once more
+
+
+def test_run_keys_identify_the_numbers_not_the_spelling():
+    base = RunConfig(benchmark="permuted-mnist", method="si", c=1, tasks=2, hidden=[400, 400])
+    same = [RunConfig(benchmark="permuted-mnist", method="si", c=1.0, tasks=2, hidden=[400, 400], lr=1e-3),
+            RunConfig(benchmark="permuted-mnist", method="si", c=1, tasks=2, hidden=[400, 400], xi=0.1,
+                      importance_samples=1000, data_dir="/elsewhere", network="mlp")]
+    assert all(config.key() == base.key() for config in same)
+    different = [RunConfig(**{**base.__dict__, name: value}) for name, value in
+                 (("seed", 1), ("c", 1.5), ("reinit", True), ("evaluate_on", "validation"), ("batch_size", 128),
+                  ("hidden", [400]), ("epochs", 19))]
+    assert len({config.key() for config in different} | {base.key()}) == len(different) + 1
+    assert RunConfig.from_dict(base.canonical()).key() == base.key()
+    with pytest.raises(ValueError, match="unknown run setting.s. 'widths'"):
+        RunConfig.from_dict({"widths": [3]})

@@ -201,6 +201,8 @@ def test_cli_run_resume(tmp_path):
     assert again.returncode == 0 and "resuming from" in again.stderr
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
     assert a["accuracy_matrix"] == b["accuracy_matrix"]
+    wild = subprocess.run([*CLREG, *base, "--lr", "1e30"], capture_output=True, text=True, timeout=120)
+    assert wild.returncode == 1 and "clreg: error: diverged: the training loss became nan at step 2 (task 1)" in wild.stderr
     wrong = subprocess.run([*CLREG, *base, "--c", "3", "--checkpoint", str(ck), "--resume"],
                            capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 1 and "belongs to another run configuration (differs in: c)" in wrong.stderr
