@@ -101,28 +101,39 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text.replace("√", "sqrt-")).strip("-") or "x"
 
 
 def plot_search(spec: SweepSpec, states: dict[str, EntryState], stem: Path) -> list[Path]:
     """The grid search: search score against c (log scale) per method and re-init option."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, state in states.items():
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.get_cmap("tab20").colors
+    flat, shown = [], []  # c = 0 only (finetune): a horizontal line, or a legend note if far below the curves
+    for index, (label, state) in enumerate(states.items()):
         for reinit, curve in state.curves.items():
             points = sorted((c, s) for c, s in curve.items() if c > 0 and s is not None and math.isfinite(s))
-            if not points and curve.get(0.0) is not None and math.isfinite(curve[0.0]):  # c = 0 only (finetune)
-                ax.axhline(100 * curve[0.0], color="grey", linestyle=":", label=f"{label} (c = 0)")
+            if not points and curve.get(0.0) is not None and math.isfinite(curve[0.0]):
+                flat.append((label, 100 * curve[0.0]))
             if points:
                 cs, scores = zip(*points)
+                shown += [100 * s for s in scores]
                 ax.plot(cs, [100 * s for s in scores], marker="o", linestyle="-" if reinit else "--",
-                        label=f"{label} (re-init {'on' if reinit else 'off'})")
+                        color=colours[index % len(colours)], label=f"{label} (re-init {'on' if reinit else 'off'})")
+    low = min(shown) - 1 if shown else None
+    for label, value in flat:
+        if low is None or value >= low:
+            ax.axhline(value, color="grey", linestyle=":", label=f"{label} (c = 0)")
+        else:
+            ax.plot([], [], " ", label=f"{label} (c = 0): {value:.1f}%, below the axis")
+    if shown:
+        ax.set_ylim(low, max(shown) + 0.5)
     ax.set_xscale("log")
     ax.set_xlabel("regularisation strength c")
     ax.set_ylabel(f"{spec.metric.replace('_', ' ')} on {spec.search_evaluate_on} (%)")
     ax.set_title(f"Grid search of {spec.name} ({spec.benchmark}): mean over {spec.search_seeds} seed(s)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return save(fig, stem)
 
 
@@ -160,10 +171,13 @@ def write_report(store: Store, out_dir: str | Path) -> dict:
     (out / "table.md").write_text(text)
     write_json(out / "runs.json", {"store": str(store.path), "sweeps": store.sweeps(), "runs": store.runs()})
     write_csv(rows, out / "table.csv")
-    figures = []
+    figures, used = [], set()
     for spec, entries in states.values():
         figures += plot_search(spec, entries, out / f"search-{_slug(spec.name)}")
         for state in entries.values():
             if any(r["status"] == "done" for r in state.final):
-                figures += plot_matrix(spec, state, out / f"matrix-{_slug(spec.name)}-{_slug(state.entry.label)}")
+                name = f"matrix-{_slug(spec.name)}-{_slug(state.entry.label)}"
+                name += f"-{len(used)}" if name in used else ""  # labels differing only in symbols (√Fisher, Fisher)
+                used.add(name)
+                figures += plot_matrix(spec, state, out / name)
     return {"rows": rows, "markdown": text, "figures": [str(p) for p in figures]}
