@@ -173,7 +173,7 @@ def test_interrupted_driver_hands_its_runs_back(tmp_path):
     lines = []
     with pytest.raises(KeyboardInterrupt):
         SweepDriver(spec, store, executor, log=lines.append).run()
-    assert store.counts() == {"done": 2, "failed": 1} and executor.shut
+    assert store.counts() == {"done": 2, "failed": 1, "pending": 1} and executor.shut  # c = 10 was queued
     assert store.runs(status="failed")[0]["error"] == "interrupted: KeyboardInterrupt" and len(lines) == 2
     states = SweepDriver(spec, store, FakeExecutor(), log=lines.append).run()  # the next invocation finishes
     assert states["si"].selected == (5.0, False) and store.counts() == {"done": 7}

@@ -136,6 +136,14 @@ class Store:
                 (key, json.dumps(config, sort_keys=True), self.host, self.pid, now, now))
         return True
 
+    def add_pending(self, runs: list[tuple[str, dict]]) -> None:
+        """Record runs a sweep needs next as pending (runs already in the store are left as they are)."""
+        if runs:
+            with self.transaction():
+                self.db.executemany("INSERT INTO runs (key, config, status) VALUES (?, ?, 'pending') "
+                                    "ON CONFLICT (key) DO NOTHING",
+                                    [(key, json.dumps(config, sort_keys=True)) for key, config in runs])
+
     def heartbeat(self, keys: list[str]) -> None:
         """Tell other workers that this process still runs `keys`."""
         if keys:

@@ -204,6 +204,7 @@ class SweepDriver:
             beat.join()
 
     def _submit(self, wanted: list[RunConfig]) -> None:
+        self.store.add_pending([(config.key(), config.canonical()) for config in wanted])
         for config in wanted:
             if len(self.in_flight) >= self.executor.slots:
                 return
