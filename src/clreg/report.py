@@ -61,7 +61,8 @@ def _cell(row: dict | None) -> str:
         return ""
     if row["mean"] is None:
         return f"({row['status']})"
-    text = f"{100 * row['mean']:.2f} ± {100 * row['stderr']:.2f} ({row['seeds_done']})"
+    spread = f" ± {100 * row['stderr']:.2f}" if row["seeds_done"] > 1 else ""  # no standard error from one seed
+    text = f"{100 * row['mean']:.2f}{spread} ({row['seeds_done']})"
     return text if row["seeds_done"] == row["seeds"] else text + f" of {row['seeds']}"
 
 
