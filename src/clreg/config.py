@@ -110,6 +110,11 @@ class RunConfig:
         return self.importance_samples or defaults(self.benchmark).samples
 
     @property
+    def damping(self) -> float:
+        """SI's ξ: as given, else the benchmark's (0.1 on MNIST, 1e-3 on CIFAR)."""
+        return self.xi if self.xi is not None else defaults(self.benchmark).xi
+
+    @property
     def network_name(self) -> str:
         """The network: as given, else the benchmark's."""
         return self.network or defaults(self.benchmark).network
@@ -125,7 +130,7 @@ class RunConfig:
     def measure_options(self) -> dict:
         """Keyword arguments of the importance measure this config selects."""
         if self.method in SI_FAMILY:
-            return {"xi": self.xi if self.xi is not None else defaults(self.benchmark).xi}
+            return {"xi": self.damping}
         if self.method == "sos":
             return {"alpha": self.sos_alpha, "bias_correction": self.sos_bias_correction,
                     "split": self.sos_split, "batch_size": self.batch_size}
@@ -143,7 +148,7 @@ class RunConfig:
         1.0 alike): what identifies a run in a results store and a checkpoint."""
         d = {k: v for k, v in asdict(self).items() if k not in NOT_IN_KEY}
         d.update(network=self.network_name, hidden=self.widths, lr=self.learning_rate, importance_samples=self.samples,
-                 xi=self.xi if self.xi is not None else defaults(self.benchmark).xi)
+                 xi=self.damping)
         for name in FLOAT_FIELDS:
             d[name] = float(d[name])
         if d["sos_alpha"] != "auto":

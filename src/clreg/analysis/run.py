@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
-from ..benchmarks import defaults
 from ..config import RunConfig
 from ..results import write_json
 from ..train import load_benchmark
@@ -29,8 +28,7 @@ def analyze(kind: str, config: RunConfig, out_dir: str | Path, every: int = 10, 
         raise ValueError(f"unknown analysis {kind!r}; choose one of: {', '.join(KINDS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    xi = config.xi if config.xi is not None else defaults(config.benchmark).xi
-    probe = {"measures": lambda: MeasuresProbe(xi, config.samples, large_samples, scatter_points,
+    probe = {"measures": lambda: MeasuresProbe(config.damping, config.samples, large_samples, scatter_points,
                                                config.seed, pairs),
              "bias": lambda: BiasProbe(every), "noise": lambda: NoiseProbe(every)}[kind]()
     bench = bench or load_benchmark(config)
