@@ -51,11 +51,6 @@ def entry_row(spec: SweepSpec, state: EntryState) -> dict:
     return row
 
 
-def table_rows(store: Store) -> list[dict]:
-    """All rows of all sweeps."""
-    return [entry_row(spec, state) for spec, states in sweep_states(store).values() for state in states.values()]
-
-
 def _cell(row: dict | None) -> str:
     if row is None:
         return ""
