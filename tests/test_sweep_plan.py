@@ -89,8 +89,9 @@ def test_runs_in_flight_are_not_wanted_twice():
 
 def test_yaml_file_round_trip(tmp_path):
     path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump({**BASE, "methods": {"SOS b=2048": {"method": "sos", "c": 5, "reinit": True,
-                                                                      "settings": {"batch_size": 64, "sos_alpha": 1}}}}))
+    settings = {**BASE["settings"], "hidden": "8"}  # widths as on the command line
+    methods = {"SOS b=2048": {"method": "sos", "c": 5, "reinit": True, "settings": {"batch_size": 64, "sos_alpha": 1}}}
+    path.write_text(yaml.safe_dump({**BASE, "settings": settings, "methods": methods}))
     spec = load_spec(path)
     assert spec.name == "grid" and spec.entries[0].c == [5.0] and spec.entries[0].reinit == [True]
     config = spec.config(spec.entries[0], 5.0, True, 0, "test")
@@ -112,6 +113,8 @@ def test_yaml_file_round_trip(tmp_path):
     ({"search": {"metric": "loss"}, "methods": {"si": {"c": 1}}}, "search.metric must be one of average_accuracy, bwt"),
     ({"search": {"evaluate_on": "train"}, "methods": {"si": {"c": 1}}}, "search.evaluate_on must be one of test, validation"),
     ({"methods": {}}, "methods must be a non-empty mapping"),
+    ({"settings": {"hidden": "400,x"}, "methods": {"si": {"c": 1}}},
+     "settings.hidden: hidden widths must be positive integers separated by commas (e.g. 2000,2000), got '400,x'"),
     ({"benchmark": "nope", "methods": {"si": {"c": 1}}}, "methods.si: unknown benchmark 'nope'"),
     ({"grid": 1, "methods": {"si": {"c": 1}}}, "the sweep file: unknown key(s) 'grid'"),
 ])

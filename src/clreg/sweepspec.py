@@ -23,6 +23,7 @@ import yaml
 
 from .benchmarks import EVALUATE_ON
 from .config import RunConfig
+from .models import parse_widths
 
 METRICS = ("average_accuracy", "bwt")  # both: higher is better
 SWEEP_SET = ("method", "c", "reinit", "seed", "evaluate_on", "benchmark")  # chosen by the sweep, not in settings
@@ -123,7 +124,10 @@ def _bool_list(where: str, value) -> list[bool]:
 def _settings(where: str, value) -> tuple[dict, dict]:
     settings = dict(_keys(where, value or {}, tuple(f.name for f in fields(RunConfig) if f.name not in SWEEP_SET)))
     if isinstance(settings.get("hidden"), str):
-        settings["hidden"] = [int(w) for w in settings["hidden"].split(",")] if settings["hidden"].strip() else []
+        try:
+            settings["hidden"] = parse_widths(settings["hidden"])
+        except ValueError as err:
+            raise SpecError(f"{where}.hidden: {err}") from None
     runtime = {k: settings.pop(k) for k in RUNTIME if k in settings}
     return settings, runtime
 
