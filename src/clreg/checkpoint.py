@@ -2,11 +2,11 @@
 `torch.load(..., weights_only=True)` (nothing in a checkpoint is unpickled as an object or executed)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .results import atomic_path
 
 FORMAT = 1
 
@@ -17,16 +17,9 @@ class CheckpointError(ValueError):
 
 def save(path: str | Path, state: dict) -> None:
     """Write `state` atomically: a temporary file in the same directory, renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load(path: str | Path, config: dict) -> dict:

@@ -7,8 +7,10 @@ import platform
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -55,16 +57,24 @@ def check_writable(path: str | Path) -> None:
         raise ValueError(f"output path {str(path)!r} is not writable")
 
 
-def write_json(path: str | Path, data: dict) -> None:
-    """Write `data` as JSON atomically (a temporary file renamed into place)."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """A temporary file beside `path` to write; renamed onto `path` if the block succeeds, else removed."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name, suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write `data` as JSON atomically (a temporary file renamed into place)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
