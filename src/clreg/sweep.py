@@ -71,6 +71,14 @@ def score(row: dict, metric: str) -> float:
 Lookup = Callable[[str], "dict | str | None"]
 
 
+def _fetch(config: RunConfig, lookup: Lookup, wanted: list[RunConfig]) -> dict | None:
+    """The finished run of `config`, or None; an unknown run is added to `wanted` (one in flight is not)."""
+    found = lookup(config.key())
+    if found is None:
+        wanted.append(config)
+    return found if isinstance(found, dict) else None
+
+
 def _search_line(spec: SweepSpec, entry: Entry, reinit: bool, lookup: Lookup, wanted: list, state: EntryState) -> bool:
     """Walk one c line (fixed re-init), extending it while its best c is on the edge; True when complete."""
     values = list(entry.c)
@@ -80,17 +88,13 @@ def _search_line(spec: SweepSpec, entry: Entry, reinit: bool, lookup: Lookup, wa
     while True:
         missing = False
         for c in values:
-            rows = []
-            for seed in spec.seeds[:spec.search_seeds]:
-                config = spec.config(entry, c, reinit, seed, spec.search_evaluate_on)
-                found = lookup(config.key())
-                if found is None:
-                    wanted.append(config)
-                if not isinstance(found, dict):
-                    missing = True
-                else:
-                    rows.append(found)
-            curve[c] = None if len(rows) < spec.search_seeds else sum(score(r, spec.metric) for r in rows) / len(rows)
+            rows = [_fetch(spec.config(entry, c, reinit, seed, spec.search_evaluate_on), lookup, wanted)
+                    for seed in spec.seeds[:spec.search_seeds]]
+            if None in rows:
+                missing = True
+                curve[c] = None
+            else:
+                curve[c] = sum(score(r, spec.metric) for r in rows) / len(rows)
         if missing:
             return False
         best = max(values, key=lambda c: (curve[c], -c))
@@ -112,17 +116,9 @@ def plan_entry(spec: SweepSpec, entry: Entry, lookup: Lookup, wanted: list[RunCo
     candidates = [(curve[c], -c, c, reinit) for reinit, curve in state.curves.items() for c in curve]
     best_score, _, c, reinit = max(candidates)
     state.selected = (c, reinit)
-    missing = False
-    for seed in spec.seeds:
-        config = spec.config(entry, c, reinit, seed, spec.final_evaluate_on)
-        found = lookup(config.key())
-        if found is None:
-            wanted.append(config)
-        if isinstance(found, dict):
-            state.final.append(found)
-        else:
-            missing = True
-    state.complete = not missing
+    rows = [_fetch(spec.config(entry, c, reinit, seed, spec.final_evaluate_on), lookup, wanted) for seed in spec.seeds]
+    state.final = [row for row in rows if row is not None]
+    state.complete = len(state.final) == len(rows)
     return state
 
 
