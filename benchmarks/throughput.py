@@ -1,7 +1,9 @@
 """Training throughput of clreg against a plain PyTorch loop and against the machine's matmul peak.
 
 Permuted MNIST at full width (784-2000-2000-10, batch 256; also 400,400), 3 tasks × 1 epoch
-(⌊60000/256⌋ = 234 steps each), so that the penalty is active in tasks 2 and 3. Reported per variant:
+(⌊60000/256⌋ = 234 steps each), so that the penalty is active in tasks 2 and 3, in fp32 and in bf16
+autocast (`--precisions`; the bf16 rows' peak is bf16 matmuls, their plain loop uses autocast too).
+Reported per variant:
 training seconds (median over `--repeats` interleaved rounds: the machine is noisy), the ratio to
 clreg finetune, and the fraction of the matmul peak, i.e. (the step's matmul FLOPs × steps / time) /
 peak, where the peak is measured in the same run by timing `torch.matmul` on exactly the step's
@@ -10,6 +12,8 @@ clreg (default Adam, index-and-permute batches). EWC's post-task Fisher (1000 sa
 a share of one task's training time (tasks 2–3; the first includes one-time set-up).
 
     python benchmarks/throughput.py --data-dir ../shared/datasets --out benchmarks/results/throughput.json
+
+The functions take a device, and benchmarks/gpu_throughput.py runs them on CUDA.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 
 from clreg.benchmarks import permuted_mnist
 from clreg.config import RunConfig
+from clreg.device import autocast, synchronize
 from clreg.models import MLP
 from clreg.results import machine, versions, write_json
 from clreg.train import Trainer
@@ -47,42 +52,54 @@ def step_flops(shapes) -> float:
     return sum(2.0 * m * k * n for m, k, n in shapes)
 
 
-def matmul_peak(shapes, seconds: float = 3.0) -> float:
-    """FLOP/s of torch.matmul on the step's shapes, back to back (best of repeated rounds)."""
-    operands = [(torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)) for m, k, n in shapes]
+def matmul_peak(shapes, seconds: float = 3.0, precision: str = "fp32", device: str = "cpu") -> float:
+    """FLOP/s of torch.matmul on the step's shapes, back to back (best of repeated rounds), in float32 or
+    (precision bf16) bfloat16."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    operands = [(torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device),
+                 torch.empty(m, n, dtype=dtype, device=device)) for m, k, n in shapes]
     flops, best, deadline = step_flops(shapes), 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
+        synchronize(torch.device(device))
         start = time.perf_counter()
         for a, b, out in operands:
             torch.matmul(a, b, out=out)
+        synchronize(torch.device(device))
         best = max(best, flops / (time.perf_counter() - start))
     return best
 
 
-def plain_loop(bench, hidden: list[int], steps: int) -> list[float]:
-    """What a user writes without clreg: shuffled batches, Adam, cross-entropy. Seconds per task."""
+def plain_loop(bench, hidden: list[int], steps: int, precision: str = "fp32") -> list[float]:
+    """What a user writes without clreg: shuffled batches, Adam, cross-entropy (bf16: under autocast), on the
+    benchmark's device. Seconds per task."""
     torch.manual_seed(0)
-    model = MLP(bench.in_features, hidden, 10)
+    device = bench.device
+    model = MLP(bench.in_features, hidden, 10).to(device)
     x_all, y_all = bench.train.x, bench.train.y
     seconds = []
     for task in range(TASKS):
         perm = bench.permutations[task]
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        order = torch.randperm(len(y_all))
+        order = torch.randperm(len(y_all), device=device)
+        synchronize(device)
         start = time.perf_counter()
         for step in range(steps):
             index = order[(step * BATCH) % (len(order) - BATCH):][:BATCH]
             x, y = x_all[index][:, perm], y_all[index]
             optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            with autocast(device, precision):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
             optimizer.step()
+        synchronize(device)
         seconds.append(time.perf_counter() - start)
     return seconds
 
 
-def clreg_loop(bench, hidden: list[int], method: str) -> dict:
-    """clreg's trainer on the same benchmark: training seconds and importance seconds per task."""
-    config = RunConfig(method=method, c=1.0, tasks=TASKS, epochs=EPOCHS, batch_size=BATCH, hidden=hidden)
+def clreg_loop(bench, hidden: list[int], method: str, precision: str = "fp32") -> dict:
+    """clreg's trainer on the same benchmark and device: training seconds and importance seconds per task."""
+    config = RunConfig(method=method, c=1.0, tasks=TASKS, epochs=EPOCHS, batch_size=BATCH, hidden=hidden,
+                       precision=precision, device=str(bench.device))
     trainer = Trainer(config, bench, progress=False)
     train, importance = [], []
     for task in range(TASKS):
@@ -104,18 +121,18 @@ def summarise(runs: list[dict], flops_per_task: float, peak: float, reference: f
     return entry
 
 
-def measure(bench, hidden: list[int], repeats: int) -> dict:
+def measure(bench, hidden: list[int], repeats: int, precision: str = "fp32") -> dict:
     steps = EPOCHS * (60000 // BATCH)
     shapes = matmul_shapes(hidden, BATCH)
-    peak = matmul_peak(shapes)
+    peak = matmul_peak(shapes, precision=precision, device=str(bench.device))
     flops_per_task = step_flops(shapes) * steps
     plain, runs = [], {m: [] for m in METHODS}
     for _ in range(repeats):
-        plain.append({"train": plain_loop(bench, hidden, steps)})
+        plain.append({"train": plain_loop(bench, hidden, steps, precision)})
         for method in METHODS:
-            runs[method].append(clreg_loop(bench, hidden, method))
-    row = {"matmul_peak_gflops": peak / 1e9, "step_gflop": step_flops(shapes) / 1e9, "steps_per_task": steps,
-           "plain": summarise(plain, flops_per_task, peak, None), "methods": {}}
+            runs[method].append(clreg_loop(bench, hidden, method, precision))
+    row = {"precision": precision, "matmul_peak_gflops": peak / 1e9, "step_gflop": step_flops(shapes) / 1e9,
+           "steps_per_task": steps, "plain": summarise(plain, flops_per_task, peak, None), "methods": {}}
     finetune = summarise(runs["finetune"], flops_per_task, peak, None)
     row["plain"]["ratio_to_finetune"] = row["plain"]["train_seconds"] / finetune["train_seconds"]
     for method in METHODS:
@@ -130,7 +147,7 @@ def measure(bench, hidden: list[int], repeats: int) -> dict:
 
 
 def report(widths: str, row: dict) -> None:
-    print(f"widths {widths}: matmul peak {row['matmul_peak_gflops']:.0f} GFLOP/s on the step's shapes, "
+    print(f"widths {widths} {row['precision']}: matmul peak {row['matmul_peak_gflops']:.0f} GFLOP/s on the step's shapes, "
           f"{row['step_gflop']:.2f} GFLOP per step", flush=True)
     plain = row["plain"]
     print(f"  {'plain':<9} {plain['train_seconds']:7.2f}s  {plain['ratio_to_finetune']:.3f}x finetune  "
@@ -149,14 +166,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="clreg training throughput vs a plain loop and the matmul peak")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--widths", default="2000,2000;400,400")
+    parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     bench = permuted_mnist(TASKS, seed=0, data_dir=args.data_dir)
     results = {}
     for widths in args.widths.split(";"):
-        results[widths] = measure(bench, [int(w) for w in widths.split(",")], args.repeats)
-        report(widths, results[widths])
+        for precision in args.precisions.split(","):
+            key = widths if precision == "fp32" else f"{widths} {precision}"
+            results[key] = measure(bench, [int(w) for w in widths.split(",")], args.repeats, precision)
+            report(widths, results[key])
     record = {"benchmark": "throughput", "tasks": TASKS, "epochs": EPOCHS, "batch_size": BATCH,
               "repeats": args.repeats, "results": results, "machine": machine(), "versions": versions(),
               "command": " ".join(["python", *sys.argv])}

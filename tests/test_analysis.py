@@ -1,5 +1,7 @@
 """The analyses: streamed statistics against numpy, SI's bias on a problem whose full gradient is known,
 side-by-side measures against the trained method's own, and the figures."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -38,6 +40,45 @@ def test_scatter_sample_is_seeded_and_takes_the_right_positions():
     flat = torch.cat([t.reshape(-1) for t in tensors]).numpy()
     assert np.array_equal(a.take(tensors), flat[a.index])
     assert slope_through_origin(np.array([1.0, 2.0]), np.array([2.0, 4.0])) == pytest.approx(2.0)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_streaming_state_stays_in_float64_on_the_inputs_device(monkeypatch, device):
+    monkeypatch.setattr(stats, "CHUNK", 5)
+    rng = np.random.default_rng(1)
+    shapes = [(4, 3), (7,)]
+    measures = [[rng.normal(size=s) + 1e3 for s in shapes], [rng.exponential(size=s) for s in shapes]]
+    tensors = [[torch.tensor(x, dtype=torch.float64, device=device) for x in m] for m in measures]
+    corr = StreamingCorrelation(["a", "b"])
+    for i in range(len(shapes)):
+        corr.update([m[i] for m in tensors])
+    for state in (corr.shift, corr.sum, corr.cross):
+        assert state.dtype == torch.float64 and state.device == tensors[0][0].device
+    flat = np.array([np.concatenate([x.ravel() for x in m]) for m in measures])
+    np.testing.assert_allclose(corr.matrix(), np.corrcoef(flat), rtol=1e-9, atol=1e-12)
+    sample = ScatterSample([12, 7], 8, seed=2)
+    assert np.array_equal(sample.take(tensors[1]), flat[1][sample.index])
+    assert [index.device for index in sample.on_device[tensors[1][0].device]] == [tensors[1][0].device] * 2
+
+    probe = BiasProbe(every=2)
+    params = [t.clone() for t in tensors[0]]
+    probe.task_started(SimpleNamespace(reg=SimpleNamespace(params=params)), 0)
+    steps = [[[torch.tensor(rng.normal(size=s), dtype=torch.float64, device=device) for s in shapes]
+              for _ in range(3)] for _ in range(4)]  # per step: g_t, g'_t, Δ_t
+    for grads, independent, delta in steps:
+        probe.stepped(None, grads, independent, delta)
+        assert probe.sums.dtype == torch.float64 and probe.sums.device == params[0].device
+    def dot(a, b):
+        return sum(float(np.dot(x.cpu().numpy().ravel(), y.cpu().numpy().ravel())) for x, y in zip(a, b))
+    si = np.cumsum([-dot(g, d) for g, _, d in steps])
+    siu = np.cumsum([-dot(u, d) for _, u, d in steps])
+    totals = probe.flush()
+    np.testing.assert_allclose(probe.current["si"], si, rtol=1e-12)
+    np.testing.assert_allclose(probe.current["sib"], si - siu, rtol=1e-9)
+    assert totals["siu"] == pytest.approx(siu[-1], rel=1e-12) and probe.pending == []
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def test_si_path_uses_the_eval_mode_gradient(make):
     reg.before_step(task_loss=lambda: F.cross_entropy(forward(x), y))
     reg.step(optimizer)
     delta = [p.detach() - b for p, b in zip(reg.params, before)]
-    for s, d, ge, gt in zip(reg.measure.path, delta, g_eval, g_train):
+    for s, d, ge, gt in zip(reg.measure.state, delta, g_eval, g_train):
         moved = d.abs() > 1e-6
         torch.testing.assert_close(-s[moved] / d[moved], ge[moved], rtol=2e-3, atol=1e-6)  # s = −g_t ⊙ Δ_t
     assert max(float((ge - gt).abs().max()) for ge, gt in zip(g_eval, g_train)) > 1e-3  # dropout did change g
@@ -109,7 +109,7 @@ def test_fused_step_with_dropout_equals_the_unfused_path(method, options, monkey
         F.cross_entropy(m(x), y).backward()
         r.before_step(task_loss=lambda: F.cross_entropy(m(x), y), independent_loss=lambda: F.cross_entropy(m(xi), yi))
         r.step(optimizer)
-        state = r.measure.path if method == "sib" else r.measure.second_moment
+        state = r.measure.state
         results.append(([p.detach().clone() for p in m.parameters()], [s.clone() for s in state]))
     assert calls == [1]  # the first took the fused kernel, the second the unfused path
     (params_a, state_a), (params_b, state_b) = results

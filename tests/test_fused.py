@@ -35,7 +35,7 @@ def one_step(model, reg, optimizer, x, y, penalty_in_loss):
 def state_of(model, reg, optimizer):
     """What a step changes: parameters with Adam's moments, and the measure's statistic."""
     adam = [t for p in model.parameters() for t in (optimizer.state[p]["exp_avg"], optimizer.state[p]["exp_avg_sq"])]
-    statistic = getattr(reg.measure, "path", None) or getattr(reg.measure, "second_moment", None) or []
+    statistic = getattr(reg.measure, "state", [])
     return [p.detach() for p in model.parameters()] + adam, list(statistic)
 
 
@@ -59,8 +59,6 @@ def compare_along(monkeypatch, method, make_opt, penalty_in_loss=False, outliers
         optimizer = make_opt(model.parameters())
         for step in range(15):
             twin = copy.deepcopy((model, reg, optimizer))
-            if hasattr(reg.measure, "previous"):  # the fused path does not track θ_t; the unfused one needs it
-                twin[1].measure.previous = [p.detach().clone() for p in twin[1].params]
             assert fused.supported(optimizer) or step == 0  # no gradient yet at step 0: nothing to fuse
             one_step(model, reg, optimizer, x, y, penalty_in_loss)
             with monkeypatch.context() as m:

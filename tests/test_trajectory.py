@@ -125,9 +125,9 @@ class Recorder(SynapticIntelligence):
         super().begin_task(params)
         self.seen = []
 
-    def observe_step(self, params, grads, independent):
-        self.seen.append([g.clone() for g in grads])
-        super().observe_step(params, grads, independent)
+    def accumulate(self, task_grads, independent, delta):
+        self.seen.append([g.clone() for g in task_grads])
+        super().accumulate(task_grads, independent, delta)
 
 
 def test_si_gradient_is_task_loss_only_while_penalty_is_on():

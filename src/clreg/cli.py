@@ -10,6 +10,7 @@ from . import importance
 from .benchmarks import BENCHMARKS, EVALUATE_ON
 from .config import RunConfig
 from .data import DataFileError
+from .device import PRECISIONS, check_combination, resolve_device
 from .analysis.measures import PAIRS, parse_pairs
 from .models import NETWORKS, parse_widths
 from .results import check_writable, machine, versions, write_json
@@ -76,6 +77,10 @@ CONFIG_OPTIONS = [
                   help="unpickle CIFAR python-version files whose md5 is not the canonical one (unpickling can run code)"),
     click.option("--data-dir", default=None,
                   help="directory containing mnist/, cifar10/, ... (else $CLREG_DATA_DIR, the cache, a download)"),
+    click.option("--device", default="auto", show_default=True,
+                 help="auto (CUDA when available), cpu, cuda or cuda:N"),
+    click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+                 help="fp32; tf32 (TensorFloat-32 matmuls, CUDA only); bf16 (autocast, float32 master weights)"),
 ]
 
 
@@ -93,9 +98,11 @@ def make_config(hidden: str | None, sos_alpha: str, **options) -> RunConfig:
     except ValueError:
         _fail(f"--alpha must be a number or 'auto', got {sos_alpha!r}")
     try:
-        return RunConfig(hidden=None if hidden is None else parse_widths(hidden), sos_alpha=alpha, **options)
+        config = RunConfig(hidden=None if hidden is None else parse_widths(hidden), sos_alpha=alpha, **options)
+        check_combination(resolve_device(config.device), config.precision)  # CUDA asked for but absent, tf32 on CPU
     except ValueError as err:
         _fail(str(err))
+    return config
 
 
 @cli.command()
@@ -118,7 +125,7 @@ def run(out: str | None, checkpoint: str | None, resume: bool, quiet: bool, **op
 
     tasks = "all tasks" if config.tasks is None else f"{config.tasks} tasks"
     click.echo(f"clreg run: {config.method} c={config.c} on {config.benchmark}, {tasks}, {config.network_name} "
-               f"{','.join(map(str, config.widths))}", err=True)
+               f"{','.join(map(str, config.widths))}, {resolve_device(config.device)} {config.precision}", err=True)
     try:
         bench = load_benchmark(config)
     except (DataFileError, ValueError) as err:  # missing or bad data, and the benchmark's checks (task counts, recipes)
@@ -159,13 +166,16 @@ def run(out: str | None, checkpoint: str | None, resume: bool, quiet: bool, **op
 @click.option("--address", default="local", show_default=True,
               help="ray: 'local' starts Ray here, 'auto' joins a running cluster, or ray://HOST:PORT")
 @click.option("--data-dir", default=None, help="where the workers find the datasets (overrides the sweep file's)")
+@click.option("--device", default=None,
+              help="auto, cpu, cuda or cuda:N [default: the sweep file's, else auto]; with CUDA each local worker "
+                   "takes one visible GPU, Ray tasks ask for one")
 @click.option("--checkpoint-dir", default=None,
               help="task checkpoints of runs in flight, so a killed sweep's runs resume [default: STORE.checkpoints; ray: none]")
 @click.option("--stale-after", type=float, default=600.0, show_default=True,
               help="seconds without a heartbeat after which another host's running run is taken over")
 @click.option("--dry-run", is_flag=True, help="validate, show what is stored and what would run next, run nothing")
 def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | None, backend: str, address: str,
-          data_dir: str | None, checkpoint_dir: str | None, stale_after: float, dry_run: bool) -> None:
+          data_dir: str | None, device: str | None, checkpoint_dir: str | None, stale_after: float, dry_run: bool) -> None:
     """Grid search over c (extended at the edges) and seeds, resumable: every run is kept in a results store."""
     from . import executors
     from .store import Store, StoreError
@@ -180,7 +190,13 @@ def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | N
         store = Store(path, stale_after=stale_after) if path.exists() or not dry_run else None
     except (SpecError, StoreError) as err:
         _fail(str(err))
-    runtime = {**spec.runtime, **({"data_dir": data_dir} if data_dir else {})}
+    runtime = {"device": "auto", **spec.runtime, **({"data_dir": data_dir} if data_dir else {}),
+               **({"device": device} if device else {})}
+    if backend == "local":
+        try:
+            resolve_device(runtime["device"])  # Ray nodes check their own
+        except ValueError as err:
+            _fail(str(err))
     if dry_run:  # creates nothing
         wanted, _ = plan(spec, SweepDriver(spec, store, None).lookup if store else lambda key: None)
         held = store.counts() if store else {}

@@ -7,12 +7,14 @@ from dataclasses import asdict, dataclass, fields
 
 from . import importance
 from .benchmarks import EVALUATE_ON, check_name, defaults
+from .device import check_device_name, check_precision
 from .models import DEFAULT_WIDTHS, NETWORKS
 from .penalty import MODES
 
 SI_FAMILY = ("si", "siu", "sib")
 FISHER_FAMILY = ("fisher", "ewc", "sqrt-fisher", "af")
-NOT_IN_KEY = ("data_dir", "trust_pickle")  # where the data is read from does not change the numbers
+# where the data is read from does not change the numbers; the device changes them only by rounding (README)
+NOT_IN_KEY = ("data_dir", "trust_pickle", "device")
 FLOAT_FIELDS = ("c", "lr", "xi", "prior", "decay")
 
 
@@ -50,6 +52,8 @@ class RunConfig:
     permute: int | None = None  # arrays:PATH: this many permuted tasks
     trust_pickle: bool = False  # unpickle a CIFAR python-version file whose md5 is not the canonical one
     data_dir: str | None = None
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    precision: str = "fp32"  # fp32, tf32 (CUDA) or bf16 autocast
 
     def __post_init__(self) -> None:
         self.validate()
@@ -57,6 +61,8 @@ class RunConfig:
     def validate(self) -> None:
         """Raise ValueError naming the bad value and what is allowed."""
         check_name(self.benchmark)
+        check_device_name(self.device)
+        check_precision(self.precision)
         if self.method not in importance.method_names():
             raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(importance.method_names())}")
         checks = [(self.c >= 0, f"c must be >= 0, got {self.c}"),

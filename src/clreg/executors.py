@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
+from .device import worker_devices
 from .results import machine, versions
 
 
@@ -72,23 +73,35 @@ class InlineExecutor:
 
 
 class ProcessExecutor:
-    """`workers` local processes (spawned, so no state is shared), each with its share of the cores."""
+    """`workers` local processes (spawned, so no state is shared), each with its share of the cores; on CUDA
+    each run in flight takes the visible GPU that has the fewest runs (one each while there are enough)."""
 
     def __init__(self, workers: int, threads: int | None = None, runtime: dict | None = None,
                  checkpoint_dir: str | None = None):
         self.slots, self.threads = workers, threads_per_worker(workers, threads)
-        self.runtime, self.checkpoint_dir = runtime, checkpoint_dir
+        self.runtime, self.checkpoint_dir = runtime or {}, checkpoint_dir
+        self.devices = worker_devices(self.runtime.get("device", "auto"), workers)  # None: the CPU
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         self.futures: dict[Future, str] = {}
+        self.placed: dict[Future, str] = {}  # future -> the GPU its run uses
 
     def submit(self, key: str, config: dict) -> None:  # noqa: D102
-        self.futures[self.pool.submit(execute, config, self.threads, self.runtime, self.checkpoint_dir)] = key
+        runtime = self.runtime
+        if self.devices:
+            busy = list(self.placed.values())
+            device = min(dict.fromkeys(self.devices), key=busy.count)
+            runtime = {**runtime, "device": device}
+        future = self.pool.submit(execute, config, self.threads, runtime, self.checkpoint_dir)
+        self.futures[future] = key
+        if self.devices:
+            self.placed[future] = runtime["device"]
 
     def wait(self, timeout: float) -> list[tuple[str, dict]]:  # noqa: D102
         done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
         out = []
         for future in done:
             key = self.futures.pop(future)
+            self.placed.pop(future, None)
             try:
                 out.append((key, future.result()))
             except Exception as err:  # the worker process itself died (killed, out of memory)
@@ -115,10 +128,16 @@ class RayExecutor:
         self.ray = ray
         ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False,
                  ignore_reinit_error=True, configure_logging=False)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        resources = ray.cluster_resources()
+        cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
         self.threads = threads or 1
-        self.slots = workers or max(1, cpus // self.threads)
-        self.remote = ray.remote(num_cpus=self.threads, max_retries=0)(execute)
+        device = (runtime or {}).get("device", "auto")
+        self.gpus = 1 if device.startswith("cuda") or (device == "auto" and gpus > 0) else 0  # per run
+        if self.gpus and not gpus:
+            raise RuntimeError(f"--device {device}: the Ray cluster has no GPU")
+        self.slots = workers or max(1, min(cpus // self.threads, gpus if self.gpus else cpus))
+        runtime = {**(runtime or {}), **({"device": "cuda"} if self.gpus else {})}  # Ray shows each task its GPU
+        self.remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=0)(execute)
         self.runtime, self.checkpoint_dir = runtime, checkpoint_dir
         self.refs: dict = {}
 

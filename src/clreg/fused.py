@@ -1,34 +1,21 @@
 """One training step in one pass: penalty gradient, Adam/AdamW update and trajectory statistic.
 
 `Regularizer.step(optimizer)` uses this when the optimiser is a plain `torch.optim.Adam` or `AdamW`
-on float32 CPU tensors and the native kernel is available (`clreg.native`); otherwise it falls back
-to `add_penalty_gradient()`, `optimizer.step()`, `after_step()`, which give the same numbers. The
+on float32 CPU tensors and the native kernel is available (`clreg.native`); otherwise it runs the
+penalty gradient, `optimizer.step()` and the statistic's foreach backend (`StepStatistic.apply_`), which
+give the same numbers. The kernel executes a measure's declared `StepStatistic`; it defines none itself. The
 optimiser's own state (`exp_avg`, `exp_avg_sq`, `step`) is read and written, so the two paths can
 alternate between tasks and `optimizer.state_dict()` stays valid.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from . import native
-
-
-@dataclass
-class StepStatistic:
-    """What a trajectory measure accumulates per step, from u = task_weight·g_t + independent_weight·g'_t.
-
-    kind "path": state += −u ⊙ Δ_t (SI, SIU, SIB); kind "moment": state ← decay·state + (1 − decay)·u².
-    """
-
-    kind: str
-    state: list[Tensor]
-    task_weight: float = 1.0
-    independent_weight: float = 0.0
-    decay: float = 0.0
+from .importance.statistic import StepStatistic
 
 
 _KIND = {"path": 1, "moment": 2}

@@ -153,7 +153,11 @@ def glorot_init(model: nn.Module, bias: float = 0.0, generator: torch.Generator 
         fan_in = m.weight[0].numel()
         fan_out = m.weight.shape[0] * m.weight[0][0].numel()
         bound = (6.0 / (fan_in + fan_out)) ** 0.5
-        m.weight.uniform_(-bound, bound, generator=generator)
+        if generator is None or generator.device == m.weight.device:
+            m.weight.uniform_(-bound, bound, generator=generator)
+        else:  # drawn where the generator is: the same weights on every device
+            m.weight.copy_(torch.empty(m.weight.shape, dtype=m.weight.dtype, device=generator.device)
+                           .uniform_(-bound, bound, generator=generator))
         if m.bias is not None:
             m.bias.fill_(bias)
 

@@ -54,21 +54,36 @@ class QuadraticPenalty:
         self.c, self.decay, self.prior, self.mode = float(c), float(decay), float(prior), mode
         self.keep_tasks = keep_tasks or mode != "online"
         self.omega = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
-        self.anchor = [p.detach().clone(memory_format=torch.contiguous_format) for p in params]
+        self.anchor = [torch.zeros_like(o) for o in self.omega]  # before task 1 the prior pulls towards 0
         self.centre = self.anchor if mode == "online" else [a.clone() for a in self.anchor]
         self.tasks: list[TaskTerm | None] = []  # per task, None once dropped
         self.constant = 0.0  # K, in float64
         self.tasks_consolidated = 0
         self._twice_precision: list[Tensor] | None = None  # 2P, cached between consolidations
         self._debiased: list[Tensor] | None = None  # θ̃ bookkeeping: ΣΛ_t θ̃_t in float64 (keep_tasks)
-        self.diff = [torch.zeros_like(a) for a in self.anchor]  # θ − m at the last evaluation
-        self.grad = [torch.zeros_like(a) for a in self.anchor]  # ∇R at the last autograd evaluation
-        self.evaluated = False  # True from an evaluation until the step's after_step
+        self.diff = [torch.zeros_like(a) for a in self.anchor]  # scratch for evaluating R
+        self.scratch = [torch.zeros_like(a) for a in self.anchor]
+        self.grad = [torch.zeros_like(a) for a in self.anchor]  # ∇R(θ_t), as last put into .grad
+        self.gradient_scale: float | Tensor | None = None  # .grad holds gradient_scale·grad (None: no ∇R)
 
     @property
     def active(self) -> bool:
-        """True once a task has been consolidated and the penalty has non-zero strength."""
-        return self.tasks_consolidated > 0 and (self.c > 0 or self.prior > 0)
+        """True while R is not identically 0: the prior acts from the first task on (SPEC §4), c·Ω once a
+        task has been consolidated."""
+        return self.prior > 0 or (self.tasks_consolidated > 0 and self.c > 0)
+
+    @property
+    def in_grad(self) -> bool:
+        """True if this step's `.grad` already holds ∇R: set by the penalty's backward pass or by
+        `add_gradient_`, never by evaluating R (logging R changes nothing), cleared by `step_done`."""
+        return self.gradient_scale is not None
+
+    def step_done(self) -> None:
+        """The optimiser step consumed ∇R(θ_t): the next step starts without it."""
+        self.gradient_scale = None
+
+    def _gradient_added(self, scale: float | Tensor) -> None:
+        self.gradient_scale = scale if self.gradient_scale is None else self.gradient_scale + scale
 
     def precision(self) -> list[Tensor]:
         """P = c·Ω + λ_prior per parameter tensor (online), or ΣΛ_t + λ_prior over the kept terms."""
@@ -157,12 +172,12 @@ class QuadraticPenalty:
         """Restore what `state_dict` returned (tensors are copied into this penalty's own)."""
         if len(state["omega"]) != len(self.omega):
             raise ValueError(f"checkpoint has {len(state['omega'])} regularised tensors, this model {len(self.omega)}")
-        torch._foreach_copy_(self.omega, state["omega"])
-        torch._foreach_copy_(self.anchor, state["anchor"])
-        if self.centre is not self.anchor:
-            torch._foreach_copy_(self.centre, state["centre"])
+        for mine, theirs in ((self.omega, state["omega"]), (self.anchor, state["anchor"]), (self.centre, state["centre"])):
+            for a, b in zip(mine, theirs):
+                a.copy_(b)  # across devices too: a checkpoint written on a GPU resumes on the CPU and back
         self.constant, self.tasks_consolidated = float(state["constant"]), int(state["tasks_consolidated"])
-        self.tasks = [None if t is None else TaskTerm(list(t["precision"]), list(t["centre"])) for t in state["tasks"]]
+        here = lambda ts: [t.to(o.device, o.dtype) for t, o in zip(ts, self.omega)]  # noqa: E731
+        self.tasks = [None if t is None else TaskTerm(here(t["precision"]), here(t["centre"])) for t in state["tasks"]]
         self._twice_precision = None
 
     @torch.no_grad()
@@ -196,62 +211,68 @@ class QuadraticPenalty:
         return self._twice_precision
 
     @torch.no_grad()
-    def _difference(self, params: list[Tensor]) -> None:
-        for d, p, m in zip(self.diff, params, self.centre):
+    def value(self, params: list[Tensor]) -> Tensor:
+        """R(θ) as a 0-dim tensor on the parameters' device (no host synchronisation, no side effect on
+        the gradient bookkeeping)."""
+        for d, s, p, m, tp in zip(self.diff, self.scratch, params, self.centre, self.twice_precision()):
             torch.sub(p.detach(), m, out=d)
-        self.evaluated = True
+            torch.mul(d, tp, out=s)
+        return 0.5 * sum(torch.dot(d.view(-1), s.view(-1)) for d, s in zip(self.diff, self.scratch)) + self.constant
 
     @torch.no_grad()
+    def gradient(self, params: list[Tensor]) -> list[Tensor]:
+        """∇R(θ) = 2P ⊙ (θ − m), written into the preallocated `grad` buffers."""
+        for g, p, m, tp in zip(self.grad, params, self.centre, self.twice_precision()):
+            torch.sub(p.detach(), m, out=g)
+            g.mul_(tp)
+        return self.grad
+
     def value_and_grad(self, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """R(θ) and ∇R(θ) = 2P ⊙ (θ − m), written into preallocated buffers (no allocation)."""
-        self._difference(params)
-        for g, d, tp in zip(self.grad, self.diff, self.twice_precision()):
-            torch.mul(d, tp, out=g)
-        value = 0.5 * sum(torch.dot(d.view(-1), g.view(-1)) for d, g in zip(self.diff, self.grad))
-        return value + self.constant, self.grad
+        """R(θ) and ∇R(θ) (the gradient in preallocated buffers)."""
+        return self.value(params), self.gradient(params)
 
     @torch.no_grad()
     def add_gradient_(self, params: list[Tensor]) -> None:
         """The fast path: p.grad += 2P ⊙ (θ − m) in place, after the task loss's backward."""
         if not self.active:
-            self.evaluated = False
             return
-        self._difference(params)
-        for p, d, tp in zip(params, self.diff, self.twice_precision()):
+        for p, g in zip(params, self.gradient(params)):
             if p.grad is None:
-                p.grad = torch.mul(d, tp)
+                p.grad = g.clone()
             else:
-                p.grad.addcmul_(d, tp)
+                p.grad.add_(g)
+        self._gradient_added(1.0)
 
     @torch.no_grad()
     def task_gradient(self, grads: list[Tensor], out: list[Tensor]) -> list[Tensor]:
-        """`out` ← grads − ∇R(θ_t) if the penalty was evaluated this step, else `grads` itself."""
-        if not self.evaluated:
+        """`out` ← grads − ∇R(θ_t) if ∇R is in `.grad` this step, else `grads` itself."""
+        scale = self.gradient_scale
+        if scale is None:
             return grads
-        for o, g, d, tp in zip(out, grads, self.diff, self.twice_precision()):
-            torch.addcmul(g, d, tp, value=-1.0, out=o)
+        added = self.grad if isinstance(scale, float) and scale == 1.0 else torch._foreach_mul(self.grad, scale)
+        for o, g, r in zip(out, grads, added):
+            torch.sub(g, r, out=o)
         return out
 
     def __call__(self, params: list[Tensor]) -> Tensor:
         """R(θ) as a differentiable scalar whose backward is the analytic gradient (no autograd graph)."""
         if not self.active:
-            self.evaluated = False
             return params[0].new_zeros(())
         return _AnalyticPenalty.apply(self, *params)
 
 
 class _AnalyticPenalty(torch.autograd.Function):
-    """Forward evaluates R; backward returns the stored 2P ⊙ (θ − m) instead of differentiating R."""
+    """Forward evaluates R; backward puts 2P ⊙ (θ − m) into the gradient and records that it did."""
 
     @staticmethod
     def forward(ctx, penalty: QuadraticPenalty, *params: Tensor) -> Tensor:  # noqa: D102
-        value, grad = penalty.value_and_grad(list(params))
-        ctx.grad = grad
-        return value
+        ctx.penalty, ctx.params = penalty, params
+        return penalty.value(list(params))
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # noqa: D102
-        grad = ctx.grad
-        if not (grad_output.numel() == 1 and grad_output.item() == 1.0):
-            grad = torch._foreach_mul(grad, grad_output)
-        return (None, *grad)
+        grad = ctx.penalty.gradient(list(ctx.params))
+        unit = grad_output.device.type == "cpu" and grad_output.item() == 1.0  # free on the CPU only
+        scale = 1.0 if unit else grad_output.detach()
+        ctx.penalty._gradient_added(scale)
+        return (None, *(grad if unit else torch._foreach_mul(grad, scale)))

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import fused, importance
+from .device import single_device
 from .importance import ImportanceMeasure, TaskSample
 from .penalty import QuadraticPenalty
 
@@ -52,26 +53,30 @@ class Regularizer:
     Use it in your own loop: add `penalty()` to the loss (once per step; or, faster, call
     `add_penalty_gradient()` after the task loss's backward), call `after_step()` after each
     `optimizer.step()`, and `end_task(inputs)` when a task ends. Fastest: backpropagate the task
-    loss alone and call `step(optimizer)` in place of the optimiser's step (one fused pass for Adam). Measures that need a gradient on
-    an independent minibatch (siu, sib, sos with α ≠ 0) also need `before_step(independent_loss=...)`
-    before the optimiser step; `sos` with split=True instead uses `backward_split(loss_a, loss_b)`.
+    loss alone and call `step(optimizer)` in place of the optimiser's step (one fused native pass for Adam
+    on the CPU, foreach kernels on any other device). All state lives on the parameters' device, in their
+    dtype. Measures that need a gradient on an independent minibatch (siu, sib, sos with α ≠ 0) also need
+    `before_step(independent_loss=...)` before the optimiser step; `sos` with split=True instead uses `backward_split(loss_a, loss_b)`.
     """
 
     def __init__(self, model: nn.Module, method: str | ImportanceMeasure = "si", c: float = 1.0, *,
                  heads: Iterable[str] = (), shared: ParamFilter | None = None, decay: float = 1.0,
                  prior: float = 0.0, penalty: str = "online", keep_tasks: bool = False,
-                 memory_budget: int = 1 << 30, **options):
+                 memory_budget: int | None = None, **options):
         self.model = model
         self.measure = importance.create(method, **options) if isinstance(method, str) else method
         self.names, self.params = select_shared(model, heads, shared)
+        self.device = single_device(list(zip(self.names, self.params)))  # penalty and statistics live there too
         strength = c if self.measure.regularizes else 0.0
         self.penalty_term = QuadraticPenalty(self.params, strength, decay=decay, prior=prior, mode=penalty,
                                              keep_tasks=keep_tasks)
-        self.memory_budget = memory_budget
+        self.memory_budget = memory_budget  # bytes for the per-sample engine (None: by device, clreg.device)
         self.last_importance: dict[str, Tensor] | None = None
         self._task_grads: list[Tensor] | None = None
         self._independent: list[Tensor] | None = None
         self._scratch = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
+        self._before: list[Tensor] = []  # θ_t, for Δ_t of a path statistic on the foreach backend
+        self._before_at: int | None = None  # measure.steps when _before was taken (None: stale)
         self.begin_task()
 
     @property
@@ -113,6 +118,8 @@ class Regularizer:
         `end_task`; call it yourself only if you change the parameters in between (re-init)."""
         self.measure.begin_task(self.params)
         self._task_grads = self._independent = None
+        if self.measure.trajectory and self.measure.step_statistic().needs_step:
+            self._snapshot()
 
     def penalty(self) -> Tensor:
         """R(θ) as a scalar to add to the loss; its backward is the analytic 2cΩ ⊙ (θ − θ*)."""
@@ -164,93 +171,122 @@ class Regularizer:
         self.penalty_term.add_gradient_(self.params)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Finish a training step after `loss.backward()`: add ∇R to the gradient (unless `penalty()` was
-        in the loss), `optimizer.step()`, then `after_step()`.
+        """Finish a training step after `loss.backward()`: add ∇R to the gradient (unless the penalty's
+        backward already put it there), `optimizer.step()`, then the measure's step statistic.
 
-        For `torch.optim.Adam`/`AdamW` on float32 CPU tensors the three are one fused pass over the
-        parameters (`clreg.fused`); `.grad` then keeps the task-loss gradient. Other optimisers take
-        the three calls one after the other, with the same result.
+        For `torch.optim.Adam`/`AdamW` on float32 CPU tensors the three are one fused native pass over the
+        parameters (`clreg.fused`); `.grad` then keeps the task-loss gradient. Everywhere else (CUDA, other
+        dtypes and optimisers) the three run one after the other on `torch._foreach` kernels, with the same
+        numbers.
         """
-        statistic = self._fusable_statistic(optimizer)
-        if statistic is False:
-            if not self.penalty_term.evaluated:
+        statistic = self._statistic()
+        try:
+            if statistic is not None:
+                self._check_step_inputs(statistic)
+            if self._fusable(optimizer, statistic):
+                self._fused_step(optimizer, statistic)
+                return
+            if statistic is not None and statistic.needs_step and self._before_at != self.measure.steps:
+                self._snapshot()  # θ_t, for Δ_t
+            if not self.penalty_term.in_grad:
                 self.add_penalty_gradient()
             optimizer.step()
-            self.after_step()
-            return
-        try:
-            self._fused_step(optimizer, statistic)
+            if statistic is not None:
+                self._observe(statistic)
         finally:
-            self.penalty_term.evaluated = False
-            self._task_grads = self._independent = None
-
-    def _fusable_statistic(self, optimizer):
-        """The measure's per-step statistic (None if it has none) if the fused step applies, else False."""
-        if not fused.supported(optimizer):
-            return False
-        if not self.measure.trajectory:
-            return None
-        if not hasattr(self.measure, "step_statistic"):
-            return False  # a measure without a fused form
-        if self.split and self._task_grads is None:
-            return False  # after_step raises the helpful error
-        if self.measure.needs_independent_gradient and not self.split and self._independent is None:
-            return False
-        in_optimizer = {p for group in optimizer.param_groups for p in group["params"]}
-        if any(p not in in_optimizer for p in self.params):
-            return False  # a shared parameter the optimiser does not move still has a statistic
-        return True
+            self._step_done()
 
     @torch.no_grad()
-    def _fused_step(self, optimizer: torch.optim.Optimizer, trajectory: bool | None) -> None:
+    def after_step(self) -> None:
+        """After `optimizer.step()`: accumulate the trajectory measure's statistic from g_t and Δ_t."""
+        try:
+            statistic = self._statistic()
+            if statistic is not None:
+                self._check_step_inputs(statistic)
+                self._observe(statistic)
+        finally:
+            self._step_done()
+
+    def _statistic(self):
+        return self.measure.step_statistic() if self.measure.trajectory else None
+
+    def _step_done(self) -> None:
+        self.penalty_term.step_done()  # this step's ∇R(θ_t) is used up
+        self._task_grads = self._independent = None
+
+    def _snapshot(self) -> None:
+        if not self._before:
+            self._before = [torch.empty_like(s) for s in self._scratch]
+        torch._foreach_copy_(self._before, [p.detach() for p in self.params])
+        self._before_at = self.measure.steps
+
+    def _check_step_inputs(self, statistic) -> None:
+        """Raise, before anything moves, if the statistic lacks a gradient it reads."""
+        if self.split:
+            if self._task_grads is None:
+                raise ValueError("sos with split=True needs backward_split(loss_a, loss_b) each step")
+            return
+        if self._task_grads is None and statistic.uses_task_gradient and has_active_dropout(self.model):
+            raise ValueError("the model has active dropout: pass before_step(task_loss=...) so that g_t "
+                             "is taken with dropout off")
+        if statistic.needs_independent_gradient and self._independent is None:
+            raise ValueError(f"method {self.measure.name!r} needs before_step(independent_loss=...) every step")
+
+    def _fusable(self, optimizer: torch.optim.Optimizer, statistic) -> bool:
+        """True if the native fused step can stand in for the three calls with the same numbers."""
+        if not fused.supported(optimizer):
+            return False
+        scale = self.penalty_term.gradient_scale
+        if scale is not None and not (isinstance(scale, float) and scale == 1.0):
+            return False  # the penalty's backward was scaled (loss scaling): take it out in Python
+        if statistic is None:
+            return True
+        in_optimizer = {p for group in optimizer.param_groups for p in group["params"]}
+        return all(p in in_optimizer for p in self.params)  # else a shared parameter has no fused statistic
+
+    @torch.no_grad()
+    def _fused_step(self, optimizer: torch.optim.Optimizer, statistic) -> None:
         grads = self._grads()  # raises for a missing gradient
         term = self.penalty_term
-        penalty = (2 if term.evaluated else 1) if term.active else 0
+        penalty = (2 if term.in_grad else 1) if term.active else 0
         anchors = term.centre if penalty else [None] * len(grads)
         precisions = term.twice_precision() if penalty else [None] * len(grads)
-        statistic = self.measure.step_statistic() if trajectory else None
-        states = statistic.state if statistic else [None] * len(grads)
+        states = self.measure.state if statistic else [None] * len(grads)
         weights = (statistic.task_weight, statistic.independent_weight) if statistic else (0.0, 0.0)
         others = [None] * len(grads)
         if self.split:
             others = self._task_grads  # g = g_A; g' = 2 (g_A + g_B)/2 − g_A
             weights = (2.0 * weights[1], weights[0] - weights[1])
         elif self._task_grads is not None:  # g_t taken with dropout off: u = a·g_t + b·g'_t, passed whole
-            others = torch._foreach_mul(self._task_grads, weights[0])
-            if weights[1]:
-                torch._foreach_add_(others, self._independent, alpha=weights[1])
+            others = statistic.combine(self._task_grads, self._independent)
             weights = (0.0, 1.0)
         elif self._independent is not None:
             others = self._independent
         regularized = dict(zip(self.params, zip(anchors, precisions, states, others)))
         fused.adam_step(optimizer, regularized, penalty, statistic, *weights)
+        if statistic is not None:
+            self.measure.steps += 1
+            self._before_at = None  # θ_t is not kept on this path
 
-    @torch.no_grad()
-    def after_step(self) -> None:
-        """After `optimizer.step()`: let a trajectory measure observe g_t and the step Δ_t."""
-        try:
-            if self.measure.trajectory:
-                self._observe()
-        finally:
-            self.penalty_term.evaluated = False  # this step's ∇R(θ_t) is used up
-            self._task_grads = self._independent = None
-
-    def _observe(self) -> None:
+    def _observe(self, statistic) -> None:
+        """The foreach backend: g_t and g'_t resolved (penalty, split, dropout), Δ_t, one statistic update."""
         task_grads, independent = self._task_grads, self._independent
         if self.split:
-            if task_grads is None:
-                raise ValueError("sos with split=True needs backward_split(loss_a, loss_b) each step")
             total = self.penalty_term.task_gradient(self._grads(), out=self._scratch)  # (g_A + g_B) / 2
             independent = torch._foreach_mul(total, 2.0)
             torch._foreach_sub_(independent, task_grads)
-        elif task_grads is None:
-            if has_active_dropout(self.model) and self.measure.uses_task_gradient:
-                raise ValueError("the model has active dropout: pass before_step(task_loss=...) so that g_t "
-                                 "is taken with dropout off")
+        elif task_grads is None and statistic.uses_task_gradient:
             task_grads = self.penalty_term.task_gradient(self._grads(), out=self._scratch)
-        if self.measure.needs_independent_gradient and independent is None:
-            raise ValueError(f"method {self.measure.name!r} needs before_step(independent_loss=...) every step")
-        self.measure.observe_step(self.params, task_grads, independent)
+        delta = None
+        if statistic.needs_step:
+            if self._before_at != self.measure.steps:
+                raise ValueError("a task cannot mix Regularizer.step(optimizer) with optimizer.step() + after_step(); "
+                                 "use one of the two from the task's start")
+            theta = [p.detach() for p in self.params]
+            delta = torch._foreach_sub(theta, self._before)
+        self.measure.accumulate(task_grads, independent, delta)
+        if statistic.needs_step:
+            self._snapshot()
 
     def _grads(self) -> list[Tensor]:
         grads = [p.grad for p in self.params]
@@ -272,7 +308,8 @@ class Regularizer:
             return None
         sample = None
         if inputs is not None:
-            sample = TaskSample(self.model, inputs, labels, forward, self.memory_budget)
+            labels = None if labels is None else labels.to(self.device)
+            sample = TaskSample(self.model, inputs.to(self.device), labels, forward, self.memory_budget)
         elif self.measure.needs_sample:
             raise ValueError(f"method {self.measure.name!r} measures importance on data: "
                              "call end_task(inputs) with a sample of the task's inputs")

@@ -22,12 +22,12 @@ from pathlib import Path
 import yaml
 
 from .benchmarks import EVALUATE_ON
-from .config import RunConfig
+from .config import NOT_IN_KEY, RunConfig
 from .models import parse_widths
 
 METRICS = ("average_accuracy", "bwt")  # both: higher is better
 SWEEP_SET = ("method", "c", "reinit", "seed", "evaluate_on", "benchmark")  # chosen by the sweep, not in settings
-RUNTIME = ("data_dir", "trust_pickle")  # how to read the data; not part of a run's identity
+RUNTIME = NOT_IN_KEY  # where the data is read from and where runs train: not part of a run's identity
 TOP_KEYS = ("name", "benchmark", "settings", "seeds", "search", "final", "methods")
 ENTRY_KEYS = ("method", "c", "reinit", "settings")
 SEARCH_KEYS = ("evaluate_on", "seeds", "metric", "extend", "max_extensions")

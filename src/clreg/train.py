@@ -1,7 +1,6 @@
 """The continual loop: tasks × steps with a Regularizer, evaluation after each task (SPEC §1, §5)."""
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +14,7 @@ from tqdm import tqdm
 from . import checkpoint, metrics
 from .benchmarks import Benchmark, build_benchmark, derive_seed
 from .config import RunConfig
+from .device import autocast, check_combination, describe, precision_scope, resolve_device, synchronize
 from .models import build_model, reinitialize, task_forward
 from .proxy import ProxyLog
 from .regularizer import Regularizer, has_active_dropout
@@ -28,15 +28,17 @@ class Diverged(RuntimeError):
         self.step, self.task, self.loss = step, task, loss
 
 
-def index_stream(size: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> Iterator[Tensor]:
+def index_stream(size: int, batch_size: int, generator: torch.Generator, drop_last: bool = False,
+                 device: torch.device | str = "cpu") -> Iterator[Tensor]:
     """Endless minibatch indices from consecutive shuffles of range(size): cut across shuffles, or with
-    `drop_last` ⌊size/b⌋ full batches per shuffle (epoch) and the rest dropped."""
+    `drop_last` ⌊size/b⌋ full batches per shuffle (epoch) and the rest dropped. Shuffles are drawn on the
+    CPU (the same order on every device) and moved to `device` once each."""
     if drop_last and size < batch_size:
         raise ValueError(f"a task has {size} training examples, fewer than one batch of {batch_size}")
-    buffer = torch.empty(0, dtype=torch.long)
+    buffer = torch.empty(0, dtype=torch.long, device=device)
     while True:
         while len(buffer) < batch_size:
-            shuffle = torch.randperm(size, generator=generator)
+            shuffle = torch.randperm(size, generator=generator).to(device)
             buffer = shuffle[:size - size % batch_size] if drop_last else torch.cat([buffer, shuffle])
         yield buffer[:batch_size]
         buffer = buffer[batch_size:]
@@ -53,23 +55,56 @@ def evaluate(model: nn.Module, bench: Benchmark, task: int) -> float:
     was_training = model.training
     model.eval()
     forward = task_forward(model, task)
-    correct = total = 0
+    correct, total = 0, 0
     for x, y in bench.evaluation_batches(task):
-        correct += int((forward(x).argmax(1) == y).sum())
+        correct = correct + (forward(x).argmax(1) == y).sum()  # stays on the device: one transfer per task
         total += len(y)
     model.train(was_training)
-    return correct / total
+    return int(correct) / total
+
+
+class DivergenceGuard:
+    """Finds the first step whose training loss is NaN or infinite. Losses stay on the device and are
+    checked every `every` steps and at task end (on the CPU, where a check costs nothing, every step), so
+    a GPU never waits for the host; the error names the exact first bad step either way."""
+
+    def __init__(self, device: torch.device, every: int | None = None):
+        self.every = every or (1 if device.type == "cpu" else 50)
+        self.losses: Tensor | None = None  # allocated at the first loss, with its dtype and device
+        self.count = 0
+
+    def record(self, loss: Tensor, step: int, task: int) -> None:
+        """Keep step `step`'s loss (counted from 1); check when the buffer is full."""
+        if self.losses is None:
+            self.losses = loss.new_empty(self.every)
+        self.losses[self.count] = loss.detach()
+        self.count += 1
+        if self.count == self.every:
+            self.check(step, task)
+
+    def check(self, step: int, task: int) -> None:
+        """Raise Diverged for the first non-finite loss recorded up to step `step`, then start afresh."""
+        if not self.count:
+            return
+        recorded, self.count = self.losses[:self.count], 0
+        finite = torch.isfinite(recorded)
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0, 0])
+            raise Diverged(step - len(recorded) + 1 + first, task, float(recorded[first]))
 
 
 class Trainer:
     """Trains one model on a task sequence with one Regularizer, following the paper's protocol."""
 
     def __init__(self, config: RunConfig, bench: Benchmark, progress: bool = True):
-        self.config, self.bench, self.progress = config, bench, progress
+        self.device = resolve_device(config.device)
+        check_combination(self.device, config.precision)
+        self.config, self.bench, self.progress = config, bench.to(self.device), progress
         torch.manual_seed(config.seed)
         self.init_generator = torch.Generator().manual_seed(derive_seed(config.seed, 2))
         self.model = build_model(config.network_name, bench.input_shape, config.widths, bench.classes,
-                                 self.init_generator)
+                                 self.init_generator).to(self.device)
+        self.guard = DivergenceGuard(self.device)
         self.reg = Regularizer(self.model, config.method, config.c, heads=("heads",) if bench.multi_head else (),
                                penalty=config.penalty, prior=config.prior, decay=config.decay,
                                keep_tasks=config.proxy_every > 0, **config.measure_options())
@@ -88,6 +123,12 @@ class Trainer:
         first = 0
         if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
             first = self.load_state_dict(checkpoint.load(checkpoint_path, self.config.canonical()), accuracy)
+        with precision_scope(self.device, self.config.precision):
+            self._train_tasks(first, accuracy, checkpoint_path)
+        return accuracy
+
+    def _train_tasks(self, first: int, accuracy: np.ndarray, checkpoint_path: str | Path | None) -> None:
+        k_total = self.bench.num_tasks
         for task in range(first, k_total):
             self.train_task(task)
             start = time.perf_counter()
@@ -97,7 +138,6 @@ class Trainer:
                 checkpoint.save(checkpoint_path, self.state_dict(accuracy[:task + 1]))
         if self.config.revisit:
             self.revisit_first_task(accuracy[-1].tolist())
-        return accuracy
 
     def state_dict(self, accuracy: np.ndarray) -> dict:
         """Everything a resumed run needs after the tasks whose accuracy rows are given: model, penalty,
@@ -105,6 +145,7 @@ class Trainer:
         return {"config": self.config.canonical(), "tasks_done": len(accuracy), "accuracy": accuracy.tolist(),
                 "model": self.model.state_dict(), "regularizer": self.reg.state_dict(),
                 "init_generator": self.init_generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
                 "timing": dict(self.timing), "steps_done": self.steps_done,
                 "proxies": None if self.proxies is None else self.proxies.state_dict()}
 
@@ -116,6 +157,8 @@ class Trainer:
         self.reg.load_state_dict(state["regularizer"])
         self.init_generator.set_state(state["init_generator"])
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:  # dropout draws on the GPU
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.timing.update(state["timing"])
         self.steps_done = int(state["steps_done"])
         if self.proxies is not None:
@@ -150,11 +193,12 @@ class Trainer:
         optimizer = make_optimizer(self.model, cfg.learning_rate)
         size, drop_last = self.bench.train_size(task), self.bench.drop_last
         batches = index_stream(size, cfg.batch_size, torch.Generator().manual_seed(derive_seed(cfg.seed, 3, task)),
-                               drop_last)
+                               drop_last, self.device)
         independent = None
         if self.wants_independent_batches():
             independent = index_stream(size, cfg.batch_size,
-                                       torch.Generator().manual_seed(derive_seed(cfg.seed, 4, task)), drop_last)
+                                       torch.Generator().manual_seed(derive_seed(cfg.seed, 4, task)), drop_last,
+                                       self.device)
         forward = task_forward(self.model, task)
         start = time.perf_counter()
         steps = range(self.steps_per_task(task))
@@ -165,6 +209,8 @@ class Trainer:
             self.steps_done += 1
             if self.proxies is not None and self.steps_done % cfg.proxy_every == 0:
                 self.proxies.log(self.steps_done, task)
+        self.guard.check(self.steps_done, task)
+        synchronize(self.device)
         self.timing["train_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
         self.consolidate(task)
@@ -187,31 +233,35 @@ class Trainer:
              independent: tuple[Tensor, Tensor] | None) -> None:
         """One optimiser step on the task loss plus the penalty, with the measure's hooks; with dropout,
         the measure's g_t is taken in one more pass with dropout off (SPEC §2)."""
-        reg = self.reg
+        reg, loss = self.reg, self.loss
         optimizer.zero_grad(set_to_none=True)
         if reg.split:
             half = len(y) // 2
-            first, second = F.cross_entropy(forward(x[:half]), y[:half]), F.cross_entropy(forward(x[half:]), y[half:])
+            first, second = loss(forward, x[:half], y[:half]), loss(forward, x[half:], y[half:])
             reg.backward_split(first, second)
             self.check_finite(first + second)
         else:
-            loss = F.cross_entropy(forward(x), y)
-            loss.backward()
-            self.check_finite(loss)
-            task_loss = (lambda: F.cross_entropy(forward(x), y)) if self.dropout else None
+            task = loss(forward, x, y)
+            task.backward()
+            self.check_finite(task)
+            task_loss = (lambda: loss(forward, x, y)) if self.dropout else None
             independent_loss = None
             if independent is not None:
                 xi, yi = independent
-                independent_loss = lambda: F.cross_entropy(forward(xi), yi)  # noqa: E731
+                independent_loss = lambda: loss(forward, xi, yi)  # noqa: E731
             if task_loss or independent_loss:
                 reg.before_step(task_loss=task_loss, independent_loss=independent_loss)
-        reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass
+        reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass on the CPU
+
+    def loss(self, forward, x: Tensor, y: Tensor) -> Tensor:
+        """The task loss (mean cross-entropy) in the run's precision: bf16 autocast for the forward pass."""
+        with autocast(self.device, self.config.precision):
+            return F.cross_entropy(forward(x), y)
 
     def check_finite(self, loss: Tensor) -> None:
-        """Raise Diverged if the step's task loss is NaN or infinite (one host sync per step)."""
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise Diverged(self.steps_done + 1, self.current_task, value)  # steps counted from 1
+        """Record the step's task loss; Diverged is raised for the first NaN or infinite one (see
+        DivergenceGuard: at once on the CPU, within 50 steps on a GPU)."""
+        self.guard.record(loss, self.steps_done + 1, self.current_task)  # steps counted from 1
 
     def consolidate(self, task: int) -> None:
         """End of task: hand the regulariser a sample of the task's training inputs (n of them)."""
@@ -219,7 +269,7 @@ class Trainer:
         if self.reg.measure.needs_sample:
             n = min(self.config.samples, self.bench.train_size(task))
             generator = torch.Generator().manual_seed(derive_seed(self.config.seed, 5, task))
-            index = torch.randperm(self.bench.train_size(task), generator=generator)[:n]
+            index = torch.randperm(self.bench.train_size(task), generator=generator)[:n].to(self.device)
             sample = self.bench.batch(task, index)
         self.reg.end_task(*(sample if sample else ()), forward=task_forward(self.model, task))
 
@@ -238,7 +288,7 @@ def run(config: RunConfig, progress: bool = True, bench: Benchmark | None = None
     bench = bench or load_benchmark(config)
     trainer = Trainer(config, bench, progress)
     accuracy = trainer.run(checkpoint_path, resume)
-    result = {"config": config.to_dict(), "benchmark": bench.describe(),
+    result = {"config": config.to_dict(), "device": describe(trainer.device), "benchmark": bench.describe(),
               "accuracy_matrix": accuracy.tolist(), **metrics.summary(accuracy), "timing": trainer.timing}
     if trainer.proxies is not None:
         result["proxy_losses"] = trainer.proxies.summary()

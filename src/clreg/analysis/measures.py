@@ -72,7 +72,7 @@ class MeasuresProbe(Probe):
     def stepped(self, trainer, grads, independent, delta) -> None:  # noqa: D102
         shared = len(trainer.reg.params)  # importance is measured for the regularised parameters only
         for measure in [*self.paths.values(), *self.sos.values()]:
-            measure.observe_step(trainer.reg.params, grads[:shared], independent[:shared])
+            measure.accumulate(grads[:shared], independent[:shared], delta[:shared])
 
     def task_ended(self, trainer, task) -> None:  # noqa: D102
         values = self.importances(trainer, task)
@@ -96,7 +96,7 @@ class MeasuresProbe(Probe):
         params = trainer.reg.params
         values: dict[str, list[Tensor]] = {}
         for name, measure in self.paths.items():
-            values.update(path_variants(name, measure.path, measure.start, params, self.xi))
+            values.update(path_variants(name, measure.state, measure.start, params, self.xi))
         for name, measure in self.sos.items():
             values[name] = measure.task_importance(params, None)
         forward = task_forward(trainer.model, task)
@@ -109,7 +109,9 @@ class MeasuresProbe(Probe):
         return values
 
     def _sample(self, trainer, task: int, n: int) -> Tensor:
+        """n seeded training indices of `task` (drawn on the CPU for reproducibility), on the data's device."""
         size = trainer.bench.train_size(task)
         if n > size:
             raise ValueError(f"task {task + 1} has {size} training examples, fewer than the {n} samples asked for")
-        return torch.randperm(size, generator=torch.Generator().manual_seed(derive_seed(self.seed, 8, task)))[:n]
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, 8, task))
+        return torch.randperm(size, generator=generator)[:n].to(trainer.bench.device)

@@ -5,10 +5,17 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from .probe import Probe
 
 THRESHOLDS = (0.1, 1.0, 10.0, 100.0)
+
+
+def _squared_norm(tensors: list[Tensor]) -> Tensor:
+    """Σ‖t‖² over the list in float64, as a 0-dim tensor on the tensors' device."""
+    return torch.stack([t.double().square().sum() for t in tensors]).sum()
 
 
 class NoiseProbe(Probe):
@@ -23,8 +30,8 @@ class NoiseProbe(Probe):
     def checkpoint(self, trainer, step, loss, full, batch) -> None:  # noqa: D102
         if batch is None:
             return
-        noise = float(sum(float((b.double() - f.double()).square().sum()) for b, f in zip(batch, full)))
-        signal = float(sum(float(f.double().square().sum()) for f in full))
+        difference = [b.double() - f.double() for b, f in zip(batch, full)]
+        noise, signal = torch.stack([_squared_norm(difference), _squared_norm(full)]).tolist()  # one transfer
         self.records.append({"task": trainer.task, "step": step, "noise": noise, "full": signal,
                              "ratio": noise / signal if signal > 0 else None})
 

@@ -39,21 +39,22 @@ def trained_parameters(trainer: Trainer, task: int) -> list[Tensor]:
 
 
 def full_gradient(trainer: Trainer, task: int, chunk: int = 5000) -> tuple[float, list[Tensor]]:
-    """Mean task loss and its gradient (for `trained_parameters`) over the task's training set, dropout off."""
+    """Mean task loss and its gradient (for `trained_parameters`) over the task's training set, dropout off;
+    the loss comes to the host once, at the end."""
     n, params = trainer.bench.train_size(task), trained_parameters(trainer, task)
     forward = task_forward(trainer.model, task)
     total = [torch.zeros_like(p) for p in params]
-    losses = []
+    losses: list[Tensor] = []
     for start in range(0, n, chunk):
-        x, y = trainer.bench.batch(task, torch.arange(start, min(n, start + chunk)))
+        x, y = trainer.bench.batch(task, torch.arange(start, min(n, start + chunk), device=trainer.bench.device))
 
         def summed_loss(x=x, y=y):
             value = F.cross_entropy(forward(x), y, reduction="sum")
-            losses.append(float(value.detach()))
+            losses.append(value.detach().double())
             return value
         torch._foreach_add_(total, trainer.reg.gradient(summed_loss, params))
     torch._foreach_div_(total, n)
-    return sum(losses) / n, total
+    return float(sum(losses)) / n, total
 
 
 class ProbeTrainer(Trainer):

@@ -13,17 +13,17 @@ CHUNK = 1 << 20  # parameters per float64 block: k measures × 1M × 8 bytes
 class StreamingCorrelation:
     """Pearson correlations between k measures over all parameters, fed tensor by tensor.
 
-    Keeps n, Σx and Σxxᵀ in float64, centred on a per-measure shift taken from the first block (which
-    keeps the sums accurate when means are large against spreads).
+    Keeps n, Σx and Σxxᵀ in float64 on the device of the first values (no host transfer until `matrix()`),
+    centred on a per-measure shift taken from the first block (which keeps the sums accurate when means are
+    large against spreads).
     """
 
     def __init__(self, names: Sequence[str]):
         self.names = list(names)
-        k = len(self.names)
         self.n = 0
-        self.shift: Tensor | None = None
-        self.sum = torch.zeros(k, dtype=torch.float64)
-        self.cross = torch.zeros(k, k, dtype=torch.float64)
+        self.shift: Tensor | None = None  # shift, sum and cross: created with the first block, on its device
+        self.sum: Tensor | None = None
+        self.cross: Tensor | None = None
 
     def update(self, values: Sequence[Tensor]) -> None:
         """One parameter tensor's values under each of the k measures (same shape each)."""
@@ -34,6 +34,8 @@ class StreamingCorrelation:
             block = torch.stack([f[start:start + CHUNK].to(torch.float64) for f in flat])
             if self.shift is None:
                 self.shift = block.mean(1)
+                self.sum = torch.zeros_like(self.shift)
+                self.cross = self.shift.new_zeros(len(self.names), len(self.names))
             block -= self.shift[:, None]
             self.n += block.shape[1]
             self.sum += block.sum(1)
@@ -46,8 +48,7 @@ class StreamingCorrelation:
         mean = self.sum / self.n
         cov = self.cross / self.n - torch.outer(mean, mean)
         sd = cov.diagonal().clamp_min(0).sqrt()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (cov / torch.outer(sd, sd)).numpy()
+        return (cov / torch.outer(sd, sd)).cpu().numpy()
 
     def as_dict(self) -> dict:
         """{name: {name: r}} with NaN as None (JSON)."""
@@ -64,17 +65,19 @@ class ScatterSample:
         count = min(count, total)
         rng = np.random.default_rng(seed)
         self.index = np.sort(rng.choice(total, size=count, replace=False))
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        bounds = np.searchsorted(self.index, offsets)
+        self.local = [torch.from_numpy(self.index[a:b] - low) for a, b, low in zip(bounds, bounds[1:], offsets)]
+        self.on_device: dict[torch.device, list[Tensor]] = {}  # `local` moved to each device once
 
     def take(self, tensors: Sequence[Tensor]) -> np.ndarray:
-        """The sampled positions' values of one measure, given per parameter tensor."""
-        out = np.empty(len(self.index))
-        for i, t in enumerate(tensors):
-            low, high = self.offsets[i], self.offsets[i + 1]
-            mask = (self.index >= low) & (self.index < high)
-            flat = t.detach().reshape(-1)
-            out[mask] = flat[torch.from_numpy(self.index[mask] - low)].double().numpy()
-        return out
+        """The sampled positions' values of one measure, given per parameter tensor: gathered on the tensors'
+        device, brought to the host in one transfer."""
+        device = tensors[0].device
+        if device not in self.on_device:
+            self.on_device[device] = [index.to(device) for index in self.local]
+        parts = [t.detach().reshape(-1)[index].double() for t, index in zip(tensors, self.on_device[device])]
+        return torch.cat(parts).cpu().numpy()
 
 
 def slope_through_origin(x: np.ndarray, y: np.ndarray) -> float:

@@ -34,6 +34,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    def to(self, device: torch.device) -> "Split":
+        """This split on `device` (itself if it is there already)."""
+        if self.x.device == torch.device(device):
+            return self
+        return Split(self.x.to(device), self.y.to(device))
+
     def head(self, fraction: float) -> tuple["Split", "Split"]:
         """(the first 1 − fraction, the last fraction) of the examples, in order."""
         cut = len(self) - int(round(fraction * len(self)))

@@ -29,6 +29,17 @@ class PermutedBenchmark:
         self.permutations = [torch.randperm(self.in_features, generator=torch.Generator().manual_seed(
             derive_seed(seed, 1, task))) for task in range(num_tasks)]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the data lives."""
+        return self.train.x.device
+
+    def to(self, device: torch.device) -> "PermutedBenchmark":
+        """Move the splits and permutations to `device`, once per run (in place; returns self)."""
+        self.train, self.evaluation = self.train.to(device), self.evaluation.to(device)
+        self.permutations = [p.to(device) for p in self.permutations]
+        return self
+
     def train_size(self, task: int) -> int:
         """Number of training examples of `task`."""
         return len(self.train.y)
@@ -38,7 +49,7 @@ class PermutedBenchmark:
         return self._epoch_size
 
     def batch(self, task: int, index: Tensor) -> tuple[Tensor, Tensor]:
-        """Training examples `index` of `task`: one gather of rows, one of pixels."""
+        """Training examples `index` of `task` (indices on the data's device): one gather of rows, one of pixels."""
         return self.train.x[index][:, self.permutations[task]], self.train.y[index]
 
     def evaluation_batches(self, task: int, batch_size: int = 2000) -> Iterator[tuple[Tensor, Tensor]]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ..data import load_mnist
@@ -36,6 +37,16 @@ class SplitBenchmark:
         self.num_tasks = len(self.tasks)
         self.input_shape = tuple(self.tasks[0].train.x.shape[1:])
         self.classes = [t.classes for t in self.tasks]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the data lives."""
+        return self.tasks[0].train.x.device
+
+    def to(self, device: torch.device) -> "SplitBenchmark":
+        """Move every task's splits to `device`, once per run (in place; returns self)."""
+        self.tasks = [TaskData(t.train.to(device), t.evaluation.to(device), t.classes) for t in self.tasks]
+        return self
 
     def train_size(self, task: int) -> int:
         """Number of training examples of `task`."""

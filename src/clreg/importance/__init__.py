@@ -7,8 +7,9 @@ from .base import ImportanceMeasure, TaskSample
 from .sensitivity import (L2, AbsoluteFisher, FineTune, Fisher, L2Constant, MaxMemoryAwareSynapses,
                           MaxMemoryAwareSynapsesLogits, MemoryAwareSynapses, MemoryAwareSynapsesLogits,
                           SqrtFisher, WeightMagnitude)
+from .statistic import StepStatistic
 from .trajectory import (SecondOrderSynapses, SynapticIntelligence, SynapticIntelligenceBias,
-                         SynapticIntelligenceUnbiased, auto_alpha)
+                         SynapticIntelligenceUnbiased, TrajectoryMeasure, auto_alpha)
 
 REGISTRY: dict[str, type[ImportanceMeasure]] = {
     cls.name: cls
@@ -38,5 +39,6 @@ def create(name: str, **options) -> ImportanceMeasure:
     return REGISTRY[key](**options)
 
 
-__all__ = ["ImportanceMeasure", "TaskSample", "REGISTRY", "ALIASES", "create", "method_names", "auto_alpha",
+__all__ = ["ImportanceMeasure", "TaskSample", "StepStatistic", "TrajectoryMeasure",
+           "REGISTRY", "ALIASES", "create", "method_names", "auto_alpha",
            *[cls.__name__ for cls in REGISTRY.values()]]

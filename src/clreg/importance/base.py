@@ -16,30 +16,28 @@ class TaskSample:
     inputs: Tensor
     labels: Tensor | None = None
     forward: Callable[[Tensor], Tensor] | None = None  # default: model(inputs)
-    memory_budget: int = 1 << 30  # bytes the per-sample engine may use
+    memory_budget: int | None = None  # bytes the per-sample engine may use (None: by device, clreg.device)
 
 
 class ImportanceMeasure:
     """Base class: measures ω^(k) ≥ 0 for the shared parameters during or after task k.
 
-    Trajectory measures (SI, SOS, ...) accumulate per-step statistics in `observe_step`; sensitivity
-    measures (Fisher, MAS, ...) look at a data sample at task end. Both return ω from `task_importance`.
+    Trajectory measures (SI, SOS, ...; `trajectory.TrajectoryMeasure`) declare a per-step statistic that
+    the Regularizer accumulates after every optimiser step; sensitivity measures (Fisher, MAS, ...) look at
+    a data sample at task end. Both return ω from `task_importance`.
     """
 
     name: str = ""
     description: str = ""
-    trajectory: bool = False  # observe_step is needed after every optimiser step
-    needs_independent_gradient: bool = False  # observe_step needs g'_t on an independent batch
-    uses_task_gradient: bool = True  # a trajectory measure that reads g_t (all but SIU)
+    trajectory: bool = False  # accumulates a StepStatistic after every optimiser step
+    needs_independent_gradient: bool = False  # the statistic reads g'_t on an independent batch
+    uses_task_gradient: bool = False  # the statistic reads g_t
     needs_sample: bool = False  # task_importance needs a TaskSample
     cumulative: bool = True  # Ω ← Ω + ω (False: Ω ← ω, as for l2-const)
     regularizes: bool = True  # False only for fine-tuning (no penalty at all)
 
     def begin_task(self, params: list[Tensor]) -> None:
         """Reset per-task state; `params` are the shared parameters at the start of the task."""
-
-    def observe_step(self, params: list[Tensor], grads: list[Tensor], independent: list[Tensor] | None) -> None:
-        """After an optimiser step: `params` = θ_{t+1}, `grads` = g_t (task loss only, at θ_t)."""
 
     def task_importance(self, params: list[Tensor], sample: TaskSample | None) -> list[Tensor]:
         """ω for the task just finished, one tensor per shared parameter."""

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from ..device import memory_budget as device_budget
+
 # (logits (n, C), labels (n,) or None) -> cotangents (K, n, C) and weights (K, n)
 Cotangents = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]]
 
@@ -209,11 +211,12 @@ def _plan(model: nn.Module, params: list[Tensor]) -> tuple[list[_Layer], dict[in
 def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Tensor, cotangents: Cotangents,
                           power: str, labels: Tensor | None = None,
                           forward: Callable[[Tensor], Tensor] | None = None,
-                          memory_budget: int = 1 << 30) -> list[Tensor]:
+                          memory_budget: int | None = None) -> list[Tensor]:
     """Σ_x Σ_k w_xk · h(per-sample gradient), h = `power` ("square" or "abs"), per parameter.
 
     `cotangents(logits, labels)` gives the output cotangents v (K, n, C) and weights w (K, n) for a
-    chunk; the per-sample gradient for (x, k) is J_θ(x)ᵀ v_xk. `memory_budget` (bytes) bounds the
+    chunk; the per-sample gradient for (x, k) is J_θ(x)ᵀ v_xk. `memory_budget` (bytes; default 1 GiB on the
+    CPU, half the free memory of a GPU) bounds the
     chunk of samples processed at once. The model should be in eval mode.
     """
     if power not in ("square", "abs"):
@@ -226,7 +229,7 @@ def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Tensor
     try:
         accumulator = _Accumulator(layers, fallback, model, forward, power, params, totals)
         accumulator.run(inputs[:1], None if labels is None else labels[:1], cotangents)  # also sizes layers
-        chunk = _chunk_size(accumulator, params, fallback, memory_budget)
+        chunk = _chunk_size(accumulator, params, fallback, memory_budget or device_budget(inputs.device))
         for start in range(1, inputs.shape[0], chunk):
             stop = start + chunk
             accumulator.run(inputs[start:stop], None if labels is None else labels[start:stop], cotangents)
@@ -241,4 +244,4 @@ def _chunk_size(accumulator: _Accumulator, params: list[Tensor], fallback: dict[
     """Samples per chunk so that the working memory stays under `budget` bytes (after a 1-sample run)."""
     floats = sum(layer.per_sample_floats() for layer in accumulator.layers)
     floats += sum(3 * params[slot].numel() for slot in fallback)
-    return max(1, budget // max(1, 4 * floats))
+    return max(1, budget // max(1, params[0].element_size() * floats))

@@ -1,7 +1,8 @@
 """Importances measured along the training trajectory (SPEC §2): SI, SIU, SIB and SOS.
 
-All state is kept as lists of tensors updated in place with `torch._foreach_*` kernels, so a step
-costs a handful of passes over the parameters and no Python per element.
+Each measure declares its per-step statistic once, as a `StepStatistic` (kind and weights); the
+Regularizer's backends execute it (the fused native step, or `torch._foreach_*` kernels on any device).
+The measures keep the accumulated state and turn it into ω at the task's end.
 """
 from __future__ import annotations
 
@@ -10,57 +11,70 @@ import math
 import torch
 from torch import Tensor
 
-from ..fused import StepStatistic
 from .base import ImportanceMeasure, TaskSample, clone_all, zeros_like_all
+from .statistic import StepStatistic
 
 
-class SynapticIntelligence(ImportanceMeasure):
+class TrajectoryMeasure(ImportanceMeasure):
+    """A measure accumulated from every optimiser step: declare `step_statistic()`, read `state` at task end.
+
+    `state` (one tensor per shared parameter) and `steps` are written by the backend that executes the
+    statistic; `accumulate` is the foreach backend, for code that observes steps itself (the analyses).
+    """
+
+    trajectory = True
+
+    def __init__(self):
+        self.state: list[Tensor] = []
+        self.start: list[Tensor] = []
+        self.steps = 0
+
+    def step_statistic(self) -> StepStatistic:
+        """The per-step statistic: its one definition."""
+        raise NotImplementedError
+
+    @property
+    def needs_independent_gradient(self) -> bool:  # noqa: D102
+        return self.step_statistic().needs_independent_gradient
+
+    @property
+    def uses_task_gradient(self) -> bool:  # noqa: D102
+        return self.step_statistic().uses_task_gradient
+
+    def begin_task(self, params: list[Tensor]) -> None:  # noqa: D102
+        self.start = clone_all(params)
+        self.state = zeros_like_all(params)
+        self.steps = 0
+
+    def accumulate(self, task_grads: list[Tensor] | None, independent: list[Tensor] | None,
+                   delta: list[Tensor] | None) -> None:
+        """One step on the foreach backend: g_t, g'_t (None where unused) and Δ_t = θ_{t+1} − θ_t."""
+        self.step_statistic().apply_(self.state, task_grads, independent, delta)
+        self.steps += 1
+
+
+class SynapticIntelligence(TrajectoryMeasure):
     """SI (Zenke et al. 2017): s = Σ_t −g_t ⊙ Δ_t, ω = max(0, s / ((θ_end − θ_start)² + ξ))."""
 
     name = "si"
     description = "Synaptic Intelligence: path integral -g_t*Delta_t, rescaled by (Delta theta)^2 + xi"
-    trajectory = True
     weights = (1.0, 0.0)  # u = a·g_t + b·g'_t in the path integral −u ⊙ Δ_t
 
     def __init__(self, xi: float = 0.1, rescale: bool = True, clip: bool = True):
+        super().__init__()
         if not xi > 0:
             raise ValueError(f"xi must be > 0, got {xi}")
         self.xi, self.rescale, self.clip = float(xi), rescale, clip
-        self.start: list[Tensor] = []
-        self.previous: list[Tensor] = []
-        self.path: list[Tensor] = []
 
     def options(self) -> dict:  # noqa: D102
         return {"xi": self.xi, "rescale": self.rescale, "clip": self.clip}
 
-    def begin_task(self, params: list[Tensor]) -> None:  # noqa: D102
-        self.start = clone_all(params)
-        self.previous = clone_all(params)
-        self.path = zeros_like_all(params)
-
-    def contribution(self, grads: list[Tensor], independent: list[Tensor] | None) -> list[Tensor]:
-        """The gradient estimate multiplied with the step: g_t for SI."""
-        return grads
-
-    def step_statistic(self) -> StepStatistic:
-        """For the fused step (clreg.fused), which accumulates the path integral in its own pass."""
-        self.previous = []  # θ_{t+1} is no longer tracked here
-        return StepStatistic("path", self.path, *self.weights)
-
-    @torch.no_grad()
-    def observe_step(self, params, grads, independent) -> None:  # noqa: D102
-        if not self.previous:
-            raise ValueError("a task cannot mix Regularizer.step(optimizer) with optimizer.step() + after_step(); "
-                             "use one of the two from the task's start")
-        g = self.contribution(grads, independent)
-        theta = [p.detach() for p in params]
-        torch._foreach_sub_(self.previous, theta)  # previous = θ_t − θ_{t+1} = −Δ_t
-        torch._foreach_addcmul_(self.path, g, self.previous)  # s += −g ⊙ Δ
-        torch._foreach_copy_(self.previous, theta)
+    def step_statistic(self) -> StepStatistic:  # noqa: D102
+        return StepStatistic("path", *self.weights)
 
     @torch.no_grad()
     def task_importance(self, params: list[Tensor], sample: TaskSample | None) -> list[Tensor]:  # noqa: D102
-        omega = [s.clone() for s in self.path]
+        omega = [s.clone() for s in self.state]
         if self.rescale:
             moved = torch._foreach_sub([p.detach() for p in params], self.start)
             denominator = torch._foreach_mul(moved, moved)
@@ -76,12 +90,7 @@ class SynapticIntelligenceUnbiased(SynapticIntelligence):
 
     name = "siu"
     description = "SI unbiased: path integral with the gradient of an independent minibatch g'_t"
-    needs_independent_gradient = True
-    uses_task_gradient = False
     weights = (0.0, 1.0)
-
-    def contribution(self, grads, independent):  # noqa: D102
-        return independent
 
 
 class SynapticIntelligenceBias(SynapticIntelligence):
@@ -89,17 +98,7 @@ class SynapticIntelligenceBias(SynapticIntelligence):
 
     name = "sib"
     description = "SI bias-only: -(g_t - g'_t)*Delta_t, rescaled like SI"
-    needs_independent_gradient = True
     weights = (1.0, -1.0)
-
-    def begin_task(self, params: list[Tensor]) -> None:  # noqa: D102
-        super().begin_task(params)
-        self.scratch = zeros_like_all(params)
-
-    def contribution(self, grads, independent):  # noqa: D102
-        for out, g, g2 in zip(self.scratch, grads, independent):
-            torch.sub(g, g2, out=out)
-        return self.scratch
 
 
 def auto_alpha(batch_size: int) -> float:
@@ -109,15 +108,15 @@ def auto_alpha(batch_size: int) -> float:
     return (batch_size - math.sqrt(2 * batch_size - 1)) / (batch_size - 1)
 
 
-class SecondOrderSynapses(ImportanceMeasure):
+class SecondOrderSynapses(TrajectoryMeasure):
     """SOS: v ← β₂v + (1 − β₂)(g_t − α g'_t)², ω = √v̂ (bias-corrected) or √v."""
 
     name = "sos"
     description = "Second-Order Synapses: sqrt of a decaying average of (g_t - alpha g'_t)^2"
-    trajectory = True
 
     def __init__(self, alpha: float | str = 0.0, beta2: float = 0.999, bias_correction: bool = True,
                  split: bool = False, batch_size: int | None = None):
+        super().__init__()
         if alpha == "auto":
             if batch_size is None:
                 raise ValueError("alpha='auto' needs the batch size (batch_size=...)")
@@ -128,38 +127,17 @@ class SecondOrderSynapses(ImportanceMeasure):
             raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
         self.alpha, self.beta2 = float(alpha), float(beta2)
         self.bias_correction, self.split = bias_correction, split
-        self.needs_independent_gradient = self.alpha != 0.0
-        self.second_moment: list[Tensor] = []
-        self.steps = 0
 
     def options(self) -> dict:  # noqa: D102
         return {"alpha": self.alpha, "beta2": self.beta2, "bias_correction": self.bias_correction,
                 "split": self.split}
 
-    def begin_task(self, params: list[Tensor]) -> None:  # noqa: D102
-        self.second_moment = zeros_like_all(params)
-        self.scratch = zeros_like_all(params) if self.alpha != 0.0 else []
-        self.steps = 0
-
-    def step_statistic(self) -> StepStatistic:
-        """For the fused step (clreg.fused): v ← β₂v + (1 − β₂)(g_t − α g'_t)² in its own pass."""
-        self.steps += 1
-        return StepStatistic("moment", self.second_moment, 1.0, -self.alpha, self.beta2)
-
-    @torch.no_grad()
-    def observe_step(self, params, grads, independent) -> None:  # noqa: D102
-        d = grads
-        if self.alpha != 0.0:
-            for out, g, g2 in zip(self.scratch, grads, independent):
-                torch.add(g, g2, alpha=-self.alpha, out=out)
-            d = self.scratch
-        torch._foreach_mul_(self.second_moment, self.beta2)
-        torch._foreach_addcmul_(self.second_moment, d, d, value=1.0 - self.beta2)
-        self.steps += 1
+    def step_statistic(self) -> StepStatistic:  # noqa: D102
+        return StepStatistic("moment", 1.0, -self.alpha, self.beta2)
 
     @torch.no_grad()
     def task_importance(self, params: list[Tensor], sample: TaskSample | None) -> list[Tensor]:  # noqa: D102
-        v = [m.clone() for m in self.second_moment]
+        v = [m.clone() for m in self.state]
         if self.bias_correction and self.steps > 0:
             torch._foreach_div_(v, 1.0 - self.beta2 ** self.steps)
         torch._foreach_sqrt_(v)
