@@ -1,6 +1,8 @@
 """Device and precision handling that can be checked without a GPU: every tensor clreg allocates follows
 the parameters' dtype and device (the property that keeps CUDA tensors on CUDA), clear errors, the
 divergence guard's exact step, and what identifies a run."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,8 @@ import clreg
 from clreg import train
 from clreg.benchmarks import Split, permuted_digits
 from clreg.config import RunConfig
-from clreg.device import check_combination, resolve_device, single_device, worker_devices
+from clreg import device as device_module
+from clreg.device import check_combination, least_busy, resolve_device, single_device, worker_devices
 from test_cli import clreg as clreg_cli
 
 ALL_METHODS = sorted(clreg.importance.REGISTRY)
@@ -135,6 +138,7 @@ def test_the_device_is_not_part_of_a_runs_identity_but_the_precision_is():
     assert RunConfig(benchmark="permuted-digits", precision="bf16").key() != base.key()
 
 
+@pytest.mark.filterwarnings("ignore:precision bf16")
 def test_a_bf16_run_trains_and_records_its_device():
     config = RunConfig(benchmark="permuted-digits", method="si", c=1.0, tasks=2, epochs=5, batch_size=32, lr=1e-3,
                        hidden=[100], precision="bf16", device="cpu", reinit=True)
@@ -142,3 +146,22 @@ def test_a_bf16_run_trains_and_records_its_device():
     assert result["device"]["type"] == "cpu" and result["config"]["precision"] == "bf16"
     matrix = result["accuracy_matrix"]
     assert min(matrix[k][k] for k in range(2)) > 0.8  # each task is learned in bf16 (chance: 0.1)
+
+
+def test_sweep_workers_take_the_least_busy_gpu():
+    gpus = ["cuda:0", "cuda:1"]
+    assert least_busy(gpus, []) == "cuda:0"
+    assert least_busy(gpus, ["cuda:0"]) == "cuda:1"
+    assert least_busy(gpus, ["cuda:0", "cuda:1", "cuda:1"]) == "cuda:0"
+    assert least_busy(["cuda:0"] * 3, ["cuda:0"]) == "cuda:0"  # --device cuda:0: every worker there
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_without_native_matmuls_warns(monkeypatch, native):
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: native)
+    config = RunConfig(benchmark="permuted-digits", tasks=1, epochs=1, hidden=[10], precision="bf16", device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train.Trainer(config, permuted_digits(1, 0), progress=False)
+    slow = [w for w in caught if "no native bfloat16 matmuls" in str(w.message)]
+    assert len(slow) == (0 if native else 1)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
-from .device import worker_devices
+from .device import least_busy, worker_devices
 from .results import machine, versions
 
 
@@ -88,9 +88,7 @@ class ProcessExecutor:
     def submit(self, key: str, config: dict) -> None:  # noqa: D102
         runtime = self.runtime
         if self.devices:
-            busy = list(self.placed.values())
-            device = min(dict.fromkeys(self.devices), key=busy.count)
-            runtime = {**runtime, "device": device}
+            runtime = {**runtime, "device": least_busy(self.devices, list(self.placed.values()))}
         future = self.pool.submit(execute, config, self.threads, runtime, self.checkpoint_dir)
         self.futures[future] = key
         if self.devices:

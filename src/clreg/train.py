@@ -14,7 +14,8 @@ from tqdm import tqdm
 from . import checkpoint, metrics
 from .benchmarks import Benchmark, build_benchmark, derive_seed
 from .config import RunConfig
-from .device import autocast, check_combination, describe, precision_scope, resolve_device, synchronize
+from .device import (autocast, check_combination, describe, precision_scope, resolve_device, synchronize,
+                     warn_if_slow)
 from .models import build_model, reinitialize, task_forward
 from .proxy import ProxyLog
 from .regularizer import Regularizer, has_active_dropout
@@ -99,6 +100,7 @@ class Trainer:
     def __init__(self, config: RunConfig, bench: Benchmark, progress: bool = True):
         self.device = resolve_device(config.device)
         check_combination(self.device, config.precision)
+        warn_if_slow(self.device, config.precision)
         self.config, self.bench, self.progress = config, bench.to(self.device), progress
         torch.manual_seed(config.seed)
         self.init_generator = torch.Generator().manual_seed(derive_seed(config.seed, 2))
@@ -232,31 +234,28 @@ class Trainer:
     def step(self, optimizer: torch.optim.Optimizer, forward, x: Tensor, y: Tensor,
              independent: tuple[Tensor, Tensor] | None) -> None:
         """One optimiser step on the task loss plus the penalty, with the measure's hooks; with dropout,
-        the measure's g_t is taken in one more pass with dropout off (SPEC §2)."""
-        reg, loss = self.reg, self.loss
+        the measure's g_t is taken in one more pass with dropout off (SPEC §2). With bf16, every pass of the
+        step runs in one autocast region, so each weight is cast to bf16 once per step, not once per pass."""
+        reg = self.reg
         optimizer.zero_grad(set_to_none=True)
-        if reg.split:
-            half = len(y) // 2
-            first, second = loss(forward, x[:half], y[:half]), loss(forward, x[half:], y[half:])
-            reg.backward_split(first, second)
-            self.check_finite(first + second)
-        else:
-            task = loss(forward, x, y)
-            task.backward()
-            self.check_finite(task)
-            task_loss = (lambda: loss(forward, x, y)) if self.dropout else None
-            independent_loss = None
-            if independent is not None:
-                xi, yi = independent
-                independent_loss = lambda: loss(forward, xi, yi)  # noqa: E731
-            if task_loss or independent_loss:
-                reg.before_step(task_loss=task_loss, independent_loss=independent_loss)
+        with autocast(self.device, self.config.precision):  # one region per step: each weight is cast once
+            if reg.split:
+                half = len(y) // 2
+                first, second = task_loss(forward, x[:half], y[:half]), task_loss(forward, x[half:], y[half:])
+                reg.backward_split(first, second)
+                self.check_finite(first + second)
+            else:
+                loss = task_loss(forward, x, y)
+                loss.backward()
+                self.check_finite(loss)
+                training = (lambda: task_loss(forward, x, y)) if self.dropout else None
+                other = None
+                if independent is not None:
+                    xi, yi = independent
+                    other = lambda: task_loss(forward, xi, yi)  # noqa: E731
+                if training or other:
+                    reg.before_step(task_loss=training, independent_loss=other)
         reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass on the CPU
-
-    def loss(self, forward, x: Tensor, y: Tensor) -> Tensor:
-        """The task loss (mean cross-entropy) in the run's precision: bf16 autocast for the forward pass."""
-        with autocast(self.device, self.config.precision):
-            return F.cross_entropy(forward(x), y)
 
     def check_finite(self, loss: Tensor) -> None:
         """Record the step's task loss; Diverged is raised for the first NaN or infinite one (see
@@ -272,6 +271,11 @@ class Trainer:
             index = torch.randperm(self.bench.train_size(task), generator=generator)[:n].to(self.device)
             sample = self.bench.batch(task, index)
         self.reg.end_task(*(sample if sample else ()), forward=task_forward(self.model, task))
+
+
+def task_loss(forward, x: Tensor, y: Tensor) -> Tensor:
+    """The task loss: mean cross-entropy of the logits `forward(x)`."""
+    return F.cross_entropy(forward(x), y)
 
 
 def load_benchmark(config: RunConfig) -> Benchmark:
