@@ -4,7 +4,9 @@ On the parameter shapes of the 784-W-W-10 MLP, times one optimiser step of: torc
 clreg's fused kernel doing Adam only, Adam + penalty gradient, Adam + penalty + SI's path integral,
 and Adam + penalty + SOS's second moment; and, as the floor, plain copies over the same bytes. The
 extra arrays are what bound SI and SOS: the penalty reads θ* and 2P, the statistic reads and writes
-its state, i.e. four more passes over the parameters than Adam's seven.
+its state, i.e. four more passes over the parameters than Adam's seven. Then the whole
+`Regularizer.step(optimizer)` for SI and SOS on both backends: the native kernel, and the foreach path
+that every other device and dtype takes (penalty gradient, torch's fused Adam, the statistic's foreach update).
 
     python benchmarks/step_kernel.py --out benchmarks/results/step_kernel.json
 """
@@ -17,7 +19,9 @@ import time
 
 import torch
 
+import clreg
 from clreg import fused, native
+from clreg.importance import StepStatistic
 from clreg.results import machine, versions, write_json
 
 
@@ -44,7 +48,7 @@ def measure(width: int) -> dict:
     torch_adam = torch.optim.Adam(params, lr=1e-6, fused=True)
     clreg_adam = torch.optim.Adam(params, lr=1e-6)
     clreg_adam.step()  # create the state
-    path, moment = fused.StepStatistic("path", state), fused.StepStatistic("moment", state, decay=0.999)
+    path, moment = StepStatistic("path"), StepStatistic("moment", decay=0.999)
     with_penalty = {p: (a, tp, None, None) for p, a, tp in zip(params, anchor, twice_precision)}
     with_state = {p: (a, tp, s, None) for p, a, tp, s in zip(params, anchor, twice_precision, state)}
     source, target = torch.randn(numel), torch.empty(numel)
@@ -57,9 +61,25 @@ def measure(width: int) -> dict:
         "clreg_adam_penalty_sos_ms": timed(lambda: fused.adam_step(clreg_adam, with_state, 1, moment, 1.0, 0.0)),
         "copy_one_array_ms": timed(lambda: target.copy_(source)),
     }
+    for method in ("si", "sos"):
+        for backend in ("native", "foreach"):
+            row[f"regularizer_step_{method}_{backend}_ms"] = regularizer_step_ms(params, method, backend == "native")
     row["si_extra_ms"] = row["clreg_adam_penalty_si_ms"] - row["clreg_adam_ms"]
     row["si_extra_bytes"] = 4 * 4 * numel  # θ*, 2P and the statistic read, the statistic written
     return row
+
+
+def regularizer_step_ms(params: list[torch.nn.Parameter], method: str, native_kernel: bool) -> float:
+    """Median ms of `Regularizer.step(Adam)` with an active penalty, on the native kernel or the foreach path."""
+    reg = clreg.Regularizer(torch.nn.ParameterList(params), method, c=1.0)
+    reg.penalty_term.consolidate([torch.rand(p.shape) for p in params], params)
+    optimizer = torch.optim.Adam(params, lr=1e-6, fused=True)
+    supported = fused.supported
+    fused.supported = supported if native_kernel else (lambda optimizer: False)
+    try:
+        return timed(lambda: reg.step(optimizer))
+    finally:
+        fused.supported = supported
 
 
 def main() -> None:

@@ -175,10 +175,10 @@ def test_proxies_equal_the_loss_rise_on_quadratic_tasks_trained_by_gradient_desc
             reg.after_step()
         assert float(theta.grad.abs().max()) < 1e-12  # converged
         reg.end_task()
-        at_end.append(float(losses[t]()))
+        at_end.append(losses[t]().item())
         proxies_at_end.append(reg.proxy_losses()[t])
     proxies = reg.proxy_losses()
     for t in range(tasks - 1):
-        rise = float(losses[t]()) - at_end[t]
+        rise = losses[t]().item() - at_end[t]
         assert rise > 1e-3
         assert proxies[t] - proxies_at_end[t] == pytest.approx(rise, rel=1e-9)
