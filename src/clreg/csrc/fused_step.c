@@ -25,7 +25,7 @@ static inline void step_range(int64_t begin, int64_t end, const clreg_step_optio
                               float *restrict exp_avg, float *restrict exp_avg_sq,
                               const float *restrict anchor, const float *restrict twice_precision,
                               float *restrict stat, const float *restrict other,
-                              const int penalty, const int statistic, const int decoupled)
+                              const int penalty, const int statistic, const int decoupled, const int has_other)
 {
     const float lr = (float)o->lr, wd = (float)o->weight_decay;
     const float one_minus_beta1 = (float)(1.0 - o->beta1), beta2 = (float)o->beta2;
@@ -54,16 +54,22 @@ static inline void step_range(int64_t begin, int64_t end, const clreg_step_optio
         p -= step_size * m / (sqrtf(v) / bc2_sqrt + eps);
         param[i] = p;
         if (statistic) {
-            const float u = other ? a * g_task + b * other[i] : a * g_task;
+            const float u = has_other ? a * g_task + b * other[i] : a * g_task;
             if (statistic == 1) stat[i] -= u * (p - theta);
             else stat[i] = decay * stat[i] + one_minus_decay * u * u;
         }
     }
 }
 
+/* every flag a compile-time constant, `other` included: a branch left in the loop (a load of other[i]
+ * under a runtime test) keeps compilers from vectorising it without masked loads, i.e. on AVX2 */
 #define DISPATCH(P, S, D)                                                                          \
-    step_range(begin, end, o, param, grad, exp_avg, exp_avg_sq, anchor, twice_precision, stat,    \
-               other, P, S, D)
+    do {                                                                                           \
+        if (other) step_range(begin, end, o, param, grad, exp_avg, exp_avg_sq, anchor,            \
+                              twice_precision, stat, other, P, S, D, 1);                          \
+        else step_range(begin, end, o, param, grad, exp_avg, exp_avg_sq, anchor,                  \
+                        twice_precision, stat, other, P, S, D, 0);                                \
+    } while (0)
 
 static void step_chunk(int64_t begin, int64_t end, const clreg_step_options *o, float *param,
                        const float *grad, float *exp_avg, float *exp_avg_sq, const float *anchor,
