@@ -61,8 +61,7 @@ class QuadraticPenalty:
         self.tasks_consolidated = 0
         self._twice_precision: list[Tensor] | None = None  # 2P, cached between consolidations
         self._debiased: list[Tensor] | None = None  # θ̃ bookkeeping: ΣΛ_t θ̃_t in float64 (keep_tasks)
-        self.diff = [torch.zeros_like(a) for a in self.anchor]  # scratch for evaluating R
-        self.scratch = [torch.zeros_like(a) for a in self.anchor]
+        self.diff = [torch.zeros_like(a) for a in self.anchor]  # scratch for evaluating R: (θ − m)²
         self.grad = [torch.zeros_like(a) for a in self.anchor]  # ∇R(θ_t), as last put into .grad
         self.gradient_scale: float | Tensor | None = None  # .grad holds gradient_scale·grad (None: no ∇R)
 
@@ -214,10 +213,10 @@ class QuadraticPenalty:
     def value(self, params: list[Tensor]) -> Tensor:
         """R(θ) as a 0-dim tensor on the parameters' device (no host synchronisation, no side effect on
         the gradient bookkeeping)."""
-        for d, s, p, m, tp in zip(self.diff, self.scratch, params, self.centre, self.twice_precision()):
-            torch.sub(p.detach(), m, out=d)
-            torch.mul(d, tp, out=s)
-        return 0.5 * sum(torch.dot(d.view(-1), s.view(-1)) for d, s in zip(self.diff, self.scratch)) + self.constant
+        for d, p, m in zip(self.diff, params, self.centre):
+            torch.sub(p.detach(), m, out=d).square_()
+        return 0.5 * sum(torch.dot(d.view(-1), tp.view(-1)) for d, tp in zip(self.diff, self.twice_precision())) \
+            + self.constant
 
     @torch.no_grad()
     def gradient(self, params: list[Tensor]) -> list[Tensor]:
