@@ -82,24 +82,20 @@ class ProcessExecutor:
         self.runtime, self.checkpoint_dir = runtime or {}, checkpoint_dir
         self.devices = worker_devices(self.runtime.get("device", "auto"), workers)  # None: the CPU
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        self.futures: dict[Future, str] = {}
-        self.placed: dict[Future, str] = {}  # future -> the GPU its run uses
+        self.futures: dict[Future, tuple[str, str | None]] = {}  # future -> (run key, the GPU it uses)
 
     def submit(self, key: str, config: dict) -> None:  # noqa: D102
         runtime = self.runtime
         if self.devices:
-            runtime = {**runtime, "device": least_busy(self.devices, list(self.placed.values()))}
+            runtime = {**runtime, "device": least_busy(self.devices, [gpu for _, gpu in self.futures.values()])}
         future = self.pool.submit(execute, config, self.threads, runtime, self.checkpoint_dir)
-        self.futures[future] = key
-        if self.devices:
-            self.placed[future] = runtime["device"]
+        self.futures[future] = (key, runtime["device"] if self.devices else None)
 
     def wait(self, timeout: float) -> list[tuple[str, dict]]:  # noqa: D102
         done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
         out = []
         for future in done:
-            key = self.futures.pop(future)
-            self.placed.pop(future, None)
+            key, _ = self.futures.pop(future)
             try:
                 out.append((key, future.result()))
             except Exception as err:  # the worker process itself died (killed, out of memory)
