@@ -14,7 +14,7 @@ a share of one task's training time (tasks 2–3; the first includes one-time se
     python benchmarks/throughput.py --data-dir ../shared/datasets --widths "2000,2000:fp32;400,400:fp32,bf16" \
         --repeats 2 --out benchmarks/results/throughput.json
 
-(bf16 at 2000,2000 is left out on a CPU without native bf16 matmuls: 2.2 s per step there.)
+(bf16 at 2000,2000 is left out on a CPU without native bf16 matmuls: it would take hours there.)
 
 The functions take a device, and benchmarks/gpu_throughput.py runs them on CUDA.
 """

@@ -77,8 +77,8 @@ def warn_if_slow(device: torch.device, precision: str) -> None:
     """Warn when bf16 is asked for where it has no native matmuls (it then runs several times slower)."""
     if precision == "bf16" and native_bf16(device) is False:
         warnings.warn(f"precision bf16 on {device}: this processor has no native bfloat16 matmuls (no AVX512-BF16 "
-                      "or AMX), so autocast emulates them, several times slower than fp32 (7-9x per step measured "
-                      "at widths 400,400); bf16 pays on CUDA and on CPUs with AVX512-BF16 or AMX",
+                      "or AMX), so autocast emulates them, several times slower than fp32 (about 9x per step "
+                      "measured at widths 400,400); bf16 pays on CUDA and on CPUs with AVX512-BF16 or AMX",
                       RuntimeWarning, stacklevel=2)
 
 
