@@ -2,6 +2,7 @@
 import json
 import multiprocessing
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -121,3 +122,63 @@ def test_rows_are_json_text(tmp_path):
     store.finish("k", {"status": "done", "result": {"accuracy_matrix": [[1.0]]}})
     raw = sqlite3.connect(tmp_path / "s.sqlite").execute("SELECT config, result FROM runs").fetchone()
     assert json.loads(raw[0]) == {"hidden": [4, 4]} and json.loads(raw[1]) == {"accuracy_matrix": [[1.0]]}
+
+
+def _result_file(path, **config):
+    path.write_text(json.dumps({"config": {"benchmark": "permuted-digits", "method": "si", "c": 1, **config},
+                                "accuracy_matrix": [[0.5]], "versions": {"torch": "x"}}))
+    return path
+
+
+def test_import_keys_runs_by_their_config_and_keeps_finished_rows(tmp_path):
+    from clreg.config import RunConfig
+    from clreg.store_import import import_files
+
+    store = Store(tmp_path / "s.sqlite")
+    config = RunConfig.from_dict({"benchmark": "permuted-digits", "method": "si", "c": 1})
+    store.claim(config.key(), config.canonical())
+    store.finish(config.key(), {"status": "done", "result": {"accuracy_matrix": [[0.9]]}})
+    other = RunConfig.from_dict({"benchmark": "permuted-digits", "method": "si", "c": 2})
+    store.claim(other.key(), other.canonical())
+    store.release([other.key()], "interrupted")  # failed: an imported result replaces it
+    a = _result_file(tmp_path / "a.json")  # c = 1 as an int: same run as c = 1.0
+    b = _result_file(tmp_path / "b.json", c=2.0)
+    runs_file = tmp_path / "runs.json"
+    runs_file.write_text(json.dumps({"sweeps": {"g": {"name": "g"}}, "runs": [
+        {"key": "stale-key", "status": "done", "config": {"benchmark": "permuted-digits", "method": "si", "c": 3},
+         "result": {"accuracy_matrix": [[0.7]]}, "seconds": 4.0},
+        {"key": "x", "status": "failed", "config": {"benchmark": "permuted-digits"}, "error": "boom"},
+        {"status": "diverged", "config": {"benchmark": "permuted-digits", "c": 4}, "result": {"diverged_step": 3}}]}))
+    out = import_files(store, [a, b, runs_file])
+    assert (out.added, out.kept, out.skipped, out.rekeyed, out.sweeps) == (3, 1, {"failed": 1}, 1, ["g"])
+    assert store.get(config.key())["result"]["accuracy_matrix"] == [[0.9]]  # the store's own result kept
+    assert store.get(other.key())["status"] == "done" and store.get(other.key())["result"]["accuracy_matrix"] == [[0.5]]
+    three = RunConfig.from_dict({"benchmark": "permuted-digits", "method": "si", "c": 3})
+    assert store.get(three.key())["seconds"] == 4.0 and store.get("stale-key") is None
+    four = RunConfig.from_dict({"benchmark": "permuted-digits", "c": 4})
+    assert store.get(four.key())["status"] == "diverged"
+    assert store.sweeps() == {"g": {"name": "g"}}
+    assert store.claim(other.key(), other.canonical()) is False  # a sweep does not run it again
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "is not JSON"),
+    ('{"something": 1}', "is neither a runs.json written by `clreg report`"),
+    ('{"runs": [{"status": "done", "config": {"benchmark": "permuted-digits", "colour": 1}, "result": {}}]}',
+     "run 0: config not readable by this clreg: unknown run setting(s) 'colour'"),
+    ('{"runs": [{"status": "finished", "config": {}}]}', "run 0: status 'finished' is not one of pending"),
+    ('{"runs": [{"status": "done", "config": {"benchmark": "permuted-digits"}, "result": {}}]}',
+     "run 0: a done run needs its result with an 'accuracy_matrix'"),
+    ('{"runs": [3]}', "run 0: a run must be an object with a 'config' object"),
+])
+def test_bad_import_files_import_nothing(tmp_path, content, message):
+    from clreg.store_import import ImportFileError, import_files
+
+    good = _result_file(tmp_path / "good.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    with pytest.raises(ImportFileError, match=re.escape(message)):
+        import_files(tmp_path / "s.sqlite", [good, bad])
+    assert not (tmp_path / "s.sqlite").exists()
+    with pytest.raises(ImportFileError, match="no such file"):
+        import_files(tmp_path / "s.sqlite", [tmp_path / "missing.json"])

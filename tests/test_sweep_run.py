@@ -248,3 +248,40 @@ def test_dry_run_creates_nothing_and_missing_ray_says_how_to_install(tmp_path):
     no_ray = [sys.executable, "-c", "import sys; sys.modules['ray'] = None; from clreg.cli import main; main()"]
     p = subprocess.run([*no_ray, "sweep", str(spec), "--backend", "ray"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "the ray backend needs Ray: pip install 'clreg[ray]'" in p.stderr
+
+
+def test_store_import_of_report_and_run_result(tmp_path, reference):
+    """A report's runs.json and a `clreg run --out` result, imported into a fresh store, are runs a sweep
+    does not start again; importing twice keeps what is there."""
+    ref_store, _ = reference
+    write_report(Store(ref_store), tmp_path / "report")
+    finished = {k: v for k, v in results_by_key(ref_store).items() if v[0] in ("done", "diverged")}
+    store = tmp_path / "new.sqlite"
+    p = subprocess.run([*CLREG, "store", "import", str(store), str(tmp_path / "report" / "runs.json")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and f"{len(finished)} run(s) added; 0 already in the store (kept)" in p.stdout
+    assert "sweep(s) grid" in p.stdout
+    assert results_by_key(store) == finished
+    p = subprocess.run([*CLREG, "sweep", str(write_spec(tmp_path)), "--store", str(store), "--dry-run"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "0 run(s) to start now" in p.stdout
+    p = subprocess.run([*CLREG, "store", "import", str(store), str(tmp_path / "report" / "runs.json")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and f"0 run(s) added; {len(finished)} already in the store (kept)" in p.stdout
+
+    run_args = ["--benchmark", "permuted-digits", "--method", "finetune", "--c", "0", "--tasks", "3", "--epochs", "2",
+                "--batch-size", "32", "--hidden", "64", "--lr", "0.001", "--eval", "test", "--quiet"]
+    p = subprocess.run([*CLREG, "run", *run_args, "--out", str(tmp_path / "r.json")], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    single = tmp_path / "single.sqlite"
+    p = subprocess.run([*CLREG, "store", "import", str(single), str(tmp_path / "r.json")], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and "1 run(s) added" in p.stdout
+    (row,) = rows(single)
+    stored = next(r for r in rows(ref_store) if r["config"]["method"] == "finetune" and r["config"]["seed"] == 0
+                  and r["config"]["evaluate_on"] == "test")
+    assert row["key"] == stored["key"] and row["config"] == stored["config"]
+    assert row["versions"]["torch"] == torch.__version__ and "versions" not in row["result"]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert row["result"]["accuracy_matrix"] == result["accuracy_matrix"]

@@ -245,6 +245,27 @@ def report(store_path: str, out_dir: str | None) -> None:
 
 
 @cli.group()
+def store() -> None:
+    """Results stores: take in runs kept as files."""
+
+
+@store.command(name="import")
+@click.argument("store_path", metavar="STORE")
+@click.argument("files", metavar="FILE...", nargs=-1, required=True)
+def store_import(store_path: str, files: tuple[str, ...]) -> None:
+    """Add the finished runs of FILEs (runs.json from `clreg report`, results from `clreg run --out`) to
+    STORE (created if missing), so that a sweep skips them. Runs the store holds finished are kept."""
+    from .store import StoreError
+    from .store_import import ImportFileError, import_files
+
+    try:
+        imported = import_files(store_path, list(files))
+    except (StoreError, ImportFileError) as err:
+        _fail(str(err))
+    click.echo(f"{store_path}: {imported.summary()}")
+
+
+@cli.group()
 def analyze() -> None:
     """The paper's analyses (SPEC §7) on one training run: JSON data, PNG/SVG figures, summary.md."""
 

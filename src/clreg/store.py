@@ -173,6 +173,32 @@ class Store:
                                 "WHERE key = ? AND status = 'running' AND pid = ?",
                                 [(error, time.time(), key, self.pid) for key in keys])
 
+    def add_finished(self, runs: dict[str, dict], sweeps: dict[str, dict]) -> tuple[int, list[str]]:
+        """Take in finished runs (key → row with config, status, result and what else a row holds) and
+        sweep specifications, in one transaction. A run the store holds finished, and a sweep it knows,
+        are kept as they are. Returns (runs added, names of the sweeps added)."""
+        columns = ("status", "result", "error", "diverged_step", "attempts", "host", "claimed", "finished",
+                   "seconds", "versions", "machine")
+        encoded = ("result", "versions", "machine")
+        with self.transaction():
+            added = 0
+            for key, row in runs.items():
+                if row["status"] not in FINISHED:
+                    raise ValueError(f"run {key}: only finished runs are added, not {row['status']!r} ones")
+                values = [_json(row.get(c)) if c in encoded else row.get(c) for c in columns]
+                values[columns.index("attempts")] = values[columns.index("attempts")] or 1
+                cur = self.db.execute(
+                    f"INSERT INTO runs (key, config, {', '.join(columns)}) VALUES ({', '.join('?' * (len(columns) + 2))}) "
+                    f"ON CONFLICT (key) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in columns)}, pid = NULL "
+                    "WHERE runs.status NOT IN ('done', 'diverged')",
+                    (key, json.dumps(row["config"], sort_keys=True), *values))
+                added += cur.rowcount
+            known = {name for (name,) in self.db.execute("SELECT name FROM sweeps")}
+            new = [name for name in sweeps if name not in known]
+            self.db.executemany("INSERT INTO sweeps VALUES (?, ?, ?)",
+                                [(name, json.dumps(sweeps[name], sort_keys=True), time.time()) for name in new])
+        return added, new
+
     def get(self, key: str) -> dict | None:
         """One run as a dict (config and result decoded), or None."""
         cur = self.db.execute("SELECT * FROM runs WHERE key = ?", (key,))
