@@ -11,9 +11,10 @@ from clreg.analysis import ScatterSample, StreamingCorrelation, analyze, slope_t
 from clreg.analysis import stats
 from clreg.analysis.bias import BiasProbe
 from clreg.analysis.measures import MeasuresProbe, measure_names, parse_pairs
-from clreg.analysis.probe import ProbeTrainer, full_gradient
+from clreg.analysis.probe import Probes, full_gradient
 from clreg.benchmarks import build_benchmark
 from clreg.config import RunConfig
+from clreg.train import Trainer
 
 
 def test_streaming_correlation_equals_numpy(monkeypatch):
@@ -100,7 +101,7 @@ def config(benchmark, **kw):
 def test_full_gradient_is_the_gradient_of_the_whole_training_set(blobs):
     cfg = config(blobs)
     bench = build_benchmark(cfg.benchmark, None, 0, "test", split_classes=2)
-    trainer = ProbeTrainer(cfg, bench, [])
+    trainer = Trainer(cfg, bench, callbacks=[Probes([])])
     loss, grads = full_gradient(trainer, 1, chunk=7)
     x, y = bench.tasks[1].train.x, bench.tasks[1].train.y
     expected = F.cross_entropy(trainer.model(x, 1), y)
@@ -115,7 +116,7 @@ def test_full_gradient_path_integral_is_the_loss_decrease_to_first_order(blobs, 
     cfg = config(blobs, lr=lr, epochs=3)
     bench = build_benchmark(cfg.benchmark, None, 0, "test", split_classes=2)
     probe = BiasProbe(every=1)
-    ProbeTrainer(cfg, bench, [probe], progress=False).run()
+    Trainer(cfg, bench, progress=False, callbacks=[Probes([probe])]).run()
     for task in probe.tasks:
         decrease, path = task["loss_decrease"], task["full_gradient_path"]
         assert decrease > 0 and abs(path - decrease) < 0.03 * decrease * (lr / 1e-3)  # error O(lr²)
@@ -129,7 +130,7 @@ def test_side_by_side_si_equals_the_trained_method(blobs):
     cfg = config(blobs, c=0.5)
     bench = build_benchmark(cfg.benchmark, None, 0, "test", split_classes=2)
     probe = MeasuresProbe(xi=0.1, samples=50, scatter_points=30)
-    trainer = ProbeTrainer(cfg, bench, [probe], progress=False)
+    trainer = Trainer(cfg, bench, progress=False, callbacks=[Probes([probe])])
     trainer.train_task(0)
     side = probe.importances(trainer, 0)
     assert list(side) == measure_names()  # what --pairs may name is what is computed

@@ -16,21 +16,28 @@ def clreg(*args, **kwargs):
 @pytest.mark.parametrize("args,message", [
     (["--method", "nope"], "unknown method 'nope'; choose one of: si, siu"),
     (["--benchmark", "cifar99"], "unknown benchmark 'cifar99'; choose one of: permuted-mnist"),
-    (["--c", "-1"], "c must be >= 0, got -1.0"),
-    (["--xi", "0"], "xi must be > 0, got 0.0"),
-    (["--xi", "-0.5"], "xi must be > 0, got -0.5"),
-    (["--tasks", "0"], "tasks must be >= 1, got 0"),
-    (["--hidden", "20,abc"], "hidden widths must be positive integers separated by commas (e.g. 2000,2000), got '20,abc'"),
+    (["--c", "-1"], "Invalid value for '--c': must be >= 0, got -1.0"),
+    (["--xi", "0"], "Invalid value for '--xi': must be > 0, got 0.0"),
+    (["--xi", "-0.5"], "Invalid value for '--xi': must be > 0, got -0.5"),
+    (["--tasks", "0"], "Invalid value for '--tasks': must be >= 1, got 0"),
+    (["--tasks", "1.5"], "Invalid value for '--tasks': must be an integer, got '1.5'"),
+    (["--hidden", "20,abc"], "Invalid value for '--hidden': hidden widths must be positive integers separated by commas (e.g. 2000,2000), got '20,abc'"),
     (["--hidden", "0"], "hidden widths must be positive integers"),
-    (["--out", "/nonexistent-dir/run.json"], "directory '/nonexistent-dir' does not exist"),
-    (["--alpha", "big"], "--alpha must be a number or 'auto', got 'big'"),
-    (["--eval", "train"], "evaluate_on must be one of test, validation, got 'train'"),
-    (["--penalty", "sum"], "penalty must be one of online, separate, debiased, got 'sum'"),
+    (["--out", "/dev/null/sub/run.json"], "cannot create the output directory '/dev/null/sub'"),
+    (["--alpha", "big"], "Invalid value for '--alpha': must be a number or 'auto', got 'big'"),
+    (["--eval", "train"], "Invalid value for '--eval': must be one of test, validation, got 'train'"),
+    (["--penalty", "sum"], "Invalid value for '--penalty': must be one of online, separate, debiased, got 'sum'"),
     (["--penalty", "separate", "--decay", "0.9"], "decay (gamma) applies to the online penalty only, not 'separate'"),
     (["--revisit"], "revisit drops a task's penalty, which needs penalty 'debiased'"),
-    (["--prior", "-1"], "prior must be >= 0, got -1.0"),
-    (["--proxy-every", "-5"], "proxy-every must be >= 0, got -5"),
-    (["--network", "resnet"], "network must be one of mlp, cifar-cnn, got 'resnet'"),
+    (["--prior", "-1"], "Invalid value for '--prior': must be >= 0, got -1.0"),
+    (["--proxy-every", "-5"], "Invalid value for '--proxy-every': must be >= 0, got -5"),
+    (["--network", "resnet"], "Invalid value for '--network': must be one of mlp, cifar-cnn, got 'resnet'"),
+    (["--optimizer", "rmsprop"], "Invalid value for '--optimizer': must be one of adam, adamw, sgd, got 'rmsprop'"),
+    (["--momentum", "0.9"], "momentum applies to optimizer sgd only, not 'adam'"),
+    (["--optimizer", "sgd", "--nesterov"], "nesterov needs momentum > 0"),
+    (["--lr-schedule", "cosine", "--lr-gamma", "0.5"], "lr_gamma applies to lr_schedule step or exponential only"),
+    (["--lr-schedule", "step", "--lr-min-factor", "0.5"], "lr_min_factor applies to lr_schedule cosine only"),
+    (["--lr-gamma", "0"], "Invalid value for '--lr-gamma': must be > 0, got 0.0"),
     (["--benchmark", "split-cifar10", "--hidden", "32,64"], "the cifar-cnn network takes 3 widths"),
     (["--split-classes", "2"], "--split-classes and --permute apply to arrays:PATH benchmarks only"),
     (["--benchmark", "arrays:"], "arrays:PATH needs the path of a .npz file after the colon"),
@@ -44,7 +51,7 @@ def test_invalid_input_exits_2_with_one_line(args, message):
 
 
 def test_unwritable_outputs(tmp_path):
-    cases = [(str(tmp_path), "is a directory"), (str(tmp_path / "file.txt" / "r.json"), "does not exist")]
+    cases = [(str(tmp_path), "is a directory"), (str(tmp_path / "file.txt" / "r.json"), "file.txt' is a file")]
     (tmp_path / "file.txt").write_text("x")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
@@ -60,7 +67,54 @@ def test_methods_lists_every_registry_name():
     from clreg.importance import REGISTRY
 
     out = clreg("methods").stdout.splitlines()
-    assert [line.split()[0] for line in out[: len(REGISTRY)]] == list(REGISTRY)
+    names = [line.split()[0] for line in out if not line.startswith(" ")]
+    assert names == list(REGISTRY) + ["ewc"]
+    sos = out.index(next(line for line in out if line.startswith("sos ")))
+    assert out[sos + 1].split()[0] == "--alpha" and "[default: 0.0]" in out[sos + 1]
+
+
+MEASURE_WITH_AN_OPTION = """
+import sys, torch
+from clreg import importance
+from clreg.importance import ImportanceMeasure
+from clreg.options import Option
+
+@importance.register
+class Scaled(ImportanceMeasure):
+    name = "scaled"
+    description = "omega = scale * theta^2"
+    settings = (Option("scale", float, 1.0, "the factor", minimum=0.0, above=True),)
+
+    def __init__(self, scale=1.0):
+        self.scale = scale
+
+    def task_importance(self, params, sample):
+        return [self.scale * p.detach() ** 2 for p in params]
+
+from clreg.config import RunConfig
+from clreg.cli import main
+a, b = RunConfig(method="scaled"), RunConfig(method="scaled", scale=2)
+print("KEYS", a.key() != b.key(), a.canonical()["scale"], b.measure_options())
+main()
+"""
+
+
+def test_a_measure_declares_its_option_once(tmp_path):
+    """A measure registered with one declared option gets a config field, a key entry, a validated CLI flag
+    and a `clreg methods` line, with nothing else written."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", MEASURE_WITH_AN_OPTION, *args], capture_output=True, text=True,
+                              timeout=120)
+
+    methods = run("methods")
+    assert "KEYS True 1.0 {'scale': 2.0}" in methods.stdout
+    assert "--scale             the factor [default: 1.0]" in methods.stdout
+    bad = run("run", "--method", "scaled", "--scale", "0")
+    assert bad.returncode == 2 and "Invalid value for '--scale': must be > 0, got 0.0" in bad.stderr
+    good = run("run", "--benchmark", "permuted-digits", "--method", "scaled", "--scale", "3", "--c", "1", "--tasks", "2",
+               "--epochs", "1", "--hidden", "20", "--quiet", "--out", str(tmp_path / "r.json"))
+    assert good.returncode == 0, good.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["scale"] == 3.0
 
 
 def test_missing_data_is_one_clear_error(tmp_path):

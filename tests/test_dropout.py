@@ -7,7 +7,7 @@ from torch import nn
 from clreg import Regularizer
 from clreg.config import RunConfig
 from clreg.models import build_model, task_forward
-from clreg.train import make_optimizer
+from clreg.optim import make_optimizer
 
 
 def cnn():

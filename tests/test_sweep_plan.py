@@ -8,7 +8,7 @@ import yaml
 from clreg.config import RunConfig
 from clreg.store import Store
 from clreg.sweep import WAIT, SweepDriver, edge_extension, lattice_neighbour, plan
-from clreg.sweepspec import SpecError, load_spec, parse_spec
+from clreg.sweepspec import Line, SpecError, load_spec, parse_spec
 
 BASE = {"benchmark": "permuted-digits", "settings": {"tasks": 2, "epochs": 1, "hidden": [8]}, "seeds": [0, 1, 2]}
 
@@ -48,9 +48,9 @@ def test_grid_is_extended_to_the_optimum_then_final_seeds_run():
     spec = parse_spec({**BASE, "methods": {"si": {"c": [1, 2, 5], "reinit": [True, False]}}})
     store, states, waves = simulate(spec, peaked(50))
     state = states["si"]
-    assert state.complete and state.selected == (50.0, False)
-    assert sorted(state.curves[False]) == [1, 2, 5, 10, 20, 50, 100]  # extended until 50 is interior
-    assert state.at_edge == {True: False, False: False}
+    assert state.complete and state.selected == (50.0, Line(False))
+    assert sorted(state.curves[Line(False)]) == [1, 2, 5, 10, 20, 50, 100]  # extended until 50 is interior
+    assert state.at_edge == {Line(True): False, Line(False): False}
     finals = [r["config"] for r in store.values() if r["config"].evaluate_on == "test"]
     assert sorted(c.seed for c in finals) == [0, 1, 2] and {c.c for c in finals} == {50.0}
     search = [r["config"] for r in store.values() if r["config"].evaluate_on == "validation"]
@@ -61,8 +61,8 @@ def test_grid_is_extended_to_the_optimum_then_final_seeds_run():
 def test_extensions_are_capped_and_the_edge_reported():
     spec = parse_spec({**BASE, "search": {"max_extensions": 2}, "methods": {"mas": {"c": [1, 2, 5]}}})
     _, states, _ = simulate(spec, peaked(1000))
-    assert sorted(states["mas"].curves[False]) == [1, 2, 5, 10, 20] and states["mas"].at_edge[False]
-    assert states["mas"].selected == (20.0, False)
+    assert sorted(states["mas"].curves[Line(False)]) == [1, 2, 5, 10, 20] and states["mas"].at_edge[Line(False)]
+    assert states["mas"].selected == (20.0, Line(False))
 
 
 def test_diverged_runs_lose_and_search_on_test_reuses_runs():
@@ -73,11 +73,11 @@ def test_diverged_runs_lose_and_search_on_test_reuses_runs():
         status = "diverged" if config.c == 10 else "done"
         store[config.key()] = {"status": status, "config": config, "result": {"average_accuracy": 0.5}}
     wanted, states = plan(spec, store.get)
-    assert states["sos"].curves[False][10.0] == -math.inf  # diverged: never chosen
+    assert states["sos"].curves[Line(False)][10.0] == -math.inf  # diverged: never chosen
     assert {c.c for c in wanted} == {0.5}  # so c = 1 is best, on the lower edge: extend downwards
     store.update({c.key(): {"status": "done", "config": c, "result": {"average_accuracy": 0.4}} for c in wanted})
     wanted, states = plan(spec, store.get)
-    assert states["sos"].selected == (1.0, False)
+    assert states["sos"].selected == (1.0, Line(False))
     assert [c.seed for c in wanted] == [2]  # seeds 0 and 1 of c = 1 on test were the search runs
 
 
@@ -179,14 +179,14 @@ def test_interrupted_driver_hands_its_runs_back(tmp_path):
     assert store.counts() == {"done": 2, "failed": 1, "pending": 1} and executor.shut  # c = 10 was queued
     assert store.runs(status="failed")[0]["error"] == "interrupted: KeyboardInterrupt" and len(lines) == 2
     states = SweepDriver(spec, store, FakeExecutor(), log=lines.append).run()  # the next invocation finishes
-    assert states["si"].selected == (5.0, False) and store.counts() == {"done": 7}
+    assert states["si"].selected == (5.0, Line(False)) and store.counts() == {"done": 7}
     assert sorted(r["attempts"] for r in store.runs()) == [1] * 6 + [2]  # the interrupted run, once more
 
 
 def test_run_keys_identify_the_numbers_not_the_spelling():
-    base = RunConfig(benchmark="permuted-mnist", method="si", c=1, tasks=2, hidden=[400, 400])
-    same = [RunConfig(benchmark="permuted-mnist", method="si", c=1.0, tasks=2, hidden=[400, 400], lr=1e-3),
-            RunConfig(benchmark="permuted-mnist", method="si", c=1, tasks=2, hidden=[400, 400], xi=0.1,
+    base = RunConfig(benchmark="permuted-mnist", method="si", c=1, reinit=False, tasks=2, hidden=[400, 400])
+    same = [RunConfig(benchmark="permuted-mnist", method="si", c=1.0, reinit=False, tasks=2, hidden=[400, 400], lr=1e-3),
+            RunConfig(benchmark="permuted-mnist", method="si", c=1, reinit=False, tasks=2, hidden=[400, 400], xi=0.1,
                       importance_samples=1000, data_dir="/elsewhere", network="mlp")]
     assert all(config.key() == base.key() for config in same)
     different = [RunConfig(**{**base.__dict__, name: value}) for name, value in
@@ -196,3 +196,64 @@ def test_run_keys_identify_the_numbers_not_the_spelling():
     assert RunConfig.from_dict(base.canonical()).key() == base.key()
     with pytest.raises(ValueError, match="unknown run setting.s. 'widths'"):
         RunConfig.from_dict({"widths": [3]})
+
+
+def test_edge_is_flagged_without_extension():
+    spec = parse_spec({**BASE, "search": {"extend": False}, "methods": {"mas": {"c": [1, 2, 5]}}})
+    _, states, _ = simulate(spec, peaked(1000))
+    assert sorted(states["mas"].curves[Line(False)]) == [1, 2, 5] and states["mas"].at_edge[Line(False)]
+    _, states, _ = simulate(spec, peaked(2))
+    assert not states["mas"].at_edge[Line(False)]
+
+
+def test_failed_runs_choose_nothing():
+    """A grid with a failed run (an error, not a divergence) chooses no c, whatever the other runs scored."""
+    spec = parse_spec({**BASE, "methods": {"si": {"c": [1, 2]}, "ewc": {"method": "fisher", "c": [1, 2]}}})
+    store = {}
+    wanted, _ = plan(spec, store.get)
+    for config in wanted:
+        failed = config.method == "si" and config.c == 2
+        store[config.key()] = {"status": "failed" if failed else "done", "config": config, "error": "Traceback\nboom",
+                               "result": None if failed else {"average_accuracy": 0.5}}
+    wanted, states = plan(spec, store.get)
+    assert states["si"].selected is None and states["si"].settled and len(states["si"].failed) == 1
+    assert not states["ewc"].failed and wanted and all(c.method == "fisher" for c in wanted)  # ewc goes on
+
+
+def test_every_problem_of_a_sweep_file_at_once():
+    with pytest.raises(SpecError) as err:
+        parse_spec({**BASE, "seeds": 0, "search": {"metric": "loss"},
+                    "methods": {"si": {"c": [-1]}, "nope": {"c": 1}, "ewc": {"method": "fisher", "c": 1}}})
+    text = str(err.value)
+    assert text.startswith("4 problems in the sweep file:")
+    for message in ("seeds must be a count >= 1", "search.metric must be one of", "methods.si.c must be a number >= 0",
+                    "methods.nope: unknown method 'nope'"):
+        assert message in text
+
+
+def test_grid_settings_are_searched_with_c():
+    """lr is searched jointly with c: every (lr, re-init) line walks its own c grid; the best point wins
+    and the final runs use its lr."""
+    spec = parse_spec({**BASE, "methods": {"si-sgd": {"method": "si", "c": [1, 10, 100],
+                                                      "settings": {"optimizer": "sgd", "momentum": 0.9},
+                                                      "grid": {"lr": [0.01, 0.1]}}}})
+    def accuracy(config):
+        return 0.9 - 0.1 * abs(math.log10(config.c / 10)) - (0.2 if config.lr == 0.1 else 0.0)
+
+    store = {}
+    while True:
+        wanted, states = plan(spec, store.get)
+        if not wanted:
+            break
+        for config in wanted:
+            store[config.key()] = {"status": "done", "config": config,
+                                   "result": {"average_accuracy": accuracy(config), "bwt": 0.0, "mean_forgetting": 0.0}}
+    state = states["si-sgd"]
+    assert set(state.curves) == {Line(False, (("lr", 0.01),)), Line(False, (("lr", 0.1),))}
+    assert state.selected == (10.0, Line(False, (("lr", 0.01),)))
+    finals = [r["config"] for r in store.values() if r["config"].evaluate_on == "test"]
+    assert {(c.lr, c.c, c.optimizer, c.momentum) for c in finals} == {(0.01, 10.0, "sgd", 0.9)} and len(finals) == 3
+    with pytest.raises(SpecError, match="methods.x.grid.lr is also fixed in the entry's settings"):
+        parse_spec({**BASE, "methods": {"x": {"method": "si", "c": 1, "settings": {"lr": 0.1}, "grid": {"lr": [0.1]}}}})
+    with pytest.raises(SpecError, match="methods.x.grid: unknown key.s. 'seed'"):
+        parse_spec({**BASE, "methods": {"x": {"method": "si", "c": 1, "grid": {"seed": [1, 2]}}}})

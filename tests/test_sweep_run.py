@@ -13,11 +13,13 @@ import pytest
 import torch
 import yaml
 
+from clreg.callbacks import Callback
 from clreg.checkpoint import CheckpointError
 from clreg.config import RunConfig
 from clreg.metrics import mean_and_stderr
 from clreg.report import write_report
 from clreg.store import Store
+from clreg.steplog import JsonLines, StepLog
 from clreg.train import Trainer, load_benchmark
 
 CLREG = [sys.executable, "-c", "from clreg.cli import main; main()"]
@@ -154,8 +156,8 @@ class Interrupt(Exception):
     pass
 
 
-class StopsAtTask2(Trainer):
-    def task_started(self, task):
+class StopsAtTask2(Callback):
+    def on_task_start(self, trainer, task, steps):
         if task == 2:
             raise Interrupt
 
@@ -166,14 +168,22 @@ def test_resume_from_task_checkpoint_gives_the_identical_matrix(tmp_path, method
     config = RunConfig(benchmark="permuted-digits", method=method, c=1.0, tasks=4, epochs=2, batch_size=32,
                        hidden=[32], lr=1e-3, **extra)
     bench = load_benchmark(config)
-    whole = Trainer(config, bench, progress=False).run()
+    whole_log = StepLog([JsonLines(tmp_path / "whole.jsonl")])
+    whole = Trainer(config, bench, progress=False, log=whole_log).run()
+    whole_log.close()
     path = tmp_path / "run.pt"
     with pytest.raises(Interrupt):
-        StopsAtTask2(config, bench, progress=False).run(path)
+        Trainer(config, bench, progress=False, callbacks=[StopsAtTask2()],
+                log=StepLog([JsonLines(tmp_path / "resumed.jsonl")])).run(path)
     assert torch.load(path, weights_only=True)["tasks_done"] == 2
-    resumed = Trainer(config, bench, progress=False)
+    resumed_log = StepLog([JsonLines(tmp_path / "resumed.jsonl")])
+    resumed = Trainer(config, bench, progress=False, log=resumed_log)
     matrix = resumed.run(path, resume=True)
+    resumed_log.close()
     assert np.array_equal(matrix, whole) and matrix[0, 0] > 0.5
+    # the step log is cut back to the checkpoint and continued: the same lines as the uninterrupted run's
+    assert (tmp_path / "resumed.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
+    assert resumed_log.curve() == whole_log.curve()
     other = RunConfig(**{**config.__dict__, "c": 2.0})
     with pytest.raises(CheckpointError, match="belongs to another run configuration .differs in: c."):
         Trainer(other, bench, progress=False).run(path, resume=True)
@@ -285,3 +295,16 @@ def test_store_import_of_report_and_run_result(tmp_path, reference):
     assert row["versions"]["torch"] == torch.__version__ and "versions" not in row["result"]
     result = json.loads((tmp_path / "r.json").read_text())
     assert row["result"]["accuracy_matrix"] == result["accuracy_matrix"]
+
+
+def test_every_sweep_run_keeps_its_step_log(reference):
+    ref_store, _ = reference
+    folder = ref_store.parent / (ref_store.name + ".checkpoints")
+    done = [r for r in rows(ref_store) if r["status"] == "done"]
+    logs = {p.name for p in folder.glob("*.steps.jsonl")}
+    assert logs == {f"{r['key']}.steps.jsonl" for r in done} and not list(folder.glob("*.pt"))
+    row = done[0]
+    lines = [json.loads(line) for line in (folder / f"{row['key']}.steps.jsonl").read_text().splitlines()]
+    evaluations = [line["accuracy"] for line in lines if line.get("event") == "evaluation"]
+    assert evaluations == row["result"]["accuracy_matrix"]
+    assert max(line["step"] for line in lines) == row["result"]["loss_curve"]["step"][-1]

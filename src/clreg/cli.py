@@ -5,15 +5,17 @@ import sys
 from pathlib import Path
 
 import click
+import torch
 
 from . import importance
-from .benchmarks import BENCHMARKS, EVALUATE_ON
-from .config import RunConfig
+from .config import OPTIONS, RunConfig, read_run_file
 from .data import DataFileError
-from .device import PRECISIONS, check_combination, resolve_device
+from .device import check_combination, resolve_device
 from .analysis.measures import PAIRS, parse_pairs
-from .models import NETWORKS, parse_widths
+from .options import Option
 from .results import check_writable, machine, versions, write_json
+from .progress import LongRunWarning
+from .steplog import JsonLines, StepLog, TensorBoard, step_log_path
 
 
 def _fail(message: str) -> None:
@@ -35,83 +37,114 @@ def cli() -> None:
     """clreg: regularisation-based continual learning (EWC, SI, MAS, SOS, ...)."""
 
 
-CONFIG_OPTIONS = [
-    click.option("--benchmark", default="permuted-mnist", show_default=True,
-                  help=f"one of: {', '.join(BENCHMARKS)} (a .npz of your own: x_train, y_train, x_test, y_test)"),
-    click.option("--method", default="si", show_default=True, help="importance measure; see `clreg methods`"),
-    click.option("--c", "c", type=float, default=0.2, show_default=True, help="regularisation strength c >= 0"),
-    click.option("--reinit/--no-reinit", default=False, show_default=True, help="re-draw shared weights at each task start"),
-    click.option("--tasks", type=int, default=None, help="the first N tasks [default: all; 10 for permuted benchmarks]"),
-    click.option("--epochs", type=int, default=20, show_default=True),
-    click.option("--equal-iter", is_flag=True,
-                 help="every task as many steps as the first (split-cifar10-100: tasks 2-6 get 10x epochs)"),
-    click.option("--batch-size", type=int, default=256, show_default=True),
-    click.option("--network", default=None, help=f"one of: {', '.join(NETWORKS)} [default: the benchmark's]"),
-    click.option("--hidden", default=None, help="widths, comma-separated: MLP hidden layers, or cifar-cnn's "
-                  "conv1,conv2,dense [default: 2000,2000 on P-MNIST; 32,64,512 for cifar-cnn]"),
-    click.option("--seed", type=int, default=0, show_default=True),
-    click.option("--lr", type=float, default=None, help="learning rate [default: 1e-3 * batch-size / 256]"),
-    click.option("--eval", "evaluate_on", default="test", show_default=True, help=f"one of: {', '.join(EVALUATE_ON)}"),
-    click.option("--samples", "importance_samples", type=int, default=None,
-                  help="samples for post-task measures [default: 1000 on MNIST, 500 on CIFAR]"),
-    click.option("--xi", type=float, default=None, help="SI's damping xi > 0 [default: 0.1 on MNIST, 1e-3 on CIFAR]"),
-    click.option("--alpha", "sos_alpha", default="0", show_default=True, help="SOS: alpha, a number or 'auto'"),
-    click.option("--bias-correction/--no-bias-correction", "sos_bias_correction", default=True, show_default=True,
-                  help="SOS: divide v by 1 - beta2^T"),
-    click.option("--split/--no-split", "sos_split", default=False, show_default=True,
-                  help="SOS: g and g' from the two halves of the minibatch"),
-    click.option("--fisher-mode", default="exact", show_default=True, help="Fisher: exact, sampled or empirical"),
-    click.option("--fisher-draws", type=int, default=1, show_default=True, help="Fisher, sampled: labels drawn per sample"),
-    click.option("--penalty", default="online", show_default=True,
-                  help="combining tasks' penalties: online, separate or debiased (SPEC §4)"),
-    click.option("--prior", type=float, default=0.0, show_default=True, help="Gaussian prior precision lambda_prior >= 0"),
-    click.option("--decay", type=float, default=1.0, show_default=True, help="online penalty: Omega <- decay*Omega + omega"),
-    click.option("--revisit", is_flag=True, help="debiased: at the end, drop task 1's penalty and learn task 1 again"),
-    click.option("--proxy-every", type=int, default=0, show_default=True,
-                  help="every N steps, log each earlier task's proxy loss and measured loss increase (0: off)"),
-    click.option("--proxy-samples", type=int, default=500, show_default=True,
-                  help="test samples per task for the measured loss increase"),
-    click.option("--split-classes", type=int, default=None, help="arrays:PATH: tasks of K consecutive classes (multi-head)"),
-    click.option("--permute", type=int, default=None, help="arrays:PATH: T pixel-permuted tasks (one head)"),
-    click.option("--trust-pickle", is_flag=True,
-                  help="unpickle CIFAR python-version files whose md5 is not the canonical one (unpickling can run code)"),
-    click.option("--data-dir", default=None,
-                  help="directory containing mnist/, cifar10/, ... (else $CLREG_DATA_DIR, the cache, a download)"),
-    click.option("--device", default="auto", show_default=True,
-                 help="auto (CUDA when available), cpu, cuda or cuda:N"),
-    click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-                 help="fp32; tf32 (TensorFloat-32 matmuls, CUDA only); bf16 (autocast, float32 master weights)"),
-]
+class SettingType(click.ParamType):
+    """A declared setting's parser as a click type: a bad value is a usage error naming the flag."""
+
+    def __init__(self, option: Option):
+        self.option, self.name = option, option.name
+
+    def get_metavar(self, param, ctx=None) -> str:  # noqa: D102
+        if self.option.choices:
+            return "[" + "|".join(map(str, self.option.choices)) + "]"
+        return {int: "INTEGER", float: "NUMBER", str: "TEXT"}.get(self.option.type, "VALUE")
+
+    def convert(self, value, param, ctx):  # noqa: D102
+        try:
+            return self.option.parse(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+def click_option(option: Option):
+    """The command-line flag of a declared setting. Its default is None ("not given"), so that a run file
+    (--config) and the setting's own default can fill it; the help shows the setting's default."""
+    help_text = f"{option.help}  [default: {option.shown_default}]"
+    if option.type is bool:
+        flag = option.cli_flag
+        return click.option(f"{flag}/--no-{flag[2:]}", option.name, default=None, help=help_text)
+    return click.option(option.cli_flag, option.name, type=SettingType(option), default=None, help=help_text)
+
+
+RUN_FILE = click.option("--config", "run_file", default=None, metavar="FILE",
+                        help="take settings from FILE: YAML (setting: value) or a result JSON of `clreg run --out`, "
+                             "which replays that run; flags given override it")
+THREADS = click.option("--threads", type=click.IntRange(min=1), default=None,
+                       help="torch threads for this run [default: torch's, one per core]")
 
 
 def config_options(command):
-    """The options that make a RunConfig, shared by `run` and the `analyze` commands."""
-    for option in reversed(CONFIG_OPTIONS):
-        command = option(command)
-    return command
+    """The flags that make a RunConfig, one per declared setting (clreg.config.OPTIONS), with --config and
+    --threads; shared by `run` and the `analyze` commands."""
+    for option in reversed(OPTIONS):
+        command = click_option(option)(command)
+    return THREADS(RUN_FILE(command))
 
 
-def make_config(hidden: str | None, sos_alpha: str, **options) -> RunConfig:
-    """A validated RunConfig from the options; bad values become one-line usage errors."""
+def make_config(run_file: str | None = None, threads: int | None = None, **options) -> RunConfig:
+    """A validated RunConfig from a run file and the flags given (flags win; the rest at their defaults);
+    bad values and combinations become one-line usage errors. Sets torch's thread count."""
     try:
-        alpha = sos_alpha if sos_alpha == "auto" else float(sos_alpha)
-    except ValueError:
-        _fail(f"--alpha must be a number or 'auto', got {sos_alpha!r}")
-    try:
-        config = RunConfig(hidden=None if hidden is None else parse_widths(hidden), sos_alpha=alpha, **options)
+        settings = read_run_file(run_file) if run_file else {}
+        settings.update({name: value for name, value in options.items() if value is not None})
+        config = RunConfig.from_dict(settings)
         check_combination(resolve_device(config.device), config.precision)  # CUDA asked for but absent, tf32 on CPU
     except ValueError as err:
         _fail(str(err))
+    if threads:
+        torch.set_num_threads(threads)
     return config
+
+
+def run_header(config: RunConfig, bench) -> str:
+    """What will run, with the settings a user most often leaves to the benchmark's defaults."""
+    from .benchmarks import defaults
+    from .train import Trainer
+
+    c, reinit, known = defaults(config.benchmark).method(importance.ALIASES.get(config.method, config.method))
+    source = ""
+    if (config.c, config.reinit) == (c, reinit):
+        source = f" (known good for {config.benchmark})" if known else " (no value known for this benchmark: a " \
+            "generic default; choose c with `clreg sweep`)"
+    steps = [Trainer.steps_for(config, bench, task) for task in range(bench.num_tasks)]
+    return (f"clreg run: {config.method} c={config.c:g} re-init {'on' if config.reinit else 'off'}{source}\n"
+            f"  {config.benchmark}: {bench.num_tasks} tasks x {config.epochs} epochs = {sum(steps):,} steps of "
+            f"b={config.batch_size}, lr {config.learning_rate:g}, {config.optimizer}; {config.network_name} "
+            f"{','.join(map(str, config.widths))}; {resolve_device(config.device)} {config.precision}")
+
+
+def load_data(config: RunConfig):
+    """The run's benchmark. Invalid input (a bad file of the user's own, a task count or batch size the
+    data cannot give) is a usage error, exit 2; missing or corrupt standard data exits 1."""
+    from .train import check_fits, load_benchmark
+
+    try:
+        bench = load_benchmark(config)
+        check_fits(bench, config)
+    except DataFileError as err:
+        if config.benchmark.startswith("arrays:"):
+            _fail(str(err))
+        raise click.ClickException(str(err)) from None
+    except ValueError as err:
+        _fail(str(err))
+    return bench
 
 
 @cli.command()
 @config_options
-@click.option("--out", "out", default=None, help="write the results as JSON to this file")
+@click.option("--out", "out", default=None,
+              help="write the results as JSON to this file, and the step log (JSON lines) beside it as "
+                   "OUT-stem.steps.jsonl")
+@click.option("--log-every", type=click.IntRange(min=1), default=None,
+              help="steps between two step-log records [default: a task's steps / 200]")
+@click.option("--tensorboard", default=None, metavar="DIR",
+              help="also write the step log as TensorBoard event files into DIR (pip install 'clreg[tensorboard]')")
 @click.option("--checkpoint", default=None, help="save the run's state to this file after every task")
 @click.option("--resume", is_flag=True, help="with --checkpoint: continue from the checkpoint if it exists")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def run(out: str | None, checkpoint: str | None, resume: bool, quiet: bool, **options) -> None:
+@click.option("--warn-after", type=click.FloatRange(min=0), default=600.0, show_default=True,
+              help="say how long the run will take when the estimate (from its first steps) exceeds this many seconds")
+def run(out: str | None, log_every: int | None, tensorboard: str | None, checkpoint: str | None, resume: bool,
+        quiet: bool, warn_after: float, **options) -> None:
     """Train a network on a task sequence with one method and report the accuracy matrix."""
     config = make_config(**options)
     if resume and checkpoint is None:
@@ -119,24 +152,22 @@ def run(out: str | None, checkpoint: str | None, resume: bool, quiet: bool, **op
     try:
         if out:
             check_writable(out)
+        sinks = [*([JsonLines(step_log_path(out))] if out else []), *([TensorBoard(tensorboard)] if tensorboard else [])]
     except ValueError as err:
         _fail(str(err))
-    from .train import load_benchmark, run as run_config  # imported late: keeps `clreg methods` and errors fast
+    from .train import run as run_config  # imported late: keeps `clreg methods` and errors fast
 
-    tasks = "all tasks" if config.tasks is None else f"{config.tasks} tasks"
-    click.echo(f"clreg run: {config.method} c={config.c} on {config.benchmark}, {tasks}, {config.network_name} "
-               f"{','.join(map(str, config.widths))}, {resolve_device(config.device)} {config.precision}", err=True)
-    try:
-        bench = load_benchmark(config)
-    except (DataFileError, ValueError) as err:  # missing or bad data, and the benchmark's checks (task counts, recipes)
-        raise click.ClickException(str(err)) from None
+    bench = load_data(config)
+    click.echo(run_header(config, bench), err=True)
     from .checkpoint import CheckpointError
     from .train import Diverged
 
     if resume and Path(checkpoint).exists():
         click.echo(f"resuming from {checkpoint}", err=True)
     try:
-        result = run_config(config, progress=not quiet, bench=bench, checkpoint_path=checkpoint, resume=resume)
+        result = run_config(config, progress=not quiet, bench=bench, checkpoint_path=checkpoint, resume=resume,
+                            log=StepLog(sinks, every=log_every),
+                            callbacks=[LongRunWarning(lambda line: click.echo(line, err=True), warn_after)])
     except (Diverged, CheckpointError) as err:
         raise click.ClickException(str(err)) from None
     result.update(versions=versions(), machine=machine(), command=" ".join(["clreg", *sys.argv[1:]]))
@@ -154,7 +185,7 @@ def run(out: str | None, checkpoint: str | None, resume: bool, quiet: bool, **op
         click.echo("proxy loss vs measured loss increase: " + ("too few records" if r is None else f"Pearson r = {r:.3f}"))
     if out:
         write_json(out, result)
-        click.echo(f"results written to {out}", err=True)
+        click.echo(f"results written to {out}, step log to {step_log_path(out)}", err=True)
 
 
 @cli.command()
@@ -170,7 +201,8 @@ def run(out: str | None, checkpoint: str | None, resume: bool, quiet: bool, **op
               help="auto, cpu, cuda or cuda:N [default: the sweep file's, else auto]; with CUDA each local worker "
                    "takes one visible GPU, Ray tasks ask for one")
 @click.option("--checkpoint-dir", default=None,
-              help="task checkpoints of runs in flight, so a killed sweep's runs resume [default: STORE.checkpoints; ray: none]")
+              help="task checkpoints of runs in flight (so a killed sweep's runs resume) and every run's step log "
+                   "KEY.steps.jsonl [default: STORE.checkpoints; ray: none]")
 @click.option("--stale-after", type=float, default=600.0, show_default=True,
               help="seconds without a heartbeat after which another host's running run is taken over")
 @click.option("--dry-run", is_flag=True, help="validate, show what is stored and what would run next, run nothing")
@@ -198,6 +230,7 @@ def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | N
         except ValueError as err:
             _fail(str(err))
     if dry_run:  # creates nothing
+        check_sweep_data(spec, runtime)
         wanted, _ = plan(spec, SweepDriver(spec, store, None).lookup if store else lambda key: None)
         held = store.counts() if store else {}
         click.echo(f"{spec.name}: {len(spec.entries)} methods; store {path} holds {held or 'nothing'}; "
@@ -219,9 +252,31 @@ def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | N
                f"{executor.slots} run(s) at a time, {executor.threads} thread(s) each; store {store.path}", err=True)
     states = SweepDriver(spec, store, executor, log=lambda line: click.echo(line, err=True)).run()
     executor.shutdown()
-    from .report import entry_row, markdown
+    from .report import entry_row, error_line, markdown
 
     click.echo(markdown([entry_row(spec, state) for state in states.values()]))
+    failed = {row["key"]: row for state in states.values() for row in state.failed}
+    if failed:
+        labels = [label for label, state in states.items() if state.failed]
+        raise click.ClickException(
+            f"{len(failed)} run(s) failed, so {', '.join(labels)} got no result; first error: "
+            f"{error_line(next(iter(failed.values())))}. Fix the cause and run the same command again (failed runs "
+            "are retried, finished ones kept)")
+
+
+def check_sweep_data(spec, runtime: dict) -> None:
+    """Load the data of the sweep's benchmark as its runs would (one config per distinct data setting):
+    missing or unreadable data fails the dry run, not every run of the sweep."""
+    from .config import RunConfig
+
+    seen = set()
+    for entry in spec.entries:
+        config = RunConfig.from_dict({**spec.config(entry, entry.c[0], entry.reinit[0], spec.seeds[0],
+                                                     spec.final_evaluate_on).canonical(), **runtime})
+        data = (config.benchmark, config.tasks, config.split_classes, config.permute)
+        if data not in seen:
+            seen.add(data)
+            load_data(config)
 
 
 @cli.command()
@@ -293,12 +348,8 @@ def _analysis_command(kind: str, doc: str, every_default: int):
         except ValueError as err:
             _fail(str(err))
         from .analysis import analyze as run_analysis
-        from .train import load_benchmark
 
-        try:
-            bench = load_benchmark(config)
-        except (DataFileError, ValueError) as err:
-            raise click.ClickException(str(err)) from None
+        bench = load_data(config)
         data = run_analysis(kind, config, out_dir, every, large_samples, scatter_points, not quiet, bench, chosen)
         click.echo((Path(out_dir) / "summary.md").read_text())
         click.echo(f"{len(data['figures'])} figures and {kind}.json written to {out_dir}", err=True)
@@ -315,11 +366,28 @@ _analysis_command("noise", "Gradient noise: ‖g_batch − g_full‖², ‖g_ful
 
 @cli.command()
 def methods() -> None:
-    """List the importance measures: name, then description."""
+    """List the importance measures: name and description, then each measure's own settings."""
     for name, cls in importance.REGISTRY.items():
         click.echo(f"{name:<17}{cls.description}")
+        for option in cls.settings:
+            click.echo(f"{'':<19}{option.cli_flag:<20}{option.help} [default: {option.shown_default}]")
     for alias, target in importance.ALIASES.items():
         click.echo(f"{alias:<17}alias of {target}")
+
+
+@cli.command()
+def benchmarks() -> None:
+    """List the benchmarks with the defaults a run takes from them, and the (c, re-init) known per method."""
+    from .benchmarks import DEFAULTS, GENERIC_C
+
+    for name, d in DEFAULTS.items():
+        lr = f"{d.lr:g}" if d.lr is not None else "1e-3*b/256"
+        click.echo(f"{name:<24}{d.network} {','.join(map(str, d.widths))}, {d.epochs} epochs, b={d.batch_size}, "
+                   f"lr {lr}, xi {d.xi:g}, n={d.samples}")
+        if d.methods:
+            click.echo(f"{'':<24}c, re-init: " + ", ".join(f"{m} {c:g}{' r' if r else ''}"
+                                                           for m, (c, r) in d.methods.items()))
+    click.echo(f"other methods: c = {GENERIC_C:g}, re-init off (r: re-init on); choose c with `clreg sweep`")
 
 
 DEMO_METHODS = (("finetune", 0.0), ("ewc", 100.0), ("si", 30.0), ("sos", 10.0), ("mas", 10.0))  # c tuned on this demo

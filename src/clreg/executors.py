@@ -19,30 +19,36 @@ import torch
 from .config import RunConfig
 from .device import least_busy, worker_devices
 from .results import machine, versions
+from .steplog import JsonLines, StepLog
 
 
 def execute(config: dict, threads: int | None = None, runtime: dict | None = None,
             checkpoint_dir: str | None = None) -> dict:
     """Run one config (a canonical dict) to a record: status, result, error, diverged_step, seconds,
     versions, machine, host. With `checkpoint_dir`, the run saves a checkpoint after every task and
-    resumes from it (a run interrupted in an earlier sweep continues where it stopped)."""
+    resumes from it (a run interrupted in an earlier sweep continues where it stopped), and writes its step
+    log there as KEY.steps.jsonl (kept when the run is done; the checkpoint is removed)."""
     from .train import Diverged, run  # imported here: worker processes pay for it once, at first use
 
     start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
     record = {"host": socket.gethostname(), "versions": versions(), "machine": machine()}
-    checkpoint = None
+    checkpoint, log = None, None
     try:
         run_config = RunConfig.from_dict(config, **(runtime or {}))
         if checkpoint_dir:
             checkpoint = Path(checkpoint_dir) / f"{run_config.key()}.pt"
-        record.update(status="done", result=run(run_config, progress=False, checkpoint_path=checkpoint, resume=True))
+            log = StepLog([JsonLines(Path(checkpoint_dir) / f"{run_config.key()}.steps.jsonl")])
+        record.update(status="done", result=run(run_config, progress=False, checkpoint_path=checkpoint, resume=True,
+                                                log=log))
     except Diverged as err:
         record.update(status="diverged", error=str(err), diverged_step=err.step,
                       result={"diverged_step": err.step, "diverged_task": err.task, "loss": str(err.loss)})
-    except Exception:
-        record.update(status="failed", error=traceback.format_exc(limit=-8))
+    except Exception as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        record.update(status="failed", error=traceback.format_exc(limit=-8),
+                      message=f"{type(err).__name__}: {message}" if message else type(err).__name__)
     if checkpoint is not None and record["status"] != "failed":
         checkpoint.unlink(missing_ok=True)
     record["seconds"] = time.perf_counter() - start

@@ -7,16 +7,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .callbacks import Callback
 from .models import task_forward
 from .regularizer import Regularizer
 
 
-class ProxyLog:
-    """Records, every few steps, per earlier task t: proxy_t(θ) = Σ_i Λ_t,i (θ_i − θ̃_t,i)², its rise
+class ProxyLog(Callback):
+    """Records, every `every` steps, per earlier task t: proxy_t(θ) = Σ_i Λ_t,i (θ_i − θ̃_t,i)², its rise
     since task t ended, and the measured rise L_t(θ) − L_t(θ*_t) of task t's mean cross-entropy."""
 
-    def __init__(self, model: nn.Module, reg: Regularizer, bench, samples: int):
-        self.model, self.reg, self.bench, self.samples = model, reg, bench, samples
+    def __init__(self, samples: int, every: int):
+        if every < 1:
+            raise ValueError(f"the proxy log needs every >= 1, got {every}")
+        self.samples, self.every = samples, every
+        self.model: nn.Module | None = None
+        self.reg: Regularizer | None = None
+        self.bench = None
         self.terms: list[int] = []  # penalty term index -> task id
         self.data: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.loss_at_end: list[float] = []
@@ -34,6 +40,17 @@ class ProxyLog:
         value = float(F.cross_entropy(task_forward(self.model, task)(x), y))
         self.model.train(was_training)
         return value
+
+    def on_run_start(self, trainer) -> None:  # noqa: D102
+        self.model, self.reg, self.bench = trainer.model, trainer.reg, trainer.bench
+
+    def on_step(self, trainer, step) -> None:  # noqa: D102
+        if step.step % self.every == 0:
+            self.log(step.step, step.task)
+
+    def on_task_end(self, trainer, task: int) -> None:  # noqa: D102
+        if self.reg.measure.regularizes:
+            self.task_end(task)
 
     def task_end(self, task: int) -> None:
         """After task `task` was consolidated: its reference loss and proxy at θ*_t."""

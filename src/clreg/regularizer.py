@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import inspect
+
 from typing import Callable, Iterable
 
 import torch
@@ -308,6 +310,8 @@ class Regularizer:
             return None
         sample = None
         if inputs is not None:
+            if forward is None and self.measure.needs_sample:
+                _check_single_input(self.model)
             labels = None if labels is None else labels.to(self.device)
             sample = TaskSample(self.model, inputs.to(self.device), labels, forward, self.memory_budget)
         elif self.measure.needs_sample:
@@ -318,3 +322,15 @@ class Regularizer:
         self.last_importance = dict(zip(self.names, omega))
         self.begin_task()
         return self.last_importance
+
+
+def _check_single_input(model: nn.Module) -> None:
+    """Raise ValueError if `model(x)` cannot give logits because its forward needs more arguments (a
+    MultiHead's model(x, task)): say what to pass instead."""
+    params = list(inspect.signature(model.forward).parameters.values())
+    required = [p.name for p in params if p.default is p.empty and
+                p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        raise ValueError(f"{type(model).__name__}.forward takes ({', '.join(required)}), so the sample's logits "
+                         f"cannot be model(x): pass forward=, e.g. reg.end_task(x, forward=lambda x: model(x, task)) "
+                         f"(clreg.models.task_forward(model, task) does this for a MultiHead)")

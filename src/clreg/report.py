@@ -17,7 +17,7 @@ from .store import Store
 from .sweep import EntryState, plan, stored_lookup
 from .sweepspec import SweepSpec
 
-COLUMNS = ("sweep", "benchmark", "label", "method", "c", "reinit", "seeds_done", "seeds", "mean", "stderr",
+COLUMNS = ("sweep", "benchmark", "label", "method", "c", "reinit", "grid", "seeds_done", "seeds", "mean", "stderr",
            "mean_forgetting", "search_score", "best_c_at_grid_edge", "status")
 
 
@@ -35,20 +35,30 @@ def entry_row(spec: SweepSpec, state: EntryState) -> dict:
     """One table row: the chosen (c, re-init), its final runs' mean ± s.e. of the metric, the status."""
     done = [r["result"] for r in state.final if r["status"] == "done"]
     row = {"sweep": spec.name, "benchmark": spec.benchmark, "label": state.entry.label, "method": state.entry.method,
-           "c": None, "reinit": None, "seeds_done": len(done), "seeds": len(spec.seeds), "mean": None, "stderr": None,
+           "c": None, "reinit": None, "grid": None, "seeds_done": len(done), "seeds": len(spec.seeds), "mean": None, "stderr": None,
            "mean_forgetting": None, "search_score": None, "best_c_at_grid_edge": None,
            "status": "complete" if state.complete else ("final runs" if state.search_done else "searching")}
     if state.selected is not None:
-        c, reinit = state.selected
-        row.update(c=c, reinit=reinit, search_score=state.curves[reinit][c],
-                   best_c_at_grid_edge=state.at_edge.get(reinit, False))
+        c, line = state.selected
+        row.update(c=c, reinit=line.reinit, grid=dict(line.point) or None, search_score=state.curves[line][c],
+                   best_c_at_grid_edge=state.at_edge.get(line, False))
     if done:
         row["mean"], row["stderr"] = mean_and_stderr([r[spec.metric] for r in done])
         row["mean_forgetting"] = float(np.mean([r["mean_forgetting"] for r in done]))
-    failed = len(state.final) - len(done)
-    if failed:
-        row["status"] += f", {failed} final run(s) failed or diverged"
+    diverged = sum(r["status"] == "diverged" for r in state.final)
+    if diverged:
+        row["status"] += f", {diverged} final run(s) diverged"
+    if state.failed:
+        row["status"] = f"{len(state.failed)} run(s) failed: {error_line(state.failed[0])}"
     return row
+
+
+def error_line(row: dict) -> str:
+    """A failed run's one-line error (the store's message, else the traceback's last line)."""
+    if row.get("message"):
+        return row["message"]
+    lines = (row.get("error") or "").strip().splitlines()
+    return lines[-1] if lines else "no message"
 
 
 def _cell(row: dict | None) -> str:
@@ -83,7 +93,9 @@ def markdown(rows: list[dict]) -> str:
                 edge = "*" if r["best_c_at_grid_edge"] else ""
                 score = r["search_score"]
                 shown = "diverged" if score is None or not math.isfinite(score) else f"{100 * score:.2f}"
-                out.append(f"c = {r['c']:g}{edge}, re-init {'on' if r['reinit'] else 'off'} ({shown})")
+                grid = "".join(f", {k} {v:g}" if isinstance(v, float) else f", {k} {v}"
+                               for k, v in (r["grid"] or {}).items())
+                out.append(f"c = {r['c']:g}{edge}, re-init {'on' if r['reinit'] else 'off'}{grid} ({shown})")
         lines.append(f"| {label} | " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
 
@@ -101,21 +113,22 @@ def _slug(text: str) -> str:
 
 
 def plot_search(spec: SweepSpec, states: dict[str, EntryState], stem: Path) -> list[Path]:
-    """The grid search: search score against c (log scale) per method and re-init option."""
+    """The grid search: search score against c (log scale) per method and search line (re-init, grid values)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = plt.get_cmap("tab20").colors
     flat, shown = [], []  # c = 0 only (finetune): a horizontal line, or a legend note if far below the curves
+    styles = ["-", "--", "-.", ":"]
     for index, (label, state) in enumerate(states.items()):
-        for reinit, curve in state.curves.items():
+        for number, (line, curve) in enumerate(state.curves.items()):
             points = sorted((c, s) for c, s in curve.items() if c > 0 and s is not None and math.isfinite(s))
             if not points and curve.get(0.0) is not None and math.isfinite(curve[0.0]):
                 flat.append((label, 100 * curve[0.0]))
             if points:
                 cs, scores = zip(*points)
                 shown += [100 * s for s in scores]
-                ax.plot(cs, [100 * s for s in scores], marker="o", linestyle="-" if reinit else "--",
-                        color=colours[index % len(colours)], label=f"{label} (re-init {'on' if reinit else 'off'})")
+                ax.plot(cs, [100 * s for s in scores], marker="o", linestyle=styles[number % len(styles)],
+                        color=colours[index % len(colours)], label=f"{label} ({line.describe()})")
     low = min(shown) - 1 if shown else None
     for label, value in flat:
         if low is None or value >= low:
@@ -149,8 +162,8 @@ def plot_matrix(spec: SweepSpec, state: EntryState, stem: Path) -> list[Path]:
     ax.set_yticks(range(k), [str(i + 1) for i in range(k)])
     ax.set_xlabel("evaluated on task")
     ax.set_ylabel("after training task")
-    c, reinit = state.selected
-    ax.set_title(f"{spec.name}: {state.entry.label}, c = {c:g}, re-init {'on' if reinit else 'off'} — "
+    c, line = state.selected
+    ax.set_title(f"{spec.name}: {state.entry.label}, c = {c:g}, {line.describe()} — "
                  f"accuracy (%), mean of {len(matrices)} seed(s) on {spec.final_evaluate_on}", fontsize=8)
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     return save(fig, stem)

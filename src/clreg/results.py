@@ -45,14 +45,28 @@ def machine() -> dict:
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
+def ensure_directory(directory: str | Path, what: str = "output") -> None:
+    """Create `directory` (and its parents) if missing; ValueError saying why if it cannot be."""
+    directory = Path(directory)
+    if directory.is_dir():
+        return
+    existing = next((p for p in [directory, *directory.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"cannot create the {what} directory {str(directory)!r}: {str(existing)!r} is a file")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the {what} directory {str(directory)!r}: {err.strerror or err}") from None
+
+
 def check_writable(path: str | Path) -> None:
-    """Raise ValueError unless `path` can be written (checked before any training)."""
+    """Raise ValueError unless `path` can be written (checked before any training); its directory is
+    created if missing."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ValueError(f"output path {str(path)!r} is a directory; give a file name such as run.json")
-    if not parent.is_dir():
-        raise ValueError(f"output path {str(path)!r}: directory {str(parent)!r} does not exist")
+    ensure_directory(parent)
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ValueError(f"output path {str(path)!r} is not writable")
 

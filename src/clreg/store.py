@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'diverged')),
     result TEXT,
     error TEXT,
+    message TEXT,
     diverged_step INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     host TEXT,
@@ -70,8 +71,12 @@ class Store:
             raise StoreError(f"no results store at {str(self.path)!r}")
         if self.path.is_dir():
             raise StoreError(f"store path {str(self.path)!r} is a directory; give a file name such as sweep.sqlite")
-        if not self.path.parent.is_dir():
-            raise StoreError(f"store path {str(self.path)!r}: directory {str(self.path.parent)!r} does not exist")
+        if create and not self.path.parent.is_dir():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StoreError(f"store path {str(self.path)!r}: cannot create directory {str(self.path.parent)!r} "
+                                 f"({err.strerror or err})") from None
         self.stale_after = stale_after
         self.host, self.pid = socket.gethostname(), os.getpid()
         try:
@@ -87,6 +92,9 @@ class Store:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
+            columns = {name for _, name, *_ in self.db.execute("PRAGMA table_info(runs)")}
+            if "message" not in columns:  # stores made before the one-line message was kept
+                self.db.execute("ALTER TABLE runs ADD COLUMN message TEXT")
             row = self.db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -132,7 +140,7 @@ class Store:
                 "INSERT INTO runs (key, config, status, attempts, host, pid, claimed, heartbeat) "
                 "VALUES (?, ?, 'running', 1, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET status = 'running', "
                 "attempts = attempts + 1, host = excluded.host, pid = excluded.pid, claimed = excluded.claimed, "
-                "heartbeat = excluded.heartbeat, error = NULL",
+                "heartbeat = excluded.heartbeat, error = NULL, message = NULL",
                 (key, json.dumps(config, sort_keys=True), self.host, self.pid, now, now))
         return True
 
@@ -159,9 +167,10 @@ class Store:
             raise ValueError(f"a finished run's status must be done, failed or diverged, got {status!r}")
         with self.transaction():
             cur = self.db.execute(
-                "UPDATE runs SET status = ?, result = ?, error = ?, diverged_step = ?, finished = ?, seconds = ?, "
-                "versions = ?, machine = ?, host = ?, pid = ? WHERE key = ? AND status NOT IN ('done', 'diverged')",
-                (status, _json(record.get("result")), record.get("error"), record.get("diverged_step"), time.time(),
+                "UPDATE runs SET status = ?, result = ?, error = ?, message = ?, diverged_step = ?, finished = ?, "
+                "seconds = ?, versions = ?, machine = ?, host = ?, pid = ? WHERE key = ? AND status NOT IN ('done', 'diverged')",
+                (status, _json(record.get("result")), record.get("error"), record.get("message"),
+                 record.get("diverged_step"), time.time(),
                  record.get("seconds"), _json(record.get("versions")), _json(record.get("machine")),
                  record.get("host", self.host), self.pid, key))
             return cur.rowcount == 1
@@ -169,15 +178,15 @@ class Store:
     def release(self, keys: list[str], error: str) -> None:
         """Runs this process claimed but will not finish (interrupted): failed, to be retried."""
         with self.transaction():
-            self.db.executemany("UPDATE runs SET status = 'failed', error = ?, finished = ? "
+            self.db.executemany("UPDATE runs SET status = 'failed', error = ?, message = ?, finished = ? "
                                 "WHERE key = ? AND status = 'running' AND pid = ?",
-                                [(error, time.time(), key, self.pid) for key in keys])
+                                [(error, error, time.time(), key, self.pid) for key in keys])
 
     def add_finished(self, runs: dict[str, dict], sweeps: dict[str, dict]) -> tuple[int, list[str]]:
         """Take in finished runs (key → row with config, status, result and what else a row holds) and
         sweep specifications, in one transaction. A run the store holds finished, and a sweep it knows,
         are kept as they are. Returns (runs added, names of the sweeps added)."""
-        columns = ("status", "result", "error", "diverged_step", "attempts", "host", "claimed", "finished",
+        columns = ("status", "result", "error", "message", "diverged_step", "attempts", "host", "claimed", "finished",
                    "seconds", "versions", "machine")
         encoded = ("result", "versions", "machine")
         with self.transaction():

@@ -17,7 +17,7 @@ from typing import Callable
 
 from .config import RunConfig
 from .store import FINISHED, Store
-from .sweepspec import Entry, SweepSpec
+from .sweepspec import Entry, Line, SweepSpec
 
 MANTISSAS = (1, 2, 5)
 WAIT = "wait"  # lookup(): the run is in flight (here or in another worker)
@@ -53,12 +53,18 @@ class EntryState:
     """What the store says about one method of a sweep."""
 
     entry: Entry
-    curves: dict[bool, dict[float, float | None]] = field(default_factory=dict)  # reinit -> c -> search score
-    at_edge: dict[bool, bool] = field(default_factory=dict)  # the search stopped with the best c on an edge
-    selected: tuple[float, bool] | None = None  # (c, reinit)
+    curves: dict[Line, dict[float, float | None]] = field(default_factory=dict)  # line -> c -> search score
+    at_edge: dict[Line, bool] = field(default_factory=dict)  # the search stopped with the best c on an edge
+    selected: tuple[float, Line] | None = None  # (c, line): line.reinit and line.point are the chosen settings
     final: list[dict] = field(default_factory=list)  # finished final runs (store rows)
+    failed: list[dict] = field(default_factory=list)  # runs that failed (errors, not divergence): store rows
     search_done: bool = False
     complete: bool = False
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more to run now: complete, or stopped by failed runs (retried by the next invocation)."""
+        return self.complete or bool(self.failed)
 
 
 def score(row: dict, metric: str) -> float:
@@ -79,18 +85,21 @@ def _fetch(config: RunConfig, lookup: Lookup, wanted: list[RunConfig]) -> dict |
     return found if isinstance(found, dict) else None
 
 
-def _search_line(spec: SweepSpec, entry: Entry, reinit: bool, lookup: Lookup, wanted: list, state: EntryState) -> bool:
-    """Walk one c line (fixed re-init), extending it while its best c is on the edge; True when complete."""
+def _search_line(spec: SweepSpec, entry: Entry, line: Line, lookup: Lookup, wanted: list, state: EntryState) -> bool:
+    """Walk one c line (re-init and grid values fixed), extending it while its best c is on the edge; True
+    when complete.
+    A failed run stops the line (no c is chosen from a grid with a hole in it): see state.failed."""
     values = list(entry.c)
     curve: dict[float, float | None] = {}
-    state.curves[reinit] = curve
+    state.curves[line] = curve
     extensions = 0
     while True:
         missing = False
         for c in values:
-            rows = [_fetch(spec.config(entry, c, reinit, seed, spec.search_evaluate_on), lookup, wanted)
+            rows = [_fetch(spec.config(entry, c, line, seed, spec.search_evaluate_on), lookup, wanted)
                     for seed in spec.seeds[:spec.search_seeds]]
-            if None in rows:
+            state.failed += [r for r in rows if r is not None and r["status"] == "failed"]
+            if None in rows or any(r["status"] == "failed" for r in rows):
                 missing = True
                 curve[c] = None
             else:
@@ -98,9 +107,9 @@ def _search_line(spec: SweepSpec, entry: Entry, reinit: bool, lookup: Lookup, wa
         if missing:
             return False
         best = max(values, key=lambda c: (curve[c], -c))
-        extension = edge_extension(values, best) if spec.extend else None
-        state.at_edge[reinit] = extension is not None
-        if extension is None or extensions >= spec.max_extensions:
+        extension = edge_extension(values, best)
+        state.at_edge[line] = extension is not None  # flagged whether or not the grid may be extended
+        if extension is None or not spec.extend or extensions >= spec.max_extensions:
             return True
         values = sorted(values + [extension])
         extensions += 1
@@ -109,16 +118,18 @@ def _search_line(spec: SweepSpec, entry: Entry, reinit: bool, lookup: Lookup, wa
 def plan_entry(spec: SweepSpec, entry: Entry, lookup: Lookup, wanted: list[RunConfig]) -> EntryState:
     """Add the runs `entry` still needs to `wanted`; return what is known of it."""
     state = EntryState(entry)
-    done = [_search_line(spec, entry, reinit, lookup, wanted, state) for reinit in entry.reinit]
+    done = [_search_line(spec, entry, line, lookup, wanted, state) for line in entry.lines()]
     if not all(done):
         return state
     state.search_done = True
-    candidates = [(curve[c], -c, c, reinit) for reinit, curve in state.curves.items() for c in curve]
-    best_score, _, c, reinit = max(candidates)
-    state.selected = (c, reinit)
-    rows = [_fetch(spec.config(entry, c, reinit, seed, spec.final_evaluate_on), lookup, wanted) for seed in spec.seeds]
+    order = {line: i for i, line in enumerate(entry.lines())}  # ties: the smaller c, then the earlier line
+    best_score, _, _, c, line = max((curve[c], -c, -order[line], c, line) for line, curve in state.curves.items()
+                                    for c in curve)
+    state.selected = (c, line)
+    rows = [_fetch(spec.config(entry, c, line, seed, spec.final_evaluate_on), lookup, wanted) for seed in spec.seeds]
     state.final = [row for row in rows if row is not None]
-    state.complete = len(state.final) == len(rows)
+    state.failed += [row for row in state.final if row["status"] == "failed"]
+    state.complete = len(state.final) == len(rows) and not state.failed
     return state
 
 
@@ -174,7 +185,8 @@ class SweepDriver:
         store.close()
 
     def run(self) -> dict[str, EntryState]:
-        """Drive the sweep until every method has its final runs; return the states."""
+        """Drive the sweep until every method has its final runs, or is stopped by runs that failed in this
+        invocation (each failed run is tried once per invocation); return the states."""
         self.store.save_sweep(self.spec.name, self.spec.to_dict())
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(stop,), daemon=True)
@@ -184,7 +196,7 @@ class SweepDriver:
                 wanted, states = plan(self.spec, self.lookup)
                 self._submit(wanted)
                 if not self.in_flight:
-                    if all(s.complete for s in states.values()):
+                    if all(s.settled for s in states.values()):
                         return states
                     if not wanted:  # the rest is in flight in other workers
                         time.sleep(self.poll)

@@ -12,12 +12,17 @@ name the offending key and what it allows.
       siu: {c: [1, 2, 5], reinit: [true, false]}
       finetune: {}
       sos-b2048: {method: sos, c: [5, 10, 20], reinit: true, settings: {batch_size: 2048, sos_alpha: 1}}
+      si-sgd: {method: si, c: [1, 10], settings: {optimizer: sgd, momentum: 0.9}, grid: {lr: [0.01, 0.1]}}
+
+An entry's `grid` lists other settings searched together with c: every combination of their values (and
+of re-init) is one search line over c; the best (c, re-init, grid values) of all lines wins.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -29,7 +34,7 @@ METRICS = ("average_accuracy", "bwt")  # both: higher is better
 SWEEP_SET = ("method", "c", "reinit", "seed", "evaluate_on", "benchmark")  # chosen by the sweep, not in settings
 RUNTIME = NOT_IN_KEY  # where the data is read from and where runs train: not part of a run's identity
 TOP_KEYS = ("name", "benchmark", "settings", "seeds", "search", "final", "methods")
-ENTRY_KEYS = ("method", "c", "reinit", "settings")
+ENTRY_KEYS = ("method", "c", "reinit", "settings", "grid")
 SEARCH_KEYS = ("evaluate_on", "seeds", "metric", "extend", "max_extensions")
 
 
@@ -37,15 +42,36 @@ class SpecError(ValueError):
     """A sweep file that cannot be run; the message names the key and what is allowed."""
 
 
+class Line(NamedTuple):
+    """One search line of an entry: c varies, re-init and the grid settings' values are fixed."""
+
+    reinit: bool
+    point: tuple = ()  # ((setting, value), ...) of the entry's grid, in the grid's order
+
+    def describe(self) -> str:
+        """'re-init on, lr 0.01'."""
+        return ", ".join([f"re-init {'on' if self.reinit else 'off'}", *(f"{k} {v:g}" if isinstance(v, float)
+                                                                           else f"{k} {v}" for k, v in self.point)])
+
+
 @dataclass
 class Entry:
-    """One row of the table: a method with its c grid, re-init options and own settings."""
+    """One row of the table: a method with its c grid, re-init options, own settings and the settings
+    searched with c (`grid`: setting → values)."""
 
     label: str
     method: str
     c: list[float]
     reinit: list[bool]
     settings: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+
+    def lines(self) -> list[Line]:
+        """Every combination of re-init and grid values: the search lines."""
+        points = [()]
+        for name, values in self.grid.items():
+            points = [(*p, (name, tuple(v) if isinstance(v, list) else v)) for p in points for v in values]
+        return [Line(reinit, point) for reinit in self.reinit for point in points]
 
 
 @dataclass
@@ -65,10 +91,12 @@ class SweepSpec:
     final_evaluate_on: str = "test"
     runtime: dict = field(default_factory=dict)
 
-    def config(self, entry: Entry, c: float, reinit: bool, seed: int, evaluate_on: str) -> RunConfig:
-        """The run config of one grid point."""
-        return RunConfig.from_dict({"benchmark": self.benchmark, **self.settings, **entry.settings, "method": entry.method,
-                                    "c": c, "reinit": reinit, "seed": seed, "evaluate_on": evaluate_on})
+    def config(self, entry: Entry, c: float, line: Line | bool, seed: int, evaluate_on: str) -> RunConfig:
+        """The run config of one point of a search line (a bare bool: re-init, no grid settings)."""
+        line = line if isinstance(line, Line) else Line(line)
+        return RunConfig.from_dict({"benchmark": self.benchmark, **self.settings, **entry.settings, **dict(line.point),
+                                    "method": entry.method, "c": c, "reinit": line.reinit, "seed": seed,
+                                    "evaluate_on": evaluate_on})
 
     def to_dict(self) -> dict:
         """Plain data (as kept in the store), without the runtime options."""
@@ -79,7 +107,7 @@ class SweepSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "SweepSpec":
         """Inverse of `to_dict`."""
-        entries = [Entry(**e) for e in data["entries"]]
+        entries = [Entry(**e) for e in data["entries"]]  # specs stored before grids: grid defaults to {}
         return cls(**{**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}, "entries": entries})
 
 
@@ -172,35 +200,64 @@ def _entry(label: str, value, spec: SweepSpec) -> Entry:
     if runtime:
         raise SpecError(f"{where}.settings: {', '.join(runtime)} belong(s) in the top-level settings")
     entry = Entry(label, method, _number_list(f"{where}.c", data.get("c", 0.0)),
-                  _bool_list(f"{where}.reinit", data.get("reinit", False)), settings)
+                  _bool_list(f"{where}.reinit", data.get("reinit", False)), settings,
+                  _grid(f"{where}.grid", data.get("grid"), settings))
     try:
-        spec.config(entry, entry.c[0], entry.reinit[0], spec.seeds[0], spec.final_evaluate_on)
+        for line in entry.lines():
+            spec.config(entry, entry.c[0], line, spec.seeds[0], spec.final_evaluate_on)
     except ValueError as err:
         raise SpecError(f"{where}: {err}") from None
     return entry
 
 
+def _grid(where: str, value, settings: dict) -> dict:
+    grid = dict(_keys(where, value or {}, tuple(f.name for f in fields(RunConfig) if f.name not in SWEEP_SET + RUNTIME)))
+    for name, values in grid.items():
+        if not isinstance(values, list) or not values or len({repr(v) for v in values}) != len(values):
+            raise SpecError(f"{where}.{name} must be a non-empty list of distinct values, got {values!r}")
+        if name in settings:
+            raise SpecError(f"{where}.{name} is also fixed in the entry's settings: give it in one place")
+    return grid
+
+
 def parse_spec(data, default_name: str = "sweep") -> SweepSpec:
-    """Validate plain data (a parsed YAML document) into a SweepSpec."""
-    data = _keys("the sweep file", data, TOP_KEYS)
-    for key in ("benchmark", "methods"):
-        if key not in data:
-            raise SpecError(f"the sweep file needs {key!r}")
+    """Validate plain data (a parsed YAML document) into a SweepSpec. Every problem found is reported in
+    one SpecError (one line each), not only the first."""
+    problems: list[str] = []
+
+    def attempt(check, *args, default=None):
+        try:
+            return check(*args)
+        except SpecError as err:
+            if str(err) not in problems:
+                problems.append(str(err))
+            return default
+
+    data = _keys("the sweep file", data, TOP_KEYS)  # nothing else can be read without this
+    problems += [f"the sweep file needs {key!r}" for key in ("benchmark", "methods") if key not in data]
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name:
-        raise SpecError(f"name must be a non-empty string, got {name!r}")
-    settings, runtime = _settings("settings", data.get("settings"))
-    seeds = _seeds(data.get("seeds", 1))
-    final = _keys("final", data.get("final") or {}, ("evaluate_on",))
+        problems.append(f"name must be a non-empty string, got {name!r}")
+    settings, runtime = attempt(_settings, "settings", data.get("settings"), default=({}, {}))
+    seeds = attempt(_seeds, data.get("seeds", 1), default=[0])
+    final = attempt(_keys, "final", data.get("final") or {}, ("evaluate_on",), default={})
     final_on = final.get("evaluate_on", "test")
     if final_on not in EVALUATE_ON:
-        raise SpecError(f"final.evaluate_on must be one of {', '.join(EVALUATE_ON)}, got {final_on!r}")
-    if not isinstance(data["benchmark"], str):
-        raise SpecError(f"benchmark must be a name (see `clreg run --help`), got {data['benchmark']!r}")
-    spec = SweepSpec(name, data["benchmark"], settings, seeds, [], final_evaluate_on=final_on, runtime=runtime,
-                     **_search(data.get("search"), seeds))
-    methods = data["methods"]
-    if not isinstance(methods, dict) or not methods:
-        raise SpecError("methods must be a non-empty mapping: label -> {method, c, reinit, settings}")
-    spec.entries = [_entry(str(label), value, spec) for label, value in methods.items()]
+        problems.append(f"final.evaluate_on must be one of {', '.join(EVALUATE_ON)}, got {final_on!r}")
+        final_on = "test"
+    benchmark = data.get("benchmark")
+    if "benchmark" in data and not isinstance(benchmark, str):
+        problems.append(f"benchmark must be a name (see `clreg run --help`), got {benchmark!r}")
+    search = attempt(_search, data.get("search"), seeds, default=None) or _search(None, seeds)
+    spec = SweepSpec(name if isinstance(name, str) else "sweep", benchmark if isinstance(benchmark, str) else "",
+                     settings, seeds, [], final_evaluate_on=final_on, runtime=runtime, **search)
+    methods = data.get("methods")
+    if "methods" in data and (not isinstance(methods, dict) or not methods):
+        problems.append("methods must be a non-empty mapping: label -> {method, c, reinit, settings}")
+    elif methods and isinstance(benchmark, str):
+        spec.entries = [entry for label, value in methods.items()
+                        if (entry := attempt(_entry, str(label), value, spec)) is not None]
+    if problems:
+        raise SpecError(problems[0] if len(problems) == 1 else
+                        f"{len(problems)} problems in the sweep file:\n" + "\n".join(f"  - {p}" for p in problems))
     return spec

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from . import checkpoint, metrics
 from .benchmarks import Benchmark, build_benchmark, derive_seed
@@ -17,7 +16,11 @@ from .config import RunConfig
 from .device import (autocast, check_combination, describe, precision_scope, resolve_device, synchronize,
                      warn_if_slow)
 from .models import build_model, reinitialize, task_forward
+from .optim import make_optimizer, make_schedule
+from .callbacks import Batch, Callback, Step
+from .progress import ProgressBar
 from .proxy import ProxyLog
+from .steplog import StepLog
 from .regularizer import Regularizer, has_active_dropout
 
 
@@ -43,11 +46,6 @@ def index_stream(size: int, batch_size: int, generator: torch.Generator, drop_la
             buffer = shuffle[:size - size % batch_size] if drop_last else torch.cat([buffer, shuffle])
         yield buffer[:batch_size]
         buffer = buffer[batch_size:]
-
-
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam, β = (0.9, 0.999), ε = 1e-8; the fused kernel (one pass per step) where available."""
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
 @torch.no_grad()
@@ -97,7 +95,8 @@ class DivergenceGuard:
 class Trainer:
     """Trains one model on a task sequence with one Regularizer, following the paper's protocol."""
 
-    def __init__(self, config: RunConfig, bench: Benchmark, progress: bool = True):
+    def __init__(self, config: RunConfig, bench: Benchmark, progress: bool = True,
+                 callbacks: Sequence[Callback] = (), log: StepLog | None = None):
         self.device = resolve_device(config.device)
         check_combination(self.device, config.precision)
         warn_if_slow(self.device, config.precision)
@@ -112,10 +111,15 @@ class Trainer:
                                keep_tasks=config.proxy_every > 0, **config.measure_options())
         self.dropout = has_active_dropout(self.model)
         self.timing = {"train_seconds": 0.0, "importance_seconds": 0.0, "evaluation_seconds": 0.0}
-        self.proxies = ProxyLog(self.model, self.reg, bench, config.proxy_samples) if config.proxy_every else None
+        self.proxies = ProxyLog(config.proxy_samples, config.proxy_every) if config.proxy_every else None
+        self.log = log or StepLog()  # the step log behind the result's loss curve (and any log files)
+        self.callbacks = [*([ProgressBar()] if progress else []), self.log,
+                          *([self.proxies] if self.proxies else []), *callbacks]
         self.steps_done = 0
         self.current_task = 0
         self.revisit: dict | None = None
+        for callback in self.callbacks:
+            callback.on_run_start(self)
 
     def run(self, checkpoint_path: str | Path | None = None, resume: bool = False) -> np.ndarray:
         """Train on every task; return the accuracy matrix A[k, j]. With `checkpoint_path`, the state is
@@ -136,6 +140,8 @@ class Trainer:
             start = time.perf_counter()
             accuracy[task] = [evaluate(self.model, self.bench, j) for j in range(k_total)]
             self.timing["evaluation_seconds"] += time.perf_counter() - start
+            for callback in self.callbacks:
+                callback.on_evaluation(self, task, accuracy[task].tolist())
             if checkpoint_path is not None:
                 checkpoint.save(checkpoint_path, self.state_dict(accuracy[:task + 1]))
         if self.config.revisit:
@@ -149,7 +155,18 @@ class Trainer:
                 "init_generator": self.init_generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
                 "timing": dict(self.timing), "steps_done": self.steps_done,
-                "proxies": None if self.proxies is None else self.proxies.state_dict()}
+                "callbacks": self._callback_states()}
+
+    def _callback_keys(self) -> list[str]:
+        """Each callback's name in checkpoints: its class name (name#2, ... for repeats)."""
+        names = [type(callback).__name__ for callback in self.callbacks]
+        return [name if names[:i].count(name) == 0 else f"{name}#{names[:i].count(name) + 1}"
+                for i, name in enumerate(names)]
+
+    def _callback_states(self) -> dict:
+        """Each callback's state by `_callback_keys`; empty states are left out."""
+        return {key: state for key, callback in zip(self._callback_keys(), self.callbacks)
+                if (state := callback.state_dict())}
 
     def load_state_dict(self, state: dict, accuracy: np.ndarray) -> int:
         """Restore a `state_dict`, fill the finished rows of `accuracy`; return the next task to train."""
@@ -163,8 +180,10 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.timing.update(state["timing"])
         self.steps_done = int(state["steps_done"])
-        if self.proxies is not None:
-            self.proxies.load_state_dict(state["proxies"])
+        saved = state.get("callbacks", {})
+        for key, callback in zip(self._callback_keys(), self.callbacks):
+            if key in saved:  # a callback that was not in the saved run starts afresh
+                callback.load_state_dict(saved[key])
         return done
 
     def revisit_first_task(self, before: list[float]) -> None:
@@ -176,13 +195,18 @@ class Trainer:
         self.revisit = {"task": 0, "accuracy_before": before, "accuracy_after": after}
 
     def steps_per_task(self, task: int) -> int:
+        """The steps of `task` in this run (see steps_for)."""
+        return self.steps_for(self.config, self.bench, task)
+
+    @staticmethod
+    def steps_for(config: RunConfig, bench: Benchmark, task: int) -> int:
         """Epochs × ⌊epoch size / b⌋ steps (at least one per epoch); with equal_iter, task t's epochs are
         multiplied by round(n_1 / n_t), so that every task gets about as many steps as the first (10× for
         tasks 2–6 of split-cifar10-100, as in SPEC §5)."""
-        epochs = self.config.epochs
-        if self.config.equal_iter:
-            epochs *= max(1, round(self.bench.epoch_size(0) / self.bench.epoch_size(task)))
-        return epochs * max(1, self.bench.epoch_size(task) // self.config.batch_size)
+        epochs = config.epochs
+        if config.equal_iter:
+            epochs *= max(1, round(bench.epoch_size(0) / bench.epoch_size(task)))
+        return epochs * max(1, bench.epoch_size(task) // config.batch_size)
 
     def train_task(self, task: int, reinit: bool = True) -> None:
         """The steps of one task, then the importance measurement and consolidation."""
@@ -191,8 +215,12 @@ class Trainer:
             reinitialize(self.model, set(reg.names), self.init_generator)
             reg.begin_task()
         self.current_task = task
-        self.task_started(task)
-        optimizer = make_optimizer(self.model, cfg.learning_rate)
+        steps = self.steps_per_task(task)
+        for callback in self.callbacks:
+            callback.on_task_start(self, task, steps)
+        optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.optimizer_settings())
+        schedule = make_schedule(optimizer, cfg.optimizer_settings(), steps,
+                                 self.bench.epoch_size(task) // cfg.batch_size)
         size, drop_last = self.bench.train_size(task), self.bench.drop_last
         batches = index_stream(size, cfg.batch_size, torch.Generator().manual_seed(derive_seed(cfg.seed, 3, task)),
                                drop_last, self.device)
@@ -203,39 +231,40 @@ class Trainer:
                                        self.device)
         forward = task_forward(self.model, task)
         start = time.perf_counter()
-        steps = range(self.steps_per_task(task))
-        for _ in tqdm(steps, desc=f"task {task + 1}/{self.bench.num_tasks}", disable=not self.progress, leave=False):
+        for task_step in range(steps):
             x, y = self.bench.batch(task, next(batches))
-            self.step(optimizer, forward, x, y,
-                      None if independent is None else self.bench.batch(task, next(independent)))
+            batch = Batch(task, task_step, x, y,
+                          None if independent is None else self.bench.batch(task, next(independent)), forward)
+            for callback in self.callbacks:
+                callback.on_before_step(self, batch)
+            lr = optimizer.param_groups[0]["lr"]
+            loss, penalty = self.step(optimizer, forward, x, y, batch.independent)
+            if schedule is not None:
+                schedule.step()
             self.steps_done += 1
-            if self.proxies is not None and self.steps_done % cfg.proxy_every == 0:
-                self.proxies.log(self.steps_done, task)
+            done = Step(self.steps_done, task, task_step + 1, loss, penalty, lr)
+            for callback in self.callbacks:
+                callback.on_step(self, done)
         self.guard.check(self.steps_done, task)
         synchronize(self.device)
         self.timing["train_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
         self.consolidate(task)
         self.timing["importance_seconds"] += time.perf_counter() - start
-        if self.proxies is not None and reg.measure.regularizes:
-            self.proxies.task_end(task)
-        self.task_ended(task)
+        for callback in self.callbacks:
+            callback.on_task_end(self, task)
 
     def wants_independent_batches(self) -> bool:
-        """True if each step needs a minibatch B'_t independent of B_t (for g'_t)."""
-        return self.reg.measure.needs_independent_gradient and not self.reg.split
-
-    def task_started(self, task: int) -> None:
-        """Hook for subclasses (analyses): the task's training starts (after any re-init)."""
-
-    def task_ended(self, task: int) -> None:
-        """Hook for subclasses (analyses): the task is trained and consolidated."""
+        """True if each step needs a minibatch B'_t independent of B_t (for g'_t, or for a callback)."""
+        return (self.reg.measure.needs_independent_gradient and not self.reg.split) or \
+            any(callback.needs_independent_batch for callback in self.callbacks)
 
     def step(self, optimizer: torch.optim.Optimizer, forward, x: Tensor, y: Tensor,
-             independent: tuple[Tensor, Tensor] | None) -> None:
+             independent: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor | None]:
         """One optimiser step on the task loss plus the penalty, with the measure's hooks; with dropout,
         the measure's g_t is taken in one more pass with dropout off (SPEC §2). With bf16, every pass of the
-        step runs in one autocast region, so each weight is cast to bf16 once per step, not once per pass."""
+        step runs in one autocast region, so each weight is cast to bf16 once per step, not once per pass.
+        Returns the step's task loss and, where a callback asked for it, the penalty R(θ_t)."""
         reg = self.reg
         optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.config.precision):  # one region per step: each weight is cast once
@@ -243,19 +272,25 @@ class Trainer:
                 half = len(y) // 2
                 first, second = task_loss(forward, x[:half], y[:half]), task_loss(forward, x[half:], y[half:])
                 reg.backward_split(first, second)
-                self.check_finite(first + second)
+                loss = (first.detach() + second.detach()) / 2
             else:
                 loss = task_loss(forward, x, y)
                 loss.backward()
-                self.check_finite(loss)
+                loss = loss.detach()
                 training = (lambda: task_loss(forward, x, y)) if self.dropout else None
                 other = None
-                if independent is not None:
+                if independent is not None and reg.measure.needs_independent_gradient:
                     xi, yi = independent
                     other = lambda: task_loss(forward, xi, yi)  # noqa: E731
                 if training or other:
                     reg.before_step(task_loss=training, independent_loss=other)
+        self.check_finite(loss)
+        penalty = None
+        if any(callback.wants_penalty(self.steps_done + 1) for callback in self.callbacks):
+            with torch.no_grad():
+                penalty = reg.penalty().detach()  # R(θ_t); evaluating it changes nothing (issue 13)
         reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass on the CPU
+        return loss, penalty
 
     def check_finite(self, loss: Tensor) -> None:
         """Record the step's task loss; Diverged is raised for the first NaN or infinite one (see
@@ -278,6 +313,19 @@ def task_loss(forward, x: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(forward(x), y)
 
 
+def check_fits(bench: Benchmark, config: RunConfig) -> None:
+    """Raise ValueError if a task has fewer training examples than one batch where epochs are whole
+    batches (split benchmarks): such a task could not take a single step."""
+    if not bench.drop_last:
+        return
+    small = [(t, bench.train_size(t)) for t in range(bench.num_tasks) if bench.train_size(t) < config.batch_size]
+    if small:
+        task, size = small[0]
+        raise ValueError(f"task {task + 1} of {bench.name} has {size} training examples, fewer than one batch of "
+                         f"{config.batch_size}: lower --batch-size to at most "
+                         f"{min(n for _, n in small)} (or give the tasks more data)")
+
+
 def load_benchmark(config: RunConfig) -> Benchmark:
     """The task sequence `config` asks for (loads, and if need be downloads, its data)."""
     return build_benchmark(config.benchmark, config.tasks, config.seed, config.evaluate_on, config.data_dir,
@@ -286,14 +334,21 @@ def load_benchmark(config: RunConfig) -> Benchmark:
 
 
 def run(config: RunConfig, progress: bool = True, bench: Benchmark | None = None,
-        checkpoint_path: str | Path | None = None, resume: bool = False) -> dict:
+        checkpoint_path: str | Path | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
+        log: StepLog | None = None) -> dict:
     """Run one configuration end to end; return the results as plain data. Raises Diverged if the
-    loss becomes NaN or infinite. `checkpoint_path`/`resume`: see `Trainer.run`."""
+    loss becomes NaN or infinite. `checkpoint_path`/`resume`: see `Trainer.run`; `log`: the step log
+    (with its sinks: a JSON-lines file, TensorBoard), closed at the end."""
     bench = bench or load_benchmark(config)
-    trainer = Trainer(config, bench, progress)
-    accuracy = trainer.run(checkpoint_path, resume)
+    log = log or StepLog()
+    trainer = Trainer(config, bench, progress, callbacks, log)
+    try:
+        accuracy = trainer.run(checkpoint_path, resume)
+    finally:
+        log.close()
     result = {"config": config.to_dict(), "device": describe(trainer.device), "benchmark": bench.describe(),
-              "accuracy_matrix": accuracy.tolist(), **metrics.summary(accuracy), "timing": trainer.timing}
+              "accuracy_matrix": accuracy.tolist(), **metrics.summary(accuracy), "timing": trainer.timing,
+              "loss_curve": log.curve()}
     if trainer.proxies is not None:
         result["proxy_losses"] = trainer.proxies.summary()
     if trainer.revisit is not None:

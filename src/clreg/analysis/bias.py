@@ -56,7 +56,7 @@ class BiasProbe(Probe):
         return dict(zip(SUMS, sums))
 
     def checkpoint(self, trainer, step, loss, full, batch) -> None:  # noqa: D102
-        theta = [p.detach().clone() for p in trained_parameters(trainer, trainer.task)]
+        theta = [p.detach().clone() for p in trained_parameters(trainer, trainer.current_task)]
         if self.last is None:
             self.start_loss = loss
         else:

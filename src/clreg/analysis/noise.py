@@ -32,7 +32,7 @@ class NoiseProbe(Probe):
             return
         difference = [b.double() - f.double() for b, f in zip(batch, full)]
         noise, signal = torch.stack([_squared_norm(difference), _squared_norm(full)]).tolist()  # one transfer
-        self.records.append({"task": trainer.task, "step": step, "noise": noise, "full": signal,
+        self.records.append({"task": trainer.current_task, "step": step, "noise": noise, "full": signal,
                              "ratio": noise / signal if signal > 0 else None})
 
     def summary(self) -> dict:

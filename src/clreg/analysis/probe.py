@@ -1,4 +1,4 @@
-"""A Trainer whose every step can be observed: g_t and g'_t (dropout off, task loss only), the step Δ_t,
+"""A Trainer callback that observes every step: g_t and g'_t (dropout off, task loss only), the step Δ_t,
 and, every k steps, the loss and gradient on the task's whole training set."""
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..callbacks import Batch, Callback, Step
 from ..models import MultiHead, task_forward
 from ..train import Trainer
 
@@ -15,19 +16,19 @@ class Probe:
 
     full_gradient_every = 0  # > 0: wants checkpoint() every this many steps (and at task start and end)
 
-    def task_started(self, trainer: "ProbeTrainer", task: int) -> None:
+    def task_started(self, trainer: "Trainer", task: int) -> None:
         """Training of `task` starts at trainer.reg.params = θ_start."""
 
-    def stepped(self, trainer: "ProbeTrainer", grads: list[Tensor], independent: list[Tensor], delta: list[Tensor]) -> None:
+    def stepped(self, trainer: "Trainer", grads: list[Tensor], independent: list[Tensor], delta: list[Tensor]) -> None:
         """One optimiser step was taken: g_t, g'_t at θ_t and Δ_t = θ_{t+1} − θ_t, for `trained_parameters`
         (the shared ones first, then the task's head)."""
 
-    def checkpoint(self, trainer: "ProbeTrainer", step: int, loss: float, full: list[Tensor], batch: list[Tensor] | None
+    def checkpoint(self, trainer: "Trainer", step: int, loss: float, full: list[Tensor], batch: list[Tensor] | None
                    ) -> None:
         """At θ_t, before step `step` of the task (and once after its last step, batch None): the training-set
         loss and gradient, and the minibatch gradient g_t of that step."""
 
-    def task_ended(self, trainer: "ProbeTrainer", task: int) -> None:
+    def task_ended(self, trainer: "Trainer", task: int) -> None:
         """`task` is trained and consolidated; the parameters are θ_end."""
 
 
@@ -57,50 +58,55 @@ def full_gradient(trainer: Trainer, task: int, chunk: int = 5000) -> tuple[float
     return float(sum(losses)) / n, total
 
 
-class ProbeTrainer(Trainer):
-    """Trains like Trainer and hands every step to `probes`; costs one extra pass per step for g_t and one for
-    g'_t, plus a pass over the training set at each checkpoint."""
+class Probes(Callback):
+    """Hands every step of a Trainer run to `probes`: g_t and g'_t (dropout off, task loss only) at θ_t,
+    Δ_t after the step, and every k steps the training-set loss and gradient. Costs one extra pass per step
+    for g_t and one for g'_t, plus a pass over the training set at each checkpoint."""
 
-    def __init__(self, config, bench, probes: list[Probe], progress: bool = True):
-        super().__init__(config, bench, progress)
-        if self.reg.split:
-            raise ValueError("analyses take g'_t from an independent minibatch: run them without sos split")
+    needs_independent_batch = True
+
+    def __init__(self, probes: list[Probe]):
         self.probes = probes
         every = [p.full_gradient_every for p in probes if p.full_gradient_every > 0]
         self.every = min(every) if every else 0
-        self.task = 0
-        self.task_step = 0
+        self.trainer: Trainer | None = None
+        self.task = self.task_step = 0
+        self.grads = self.other = self.before = None
 
-    def wants_independent_batches(self) -> bool:  # noqa: D102
-        return True
+    def on_run_start(self, trainer: Trainer) -> None:  # noqa: D102
+        if trainer.reg.split:
+            raise ValueError("analyses take g'_t from an independent minibatch: run them without sos split")
+        self.trainer = trainer
 
-    def task_started(self, task: int) -> None:  # noqa: D102
+    def on_task_start(self, trainer: Trainer, task: int, steps: int) -> None:  # noqa: D102
         self.task, self.task_step = task, 0
         for probe in self.probes:
-            probe.task_started(self, task)
+            probe.task_started(trainer, task)
 
-    def task_ended(self, task: int) -> None:  # noqa: D102
-        if self.every:
-            self._checkpoint(None)
-        for probe in self.probes:
-            probe.task_ended(self, task)
-
-    def step(self, optimizer, forward, x, y, independent) -> None:  # noqa: D102
-        params = trained_parameters(self, self.task)
-        grads = self.reg.gradient(lambda: F.cross_entropy(forward(x), y), params)
-        xi, yi = independent
-        other = self.reg.gradient(lambda: F.cross_entropy(forward(xi), yi), params)
+    def on_before_step(self, trainer: Trainer, batch: Batch) -> None:  # noqa: D102
+        params = trained_parameters(trainer, batch.task)
+        self.grads = trainer.reg.gradient(lambda: F.cross_entropy(batch.forward(batch.x), batch.y), params)
+        xi, yi = batch.independent
+        self.other = trainer.reg.gradient(lambda: F.cross_entropy(batch.forward(xi), yi), params)
         if self.every and self.task_step % self.every == 0:
-            self._checkpoint(grads)
-        before = [p.detach().clone() for p in params]
-        super().step(optimizer, forward, x, y, independent)
-        delta = torch._foreach_sub([p.detach() for p in params], before)
+            self._checkpoint(trainer, self.grads)
+        self.before = [p.detach().clone() for p in params]
+
+    def on_step(self, trainer: Trainer, step: Step) -> None:  # noqa: D102
+        params = trained_parameters(trainer, step.task)
+        delta = torch._foreach_sub([p.detach() for p in params], self.before)
         for probe in self.probes:
-            probe.stepped(self, grads, other, delta)
+            probe.stepped(trainer, self.grads, self.other, delta)
         self.task_step += 1
 
-    def _checkpoint(self, batch: list[Tensor] | None) -> None:
-        loss, full = full_gradient(self, self.task)
+    def on_task_end(self, trainer: Trainer, task: int) -> None:  # noqa: D102
+        if self.every:
+            self._checkpoint(trainer, None)
+        for probe in self.probes:
+            probe.task_ended(trainer, task)
+
+    def _checkpoint(self, trainer: Trainer, batch: list[Tensor] | None) -> None:
+        loss, full = full_gradient(trainer, self.task)
         for probe in self.probes:
             if probe.full_gradient_every:
-                probe.checkpoint(self, self.task_step, loss, full, batch)
+                probe.checkpoint(trainer, self.task_step, loss, full, batch)

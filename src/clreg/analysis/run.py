@@ -9,12 +9,12 @@ import numpy as np
 from .. import metrics
 from ..config import RunConfig
 from ..results import write_json
-from ..train import load_benchmark
+from ..train import Trainer, load_benchmark
 from . import plots
 from .bias import BiasProbe
 from .measures import PAIRS, MeasuresProbe
 from .noise import NoiseProbe
-from .probe import ProbeTrainer
+from .probe import Probes
 
 KINDS = ("measures", "bias", "noise")
 
@@ -33,7 +33,7 @@ def analyze(kind: str, config: RunConfig, out_dir: str | Path, every: int = 10, 
              "bias": lambda: BiasProbe(every), "noise": lambda: NoiseProbe(every)}[kind]()
     bench = bench or load_benchmark(config)
     start = time.perf_counter()
-    trainer = ProbeTrainer(config, bench, [probe], progress)
+    trainer = Trainer(config, bench, progress, [Probes([probe])])
     accuracy = trainer.run()
     data = {"analysis": kind, "config": config.to_dict(), "benchmark": bench.describe(),
             "accuracy_matrix": accuracy.tolist(), **metrics.summary(accuracy),

@@ -1,7 +1,7 @@
 """Task sequences: which data each task trains and is evaluated on (SPEC §5), and each benchmark's defaults."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .arrays import arrays_benchmark
@@ -13,22 +13,49 @@ from .tiny_imagenet import split_tiny_imagenet
 Benchmark = PermutedBenchmark | SplitBenchmark
 
 
+GENERIC_C = 1.0  # c where no good value is known for a benchmark and method: choose one with `clreg sweep`
+
+
 @dataclass(frozen=True)
 class Defaults:
-    """What a benchmark implies unless a run says otherwise: network, its widths, SI's ξ, n for post-task measures."""
+    """What a benchmark implies unless a run says otherwise: network and widths, epochs, batch size and
+    learning rate, SI's ξ, n for post-task measures, and (c, re-init) per method where a good value is known."""
 
     network: str
     widths: tuple[int, ...]
     xi: float
     samples: int
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float | None = None  # None: 1e-3 · b / 256 (SPEC §5)
+    methods: dict = field(default_factory=dict, hash=False)  # method → (c, re-init)
+
+    def method(self, name: str) -> tuple[float, bool, bool]:
+        """(c, re-init, known) for method `name`: the benchmark's value, else (GENERIC_C, off, False)."""
+        if name in self.methods:
+            return (*self.methods[name], True)
+        return (0.0 if name == "finetune" else GENERIC_C), False, name == "finetune"
 
 
-_MNIST = Defaults("mlp", (2000, 2000), 0.1, 1000)
-_CIFAR = Defaults("cifar-cnn", (32, 64, 512), 1e-3, 500)
-DEFAULTS = {"permuted-mnist": _MNIST, "permuted-fashion-mnist": _MNIST,
-            "permuted-digits": Defaults("mlp", (2000, 2000), 0.1, 500),
+# the authors' chosen (c, re-init) per method (SPEC §5, the paper's appendix)
+PMNIST_METHODS = {"si": (0.2, True), "siu": (2.0, True), "sib": (0.5, True), "sos": (1.0, True), "mas": (500.0, False),
+                  "af": (200.0, False), "sqrt-fisher": (2.0, False), "fisher": (1000.0, False),
+                  "mas-logits": (0.001, True), "finetune": (0.0, False)}
+CIFAR_METHODS = {"si": (5.0, True), "siu": (2.0, False), "sib": (5.0, True), "sos": (500.0, True), "mas": (200.0, True),
+                 "af": (1000.0, True), "sqrt-fisher": (10.0, True), "fisher": (5e4, True), "mas-logits": (0.1, True),
+                 "finetune": (0.0, False)}
+# tuned for `clreg demo` (5 tasks, 5 epochs, 200-200, b = 32, lr 1e-3)
+DIGITS_METHODS = {"fisher": (100.0, False), "si": (30.0, False), "sos": (10.0, False), "mas": (10.0, False),
+                  "finetune": (0.0, False)}
+_MNIST = Defaults("mlp", (2000, 2000), 0.1, 1000, methods=PMNIST_METHODS)
+_CIFAR = Defaults("cifar-cnn", (32, 64, 512), 1e-3, 500, epochs=60, lr=1e-3)  # lr not scaled with b (SPEC §5)
+DEFAULTS = {"permuted-mnist": _MNIST, "permuted-fashion-mnist": Defaults("mlp", (2000, 2000), 0.1, 1000),
+            "permuted-digits": Defaults("mlp", (200, 200), 0.1, 500, epochs=5, batch_size=32, lr=1e-3,
+                                        methods=DIGITS_METHODS),
             "split-mnist": Defaults("mlp", (400, 400), 0.1, 1000),
-            "split-cifar10-100": _CIFAR, "split-cifar10": _CIFAR, "split-tiny-imagenet": _CIFAR,
+            "split-cifar10-100": Defaults("cifar-cnn", (32, 64, 512), 1e-3, 500, epochs=60, lr=1e-3,
+                                          methods=CIFAR_METHODS),
+            "split-cifar10": _CIFAR, "split-tiny-imagenet": _CIFAR,
             "arrays:PATH": Defaults("mlp", (400, 400), 0.1, 500)}
 BENCHMARKS = tuple(DEFAULTS)
 

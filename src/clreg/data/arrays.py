@@ -31,9 +31,15 @@ def load_arrays(path: str | Path) -> UserArrays:
     if not path.is_file():
         raise DataFileError(f"{path}: no such file (arrays:PATH needs a .npz file)")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataFileError(f"{path}: a .npy file holds one array; arrays:PATH needs a .npz file with "
+                                f"{', '.join(REQUIRED)} (np.savez(path, x_train=..., y_train=..., ...))")
+        with loaded as z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        if isinstance(err, DataFileError):
+            raise
         raise DataFileError(f"{path}: cannot be read as a .npz of plain arrays (object arrays are refused "
                             f"because loading them runs pickle): {err}") from None
     missing = [k for k in REQUIRED if k not in arrays]

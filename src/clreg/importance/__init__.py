@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import inspect
+from importlib.metadata import entry_points
 
+from ..options import Option, merge
 from .base import ImportanceMeasure, TaskSample
 from .sensitivity import (L2, AbsoluteFisher, FineTune, Fisher, L2Constant, MaxMemoryAwareSynapses,
                           MaxMemoryAwareSynapsesLogits, MemoryAwareSynapses, MemoryAwareSynapsesLogits,
@@ -11,13 +13,26 @@ from .statistic import StepStatistic
 from .trajectory import (SecondOrderSynapses, SynapticIntelligence, SynapticIntelligenceBias,
                          SynapticIntelligenceUnbiased, TrajectoryMeasure, auto_alpha)
 
-REGISTRY: dict[str, type[ImportanceMeasure]] = {
-    cls.name: cls
-    for cls in (SynapticIntelligence, SynapticIntelligenceUnbiased, SynapticIntelligenceBias,
-                SecondOrderSynapses, Fisher, SqrtFisher, AbsoluteFisher, MemoryAwareSynapses,
-                MemoryAwareSynapsesLogits, MaxMemoryAwareSynapses, MaxMemoryAwareSynapsesLogits,
-                WeightMagnitude, L2, L2Constant, FineTune)
-}
+REGISTRY: dict[str, type[ImportanceMeasure]] = {}
+ENTRY_POINTS = "clreg.measures"  # other packages register measures under this entry-point group
+
+
+def register(cls: type[ImportanceMeasure]) -> type[ImportanceMeasure]:
+    """Add a measure under `cls.name` (usable as a class decorator). Its declared `settings` become run
+    settings, flags and `clreg methods` lines; register before `clreg.config` is imported (entry points
+    in the clreg.measures group are loaded when clreg.importance is)."""
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"a measure needs a name not yet registered, got {cls.name!r} ({cls.__name__})")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+for _cls in (SynapticIntelligence, SynapticIntelligenceUnbiased, SynapticIntelligenceBias, SecondOrderSynapses,
+             Fisher, SqrtFisher, AbsoluteFisher, MemoryAwareSynapses, MemoryAwareSynapsesLogits,
+             MaxMemoryAwareSynapses, MaxMemoryAwareSynapsesLogits, WeightMagnitude, L2, L2Constant, FineTune):
+    register(_cls)
+for _entry in entry_points(group=ENTRY_POINTS):
+    register(_entry.load())
 ALIASES = {"ewc": "fisher"}
 
 
@@ -26,19 +41,30 @@ def method_names() -> list[str]:
     return list(REGISTRY) + list(ALIASES)
 
 
-def create(name: str, **options) -> ImportanceMeasure:
-    """Instantiate the measure registered under `name` (or an alias) with its options."""
+def measure_class(name: str) -> type[ImportanceMeasure]:
+    """The class registered under `name` or an alias; ValueError naming the choices otherwise."""
     key = ALIASES.get(name, name)
     if key not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}")
-    accepted = [n for n in inspect.signature(REGISTRY[key]).parameters if n != "self"]
+    return REGISTRY[key]
+
+
+def settings() -> tuple[Option, ...]:
+    """Every registered measure's run settings, each once."""
+    return merge(*(cls.settings for cls in REGISTRY.values()))
+
+
+def create(name: str, **options) -> ImportanceMeasure:
+    """Instantiate the measure registered under `name` (or an alias) with its options."""
+    cls = measure_class(name)
+    accepted = [n for n in inspect.signature(cls).parameters if n != "self"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"method {name!r} has no option {', '.join(map(repr, unknown))}; "
                          f"its options are: {', '.join(accepted) or 'none'}")
-    return REGISTRY[key](**options)
+    return cls(**options)
 
 
 __all__ = ["ImportanceMeasure", "TaskSample", "StepStatistic", "TrajectoryMeasure",
-           "REGISTRY", "ALIASES", "create", "method_names", "auto_alpha",
+           "REGISTRY", "ALIASES", "create", "register", "measure_class", "method_names", "settings", "auto_alpha",
            *[cls.__name__ for cls in REGISTRY.values()]]

@@ -7,6 +7,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..options import Option
+
 
 @dataclass
 class TaskSample:
@@ -35,6 +37,8 @@ class ImportanceMeasure:
     needs_sample: bool = False  # task_importance needs a TaskSample
     cumulative: bool = True  # Ω ← Ω + ω (False: Ω ← ω, as for l2-const)
     regularizes: bool = True  # False only for fine-tuning (no penalty at all)
+    settings: tuple[Option, ...] = ()  # the run settings this measure takes (config, CLI, `clreg methods`)
+    from_run: tuple[str, ...] = ()  # other run settings passed to the constructor (batch_size, seed)
 
     def begin_task(self, params: list[Tensor]) -> None:
         """Reset per-task state; `params` are the shared parameters at the start of the task."""

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..options import Option
 from .base import ImportanceMeasure, TaskSample
 from .persample import per_sample_statistics
 
@@ -79,6 +80,11 @@ class Fisher(SensitivityMeasure):
     name = "fisher"
     description = "EWC: diagonal Fisher information, per-sample g^2 (exact over labels; sampled; empirical)"
     modes = ("exact", "sampled", "empirical")
+    settings = (Option("fisher_mode", str, "exact", "Fisher family: exact (all labels), sampled or empirical",
+                       choices=modes, argument="mode"),
+                Option("fisher_draws", int, 1, "Fisher family, sampled: labels drawn per sample", minimum=1,
+                       argument="draws"))
+    from_run = ("seed",)
 
     def __init__(self, mode: str = "exact", draws: int = 1, seed: int = 0):
         if mode not in self.modes:

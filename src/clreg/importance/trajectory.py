@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..options import Option, number_or
 from .base import ImportanceMeasure, TaskSample, clone_all, zeros_like_all
 from .statistic import StepStatistic
 
@@ -59,6 +60,8 @@ class SynapticIntelligence(TrajectoryMeasure):
     name = "si"
     description = "Synaptic Intelligence: path integral -g_t*Delta_t, rescaled by (Delta theta)^2 + xi"
     weights = (1.0, 0.0)  # u = a·g_t + b·g'_t in the path integral −u ⊙ Δ_t
+    settings = (Option("xi", float, None, "SI family: damping xi > 0 in (theta_end - theta_start)^2 + xi",
+                       minimum=0.0, above=True, default_text="the benchmark's: 0.1 on MNIST, 1e-3 on CIFAR"),)
 
     def __init__(self, xi: float = 0.1, rescale: bool = True, clip: bool = True):
         super().__init__()
@@ -113,6 +116,13 @@ class SecondOrderSynapses(TrajectoryMeasure):
 
     name = "sos"
     description = "Second-Order Synapses: sqrt of a decaying average of (g_t - alpha g'_t)^2"
+    settings = (Option("sos_alpha", number_or("auto"), 0.0, "SOS: alpha in (g - alpha g')^2, a number or 'auto' "
+                       "((b - sqrt(2b - 1)) / (b - 1))", flag="--alpha", argument="alpha"),
+                Option("sos_bias_correction", bool, True, "SOS: divide v by 1 - beta2^T", flag="--bias-correction",
+                       argument="bias_correction"),
+                Option("sos_split", bool, False, "SOS: g and g' from the two halves of the minibatch",
+                       flag="--split", argument="split"))
+    from_run = ("batch_size",)
 
     def __init__(self, alpha: float | str = 0.0, beta2: float = 0.999, bias_correction: bool = True,
                  split: bool = False, batch_size: int | None = None):

@@ -1,0 +1,77 @@
+"""What a training run tells the code watching it: the callback protocol of `clreg.train.Trainer`.
+
+A callback overrides the events it wants; every method is optional. Order within one task:
+on_run_start, then per task: on_task_start → (on_before_step → on_step) × steps → on_task_end (after consolidation) → on_evaluation.
+Values stay tensors on the training device: a callback that turns them into numbers decides how often
+the host waits for the device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .train import Trainer
+
+
+@dataclass
+class Batch:
+    """The minibatch of the step about to be taken, at θ_t."""
+
+    task: int
+    task_step: int  # steps of this task already taken
+    x: Tensor
+    y: Tensor
+    independent: tuple[Tensor, Tensor] | None  # B'_t where the measure or a callback wants one
+    forward: Callable[[Tensor], Tensor]  # inputs → logits of the task's head
+
+
+@dataclass
+class Step:
+    """One optimiser step, just taken."""
+
+    step: int  # counted over the run, from 1
+    task: int
+    task_step: int  # counted within the task, from 1
+    loss: Tensor  # the task loss of the step's minibatch at θ_t (0-dim, on the device)
+    penalty: Tensor | None  # R(θ_t), where a callback asked for it (`wants_penalty`), else None
+    lr: float  # the learning rate the step used
+
+
+class Callback:
+    """Base class: every event is a no-op."""
+
+    needs_independent_batch = False  # True: every Batch carries an independent minibatch B'_t
+
+    def on_run_start(self, trainer: "Trainer") -> None:
+        """The trainer is built (model, regulariser, benchmark on its device); no step taken yet. A
+        callback that cannot work with this run raises ValueError here."""
+
+    def on_task_start(self, trainer: "Trainer", task: int, steps: int) -> None:
+        """Training of `task` starts (after any re-initialisation); it will take `steps` steps."""
+
+    def on_before_step(self, trainer: "Trainer", batch: Batch) -> None:
+        """The step on `batch` is about to be taken."""
+
+    def wants_penalty(self, step: int) -> bool:
+        """True to receive R(θ_t) with step `step` (counted from 1); evaluating it costs a pass over the
+        parameters, so ask only on the steps you record."""
+        return False
+
+    def on_step(self, trainer: "Trainer", step: Step) -> None:
+        """An optimiser step was taken."""
+
+    def on_task_end(self, trainer: "Trainer", task: int) -> None:
+        """`task` is trained and consolidated (its importance measured)."""
+
+    def on_evaluation(self, trainer: "Trainer", task: int, accuracy: list[float]) -> None:
+        """After training `task`: the accuracy on every task of the sequence."""
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs (plain data and tensors), saved in checkpoints between tasks."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict`."""
