@@ -5,7 +5,7 @@ from clreg.benchmarks import permuted_mnist
 from clreg.config import RunConfig
 from clreg.train import run
 
-SCALE = dict(tasks=3, epochs=1, hidden=[100, 100], batch_size=256, seed=0)
+SCALE = dict(tasks=3, epochs=1, hidden=[100, 100], batch_size=256, seed=0, reinit=False)
 
 
 

@@ -75,3 +75,26 @@ class Callback:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict`."""
+
+
+class RunningLoss:
+    """The mean of step losses since the last read, summed on the device (one in-place add per step; the
+    host waits only when `pop` reads it)."""
+
+    def __init__(self):
+        self.total: Tensor | None = None
+        self.count = 0
+
+    def add(self, loss: Tensor) -> None:
+        """One step's loss."""
+        if self.total is None:
+            self.total = loss.float().clone()
+        else:
+            self.total.add_(loss)
+        self.count += 1
+
+    def pop(self) -> float:
+        """The mean since the last pop, and start afresh."""
+        mean = float(self.total) / self.count
+        self.total, self.count = None, 0
+        return mean

@@ -45,7 +45,8 @@ RUN_OPTIONS = (
     Option("batch_size", int, None, "minibatch size b", minimum=1, default_text=BENCHMARK_DEFAULT),
     Option("network", str, None, f"one of: {', '.join(NETWORKS)}", choices=tuple(NETWORKS),
            default_text="the benchmark's"),
-    Option("hidden", _widths, None, "widths, comma-separated: MLP hidden layers, or cifar-cnn's conv1,conv2,dense",
+    Option("hidden", _widths, None, "widths, comma-separated: MLP hidden layers, cifar-cnn's conv1,conv2,dense, or "
+           "a VGG's two dense layers",
            default_text=BENCHMARK_DEFAULT),
     Option("equal_iter", bool, False, "every task as many steps as the first (split-cifar10-100: tasks 2-6 get "
            "10x epochs)"),
@@ -98,6 +99,8 @@ class _RunConfig:
         self._resolve_benchmark_defaults()
         checks = [(self.network_name != "cifar-cnn" or len(self.widths) == 3,
                    f"the cifar-cnn network takes 3 widths (conv stage 1, conv stage 2, dense), got {self.widths}"),
+                  (not self.network_name.startswith("vgg-") or len(self.widths) == 2,
+                   f"the {self.network_name} network takes 2 widths (its two dense layers), got {self.widths}"),
                   (self.benchmark.startswith("arrays:") or (self.split_classes is None and self.permute is None),
                    "--split-classes and --permute apply to arrays:PATH benchmarks only"),
                   (not (self.sos_split and self.network_name == "cifar-cnn"),

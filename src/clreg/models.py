@@ -6,8 +6,11 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-NETWORKS = ("mlp", "cifar-cnn")
-DEFAULT_WIDTHS = {"mlp": [2000, 2000], "cifar-cnn": [32, 64, 512]}
+from .vgg import CONFIGS as VGG_CONFIGS, VGG, vgg_init
+
+NETWORKS = ("mlp", "cifar-cnn", *VGG_CONFIGS)
+DEFAULT_WIDTHS = {"mlp": [2000, 2000], "cifar-cnn": [32, 64, 512],
+                  **{name: list(dense) for name, (_, dense) in VGG_CONFIGS.items()}}
 
 
 class MLP(nn.Sequential):
@@ -30,7 +33,12 @@ class MLP(nn.Sequential):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Glorot-uniform weights, constant biases (0.1 as in SPEC §5)."""
-        glorot_init(self, self.bias_init, generator)
+        self.initialize(self, generator)
+
+    def initialize(self, module: nn.Module, generator: torch.Generator | None = None,
+                   names: set[str] | None = None) -> None:
+        """This network's initialisation applied to `module` (itself, its heads, or the weights in `names`)."""
+        glorot_init(module, self.bias_init, generator, names)
 
 
 class CifarNet(nn.Sequential):
@@ -67,7 +75,12 @@ class CifarNet(nn.Sequential):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Glorot-uniform weights, zero biases (SPEC §5)."""
-        glorot_init(self, self.bias_init, generator)
+        self.initialize(self, generator)
+
+    def initialize(self, module: nn.Module, generator: torch.Generator | None = None,
+                   names: set[str] | None = None) -> None:
+        """This network's initialisation applied to `module` (itself, its heads, or the weights in `names`)."""
+        glorot_init(module, self.bias_init, generator, names)
 
 
 class MultiHead(nn.Module):
@@ -123,14 +136,16 @@ def build_model(network: str, in_shape: Sequence[int], widths: Sequence[int], cl
         body = MLP(features, widths, out)
     elif network == "cifar-cnn":
         body = CifarNet(in_shape, widths, out)
+    elif network in VGG_CONFIGS:
+        body = VGG(network, in_shape, widths, out)
     else:
         raise ValueError(f"unknown network {network!r}; choose one of: {', '.join(NETWORKS)}")
-    glorot_init(body, body.bias_init, generator)
+    body.initialize(body, generator)
     if not multi:
         return body
     heads = [nn.Linear(body.out_features, k) for k in classes]
     model = MultiHead(body, heads)
-    glorot_init(model.heads, body.bias_init, generator)
+    body.initialize(model.heads, generator)
     return model
 
 
@@ -138,7 +153,7 @@ def reinitialize(model: nn.Module, names: set[str], generator: torch.Generator |
     """Re-draw the weights named in `names` (the shared ones), keeping the network's bias constant."""
     body = model.body if isinstance(model, MultiHead) else model
     prefix = "body." if isinstance(model, MultiHead) else ""
-    glorot_init(body, body.bias_init, generator, names={n[len(prefix):] for n in names if n.startswith(prefix)})
+    body.initialize(body, generator, names={n[len(prefix):] for n in names if n.startswith(prefix)})
 
 
 @torch.no_grad()

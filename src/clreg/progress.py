@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import time
 
-from torch import Tensor
 from tqdm import tqdm
 
-from .callbacks import Callback
+from .callbacks import Callback, RunningLoss
 
 
 class ProgressBar(Callback):
@@ -16,20 +15,17 @@ class ProgressBar(Callback):
     def __init__(self, every: int = 25):
         self.every = every
         self.bar: tqdm | None = None
-        self.total: Tensor | None = None
-        self.count = 0
+        self.loss = RunningLoss()
 
     def on_task_start(self, trainer, task: int, steps: int) -> None:  # noqa: D102
         self.bar = tqdm(total=steps, desc=f"task {task + 1}/{trainer.bench.num_tasks}", leave=False)
-        self.total, self.count = None, 0
+        self.loss = RunningLoss()
 
     def on_step(self, trainer, step) -> None:  # noqa: D102
-        self.total = step.loss.float() if self.total is None else self.total + step.loss
-        self.count += 1
+        self.loss.add(step.loss)
         self.bar.update(1)
-        if self.count == self.every:
-            self.bar.set_postfix(loss=f"{float(self.total) / self.count:.4f}", refresh=False)
-            self.total, self.count = None, 0
+        if self.loss.count == self.every:
+            self.bar.set_postfix(loss=f"{self.loss.pop():.4f}", refresh=False)
 
     def on_task_end(self, trainer, task: int) -> None:  # noqa: D102
         self.bar.close()

@@ -6,9 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from torch import Tensor
-
-from .callbacks import Callback
+from .callbacks import Callback, RunningLoss
 
 POINTS_PER_TASK = 200  # step records per task unless `every` is given
 CURVE_POINTS_PER_TASK = 20  # points per task in a result's loss curve
@@ -105,27 +103,23 @@ class StepLog(Callback):
         self.records: list[dict] = []
         self.evaluations: list[dict] = []
         self.every, self.first, self.steps = 1, 0, 0
-        self.total: Tensor | None = None
-        self.count = 0
+        self.loss = RunningLoss()
 
     def on_task_start(self, trainer, task: int, steps: int) -> None:  # noqa: D102
         self.every = self.fixed_every or max(1, steps // self.points)
         self.first, self.steps = trainer.steps_done, steps
-        self.total, self.count = None, 0
+        self.loss = RunningLoss()
 
     def wants_penalty(self, step: int) -> bool:  # noqa: D102
         task_step = step - self.first
         return task_step % self.every == 0 or task_step == self.steps
 
     def on_step(self, trainer, step) -> None:  # noqa: D102
-        self.total = step.loss.float() if self.total is None else self.total + step.loss
-        self.count += 1
+        self.loss.add(step.loss)
         if not self.wants_penalty(step.step):
             return
-        record = {"step": step.step, "task": step.task, "task_step": step.task_step,
-                  "loss": float(self.total) / self.count,
+        record = {"step": step.step, "task": step.task, "task_step": step.task_step, "loss": self.loss.pop(),
                   "penalty": None if step.penalty is None else float(step.penalty), "lr": step.lr}
-        self.total, self.count = None, 0
         self.records.append(record)
         for sink in self.sinks:
             sink.write(record)

@@ -1,0 +1,69 @@
+"""De Lange et al.'s VGG networks: parameter counts from the layer lists, shapes, initialisation, and a short
+end-to-end run on generated Tiny ImageNet files."""
+import numpy as np
+import pytest
+import torch
+
+from clreg.config import RunConfig
+from clreg.models import MultiHead, build_model
+from clreg.train import Trainer, load_benchmark
+from clreg.vgg import CONFIGS, POOL
+
+# their definitions (Mattdl/CLsurvey, src/models/VGGSlim.py) on 64×64×3 with a 10-way head
+EXPECTED = {"vgg-small": 614_090, "vgg-base": 3_510_858, "vgg-wide": 8_963_466, "vgg-deep": 6_646_154}
+
+
+def count_by_hand(layers, dense, classes=10, side=64):
+    """Parameters of 3×3 convolutions (weights + bias), then flatten → dense[0] → dense[1] → classes."""
+    total, channels = 0, 3
+    for item in layers:
+        if item == POOL:
+            side //= 2
+        else:
+            total += 9 * channels * item + item
+            channels = item
+    widths = [channels * side * side, *dense, classes]
+    return total + sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_parameter_counts_and_shapes(name):
+    layers, dense = CONFIGS[name]
+    assert count_by_hand(layers, dense) == EXPECTED[name]
+    model = build_model(name, (3, 64, 64), list(dense), 10, torch.Generator().manual_seed(0))
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED[name]
+    assert model(torch.rand(5, 3, 64, 64)).shape == (5, 10)
+    heads = build_model(name, (3, 64, 64), list(dense), [10, 10, 10], torch.Generator().manual_seed(0))
+    assert isinstance(heads, MultiHead) and heads(torch.rand(2, 3, 64, 64), 2).shape == (2, 10)
+    assert sum(p.numel() for p in heads.body.parameters()) == EXPECTED[name] - (dense[1] * 10 + 10)
+
+
+@torch.no_grad()
+def test_initialisation_is_theirs():
+    model = build_model("vgg-wide", (3, 64, 64), [512, 512], 10, torch.Generator().manual_seed(0))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for conv in convs[-2:]:  # the large ones: the sample std is close to the target
+        target = (2 / (conv.out_channels * 9)) ** 0.5  # Kaiming normal, fan-out, ReLU
+        assert float(conv.weight.std()) == pytest.approx(target, rel=0.02) and float(conv.bias.abs().max()) == 0
+    assert float(linears[0].weight.std()) == pytest.approx(0.01, rel=0.02)
+    same = build_model("vgg-wide", (3, 64, 64), [512, 512], 10, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), same.parameters()))  # seeded
+    with pytest.raises(ValueError, match="vgg-small needs image inputs .* at least 16x16"):
+        build_model("vgg-small", (3, 8, 8), [128, 128], 10)
+    with pytest.raises(ValueError, match="the vgg-base network takes 2 widths"):
+        RunConfig(network="vgg-base", hidden=[1, 2, 3])
+
+
+def test_short_run_on_generated_tiny_imagenet(tmp_path):
+    pytest.importorskip("PIL")
+    from test_datasets import write_tiny_imagenet
+
+    write_tiny_imagenet(tmp_path, classes=20, per_class=6, val_per_class=2)
+    config = RunConfig(benchmark="split-tiny-imagenet", network="vgg-small", method="si", c=1.0, tasks=2, epochs=1,
+                       batch_size=4, data_dir=str(tmp_path), device="cpu")
+    trainer = Trainer(config, load_benchmark(config), progress=False)
+    accuracy = trainer.run()
+    assert accuracy.shape == (2, 2) and np.all((accuracy >= 0) & (accuracy <= 1))
+    assert isinstance(trainer.model, MultiHead) and len(trainer.model.heads) == 2
+    assert all(torch.isfinite(o).all() and float(o.sum()) > 0 for o in trainer.reg.omega.values())
