@@ -143,6 +143,7 @@ def test_side_by_side_si_equals_the_trained_method(blobs):
     assert set(probe.tasks[0]["pairs"]) >= {"si vs sos", "mas vs sqrt-fisher"}
 
 
+@pytest.mark.slow
 def test_every_analysis_writes_its_data_figures_and_summary(blobs, tmp_path):
     from PIL import Image
 

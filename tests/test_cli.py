@@ -124,6 +124,7 @@ def test_missing_data_is_one_clear_error(tmp_path):
     assert "train-images-idx3-ubyte.gz" in result.stderr and "t10k-labels-idx1-ubyte.gz" in result.stderr
 
 
+@pytest.mark.slow
 def test_run_writes_json(tmp_path, mnist_dir):
     out = tmp_path / "run.json"
     result = clreg("run", "--method", "sos", "--c", "1", "--tasks", "2", "--epochs", "1", "--hidden", "50",
@@ -139,6 +140,7 @@ def test_run_writes_json(tmp_path, mnist_dir):
     assert "after \\ on" in result.stdout and "average accuracy" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_regularisers_beat_finetuning():
     result = clreg("demo")
     assert result.returncode == 0, result.stderr
@@ -148,6 +150,7 @@ def test_demo_regularisers_beat_finetuning():
         assert rows[method] > rows["finetune"] + 10, rows
 
 
+@pytest.mark.slow
 def test_debiased_revisit_and_proxy_losses_end_to_end(tmp_path):
     out = tmp_path / "r.json"
     result = clreg("run", "--benchmark", "permuted-digits", "--method", "ewc", "--c", "20", "--tasks", "3",

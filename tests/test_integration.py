@@ -5,6 +5,7 @@ from clreg.benchmarks import permuted_mnist
 from clreg.config import RunConfig
 from clreg.train import run
 
+pytestmark = pytest.mark.slow  # real training end to end: minutes
 SCALE = dict(tasks=3, epochs=1, hidden=[100, 100], batch_size=256, seed=0, reinit=False)
 
 

@@ -95,6 +95,7 @@ def test_run_file_and_flags(tmp_path):
         read_run_file(tmp_path / "missing.yaml")
 
 
+@pytest.mark.slow
 def test_cli_config_file_flags_override_and_result_replays(tmp_path):
     spec = tmp_path / "run.yaml"
     spec.write_text(yaml.safe_dump({"benchmark": "permuted-digits", "method": "sos", "c": 3.0, "tasks": 2,
@@ -117,6 +118,7 @@ def test_cli_config_file_flags_override_and_result_replays(tmp_path):
     assert bad.returncode == 2 and "Invalid value for '--momentum': must be <= 1, got 2.0" in bad.stderr
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

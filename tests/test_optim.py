@@ -104,6 +104,7 @@ def test_fused_and_unfused_runs_agree_under_adamw_and_a_schedule(monkeypatch, me
     assert np.abs(fused_accuracy - plain_accuracy).max() <= 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 @pytest.mark.parametrize("method", ["si", "siu", "sib", "sos", "fisher", "sqrt-fisher", "mas", "l2", "finetune"])
 def test_every_optimizer_with_every_measure(optimizer, method):

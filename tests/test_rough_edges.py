@@ -72,6 +72,7 @@ def test_bad_user_data_is_one_line_and_exit_2(tmp_path, case, message):
         assert "fewer than one batch of 256: lower --batch-size to at most 18" in lines[-1]
 
 
+@pytest.mark.slow
 def test_too_many_tasks_is_exit_2(mnist_dir):
     p = clreg_run("--benchmark", "split-mnist", "--tasks", "20", "--data-dir", str(mnist_dir))
     assert p.returncode == 2 and "--tasks must be 1..5, got 20" in p.stderr and "Traceback" not in p.stderr
@@ -87,6 +88,7 @@ def test_multihead_end_task_without_forward_says_what_to_pass():
     assert set(omega) == {"body.weight", "body.bias"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("network, hidden, data", [("mlp", [16], "permuted"), ("cifar-cnn", [4, 4, 8], "split")])
 def test_training_and_every_measure_emit_no_warnings(tmp_path, network, hidden, data):
     """Warnings are errors here: training, the trajectory statistics and every post-task measure (the
@@ -127,6 +129,7 @@ def test_sweep_whose_runs_all_fail_says_so_and_exits_1(tmp_path):
     assert all(r["message"].startswith("DataFileError: ") and "Traceback" in r["error"] for r in rows)
 
 
+@pytest.mark.slow
 def test_benchmark_defaults_make_a_bare_run_sensible():
     """A bare `clreg run --benchmark permuted-digits` takes the benchmark's epochs, widths, batch size and
     SI's known c: SI now beats fine-tuning by far (with P-MNIST's c = 0.2 it scored below it)."""

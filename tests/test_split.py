@@ -65,6 +65,7 @@ def test_drop_last_epochs_are_full_batches_of_one_shuffle():
         next(index_stream(3, 4, torch.Generator(), drop_last=True))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_CIFAR10, reason="no real CIFAR-10 copy")
 def test_split_cifar10_real():
     bench = split_cifar10(None, "test", REAL)
@@ -74,6 +75,7 @@ def test_split_cifar10_real():
     assert bench.tasks[3].train.y[0] == 0 and bench.tasks[3].train.x[0, :, 0, 0].mul(255).round().tolist() == [59, 62, 63]
 
 
+@pytest.mark.slow
 def test_split_mnist_real(mnist_dir):
     bench = split_mnist(None, "validation", mnist_dir)
     assert bench.num_tasks == 5 and bench.input_shape == (784,) and bench.classes == [2] * 5
@@ -84,6 +86,7 @@ def test_split_mnist_real(mnist_dir):
         build_benchmark("split-mnist", 6, 0, "test", mnist_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_CIFAR10, reason="no real CIFAR-10 copy")
 def test_split_cifar10_two_tasks_one_epoch_learns_both():
     config = RunConfig(benchmark="split-cifar10", method="si", c=5.0, tasks=2, epochs=1, hidden=[8, 16, 64],

@@ -22,6 +22,7 @@ from clreg.store import Store
 from clreg.steplog import JsonLines, StepLog
 from clreg.train import Trainer, load_benchmark
 
+pytestmark = pytest.mark.slow  # real training end to end: minutes
 CLREG = [sys.executable, "-c", "from clreg.cli import main; main()"]
 SETTINGS = {"tasks": 3, "epochs": 2, "batch_size": 32, "hidden": [64], "lr": 0.001}
 SPEC = {"benchmark": "permuted-digits", "settings": SETTINGS, "seeds": 2,

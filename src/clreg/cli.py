@@ -273,7 +273,7 @@ def check_sweep_data(spec, runtime: dict) -> None:
     for entry in spec.entries:
         config = RunConfig.from_dict({**spec.config(entry, entry.c[0], entry.reinit[0], spec.seeds[0],
                                                      spec.final_evaluate_on).canonical(), **runtime})
-        data = (config.benchmark, config.tasks, config.split_classes, config.permute)
+        data = (config.benchmark, config.tasks, config.split_classes, config.permute, tuple(config.task_sizes or ()))
         if data not in seen:
             seen.add(data)
             load_data(config)

@@ -27,6 +27,18 @@ def _widths(value) -> list[int]:
     raise ValueError(f"must be positive integers (a list, or separated by commas: 2000,2000), got {value!r}")
 
 
+def _sizes(value) -> list[int]:
+    """Task sizes from a list or from '1000,60000'."""
+    try:
+        sizes = [int(v) for v in (value.split(",") if isinstance(value, str) else value)]
+    except (TypeError, ValueError):
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes) or (not isinstance(value, str) and
+                                                   any(isinstance(v, bool) or not isinstance(v, int) for v in value)):
+        raise ValueError(f"must be positive integers (a list, or separated by commas: 1000,55000), got {value!r}")
+    return sizes
+
+
 def _method(name: str) -> None:
     if name not in importance.method_names():
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(importance.method_names())}")
@@ -65,6 +77,9 @@ RUN_OPTIONS = (
            "(0: off)", minimum=0),
     Option("proxy_samples", int, 500, "test samples per task for the measured loss increase", minimum=1),
     Option("split_classes", int, None, "arrays:PATH: tasks of K consecutive classes (multi-head)", minimum=1),
+    Option("task_sizes", _sizes, None, "permuted benchmarks: each task's training examples, one number per task, "
+           "comma-separated (a fixed random subset; a task's epoch is its size)", key_when_default=False,
+           default_text="all"),
     Option("permute", int, None, "arrays:PATH: T pixel-permuted tasks (one head)", minimum=1),
     Option("trust_pickle", bool, False, "unpickle CIFAR python-version files whose md5 is not the canonical one "
            "(unpickling can run code)", in_key=False),

@@ -330,7 +330,7 @@ def load_benchmark(config: RunConfig) -> Benchmark:
     """The task sequence `config` asks for (loads, and if need be downloads, its data)."""
     return build_benchmark(config.benchmark, config.tasks, config.seed, config.evaluate_on, config.data_dir,
                            trust_pickle=config.trust_pickle, split_classes=config.split_classes,
-                           permute=config.permute)
+                           permute=config.permute, task_sizes=config.task_sizes)
 
 
 def run(config: RunConfig, progress: bool = True, bench: Benchmark | None = None,

@@ -78,8 +78,20 @@ def check_name(name: str) -> None:
 
 def build_benchmark(name: str, num_tasks: int | None, seed: int, evaluate_on: str = "test",
                     data_dir: str | Path | None = None, *, trust_pickle: bool = False,
-                    split_classes: int | None = None, permute: int | None = None) -> Benchmark:
-    """The benchmark registered under `name`, with its first `num_tasks` tasks (None: its default count)."""
+                    split_classes: int | None = None, permute: int | None = None,
+                    task_sizes: list[int] | None = None) -> Benchmark:
+    """The benchmark registered under `name`, with its first `num_tasks` tasks (None: its default count);
+    `task_sizes`: permuted benchmarks only, each task's number of training examples."""
+    bench = _build(name, num_tasks, seed, evaluate_on, data_dir, trust_pickle, split_classes, permute)
+    if task_sizes is not None:
+        if not isinstance(bench, PermutedBenchmark):
+            raise ValueError(f"task_sizes applies to permuted benchmarks (tasks of one image set), not {name}")
+        bench.subsample(list(task_sizes), seed)
+    return bench
+
+
+def _build(name: str, num_tasks: int | None, seed: int, evaluate_on: str, data_dir: str | Path | None,
+           trust_pickle: bool, split_classes: int | None, permute: int | None) -> Benchmark:
     check_name(name)
     check_evaluate_on(evaluate_on)
     if name.startswith("arrays:"):

@@ -28,6 +28,21 @@ class PermutedBenchmark:
         self._epoch_size = epoch_size or len(train.y)
         self.permutations = [torch.randperm(self.in_features, generator=torch.Generator().manual_seed(
             derive_seed(seed, 1, task))) for task in range(num_tasks)]
+        self.subsets: list[Tensor] | None = None  # per task, the training examples it has (subsample)
+
+    def subsample(self, sizes: list[int], seed: int) -> "PermutedBenchmark":
+        """Give task t only sizes[t] training examples, a fixed random subset drawn from the run's seed (one
+        per task); a task's epoch is then its own size. Tasks of different sizes, in either order, test
+        how a measure values tasks trained for fewer steps. Returns self."""
+        if len(sizes) != self.num_tasks:
+            raise ValueError(f"task_sizes gives {len(sizes)} sizes; {self.name} has {self.num_tasks} tasks here: "
+                             "give one size per task")
+        available = len(self.train.y)
+        if any(not 1 <= n <= available for n in sizes):
+            raise ValueError(f"task_sizes must be between 1 and {available} (the training examples), got {sizes}")
+        self.subsets = [torch.randperm(available, generator=torch.Generator().manual_seed(derive_seed(seed, 6, t)))[:n]
+                        .to(self.device) for t, n in enumerate(sizes)]
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -38,18 +53,23 @@ class PermutedBenchmark:
         """Move the splits and permutations to `device`, once per run (in place; returns self)."""
         self.train, self.evaluation = self.train.to(device), self.evaluation.to(device)
         self.permutations = [p.to(device) for p in self.permutations]
+        if self.subsets is not None:
+            self.subsets = [s.to(device) for s in self.subsets]
         return self
 
     def train_size(self, task: int) -> int:
         """Number of training examples of `task`."""
-        return len(self.train.y)
+        return len(self.train.y) if self.subsets is None else len(self.subsets[task])
 
     def epoch_size(self, task: int) -> int:
-        """Examples per epoch (60,000 on P-MNIST, as in the authors' code, though 55,000 are trained on)."""
-        return self._epoch_size
+        """Examples per epoch (60,000 on P-MNIST, as in the authors' code, though 55,000 are trained on; a
+        subsampled task's own size)."""
+        return self._epoch_size if self.subsets is None else len(self.subsets[task])
 
     def batch(self, task: int, index: Tensor) -> tuple[Tensor, Tensor]:
         """Training examples `index` of `task` (indices on the data's device): one gather of rows, one of pixels."""
+        if self.subsets is not None:
+            index = self.subsets[task][index]
         return self.train.x[index][:, self.permutations[task]], self.train.y[index]
 
     def evaluation_batches(self, task: int, batch_size: int = 2000) -> Iterator[tuple[Tensor, Tensor]]:
@@ -62,8 +82,9 @@ class PermutedBenchmark:
     def describe(self) -> dict:
         """Plain-data description for run records."""
         return {"name": self.name, "tasks": self.num_tasks, "multi_head": False, "classes": self.classes,
-                "train_size": len(self.train.y), "evaluation_size": len(self.evaluation.y),
-                "epoch_size": self._epoch_size}
+                "train_size": len(self.train.y) if self.subsets is None else [len(s) for s in self.subsets],
+                "evaluation_size": len(self.evaluation.y), "epoch_size": self._epoch_size if self.subsets is None
+                else [len(s) for s in self.subsets]}
 
 
 def _mnist_like(name: str, data: ImageDataset, num_tasks: int | None, seed: int, evaluate_on: str) -> PermutedBenchmark:
