@@ -106,7 +106,7 @@ def test_yaml_file_round_trip(tmp_path):
     ({"methods": {"nope": {"c": 1}}}, "methods.nope: unknown method 'nope'"),
     ({"methods": {"si": {"c": 1, "reinit": "yes"}}}, "methods.si.reinit must be true, false or [true, false]"),
     ({"methods": {"si": {"c": 1, "settings": {"seed": 3}}}}, "methods.si.settings: unknown key(s) 'seed'"),
-    ({"methods": {"si": {"c": 1, "settings": {"epochs": 0}}}}, "methods.si: epochs must be >= 1, got 0"),
+    ({"methods": {"si": {"c": 1, "settings": {"epochs": 0}}}}, "methods.si.settings.epochs must be >= 1, got 0"),
     ({"settings": {"method": "si"}, "methods": {"si": {"c": 1}}}, "settings: unknown key(s) 'method'"),
     ({"seeds": 0, "methods": {"si": {"c": 1}}}, "seeds must be a count >= 1 or a list of distinct integers"),
     ({"search": {"seeds": 4}, "methods": {"si": {"c": 1}}}, "search.seeds (how many of the seeds the grid search uses) must be 1..3"),
@@ -114,7 +114,7 @@ def test_yaml_file_round_trip(tmp_path):
     ({"search": {"evaluate_on": "train"}, "methods": {"si": {"c": 1}}}, "search.evaluate_on must be one of test, validation"),
     ({"methods": {}}, "methods must be a non-empty mapping"),
     ({"settings": {"hidden": "400,x"}, "methods": {"si": {"c": 1}}},
-     "settings.hidden: hidden widths must be positive integers separated by commas (e.g. 2000,2000), got '400,x'"),
+     "settings.hidden must be positive integers separated by commas (e.g. 2000,2000), got '400,x'"),
     ({"benchmark": "nope", "methods": {"si": {"c": 1}}}, "methods.si: unknown benchmark 'nope'"),
     ({"grid": 1, "methods": {"si": {"c": 1}}}, "the sweep file: unknown key(s) 'grid'"),
 ])

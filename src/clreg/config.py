@@ -13,30 +13,9 @@ import yaml
 from . import importance, optim
 from .benchmarks import BENCHMARKS, EVALUATE_ON, check_name, defaults
 from .device import PRECISIONS, check_device_name
-from .models import DEFAULT_WIDTHS, NETWORKS, parse_widths
-from .options import Option, merge
+from .models import DEFAULT_WIDTHS, NETWORKS
+from .options import Option, merge, positive_ints
 from .penalty import MODES
-
-def _widths(value) -> list[int]:
-    """Hidden widths from a list or from '2000,2000'."""
-    if isinstance(value, str):
-        return parse_widths(value)
-    if isinstance(value, (list, tuple)) and value and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
-                                                          for w in value):
-        return list(value)
-    raise ValueError(f"must be positive integers (a list, or separated by commas: 2000,2000), got {value!r}")
-
-
-def _sizes(value) -> list[int]:
-    """Task sizes from a list or from '1000,60000'."""
-    try:
-        sizes = [int(v) for v in (value.split(",") if isinstance(value, str) else value)]
-    except (TypeError, ValueError):
-        sizes = []
-    if not sizes or any(n < 1 for n in sizes) or (not isinstance(value, str) and
-                                                   any(isinstance(v, bool) or not isinstance(v, int) for v in value)):
-        raise ValueError(f"must be positive integers (a list, or separated by commas: 1000,55000), got {value!r}")
-    return sizes
 
 
 def _method(name: str) -> None:
@@ -57,7 +36,7 @@ RUN_OPTIONS = (
     Option("batch_size", int, None, "minibatch size b", minimum=1, default_text=BENCHMARK_DEFAULT),
     Option("network", str, None, f"one of: {', '.join(NETWORKS)}", choices=tuple(NETWORKS),
            default_text="the benchmark's"),
-    Option("hidden", _widths, None, "widths, comma-separated: MLP hidden layers, cifar-cnn's conv1,conv2,dense, or "
+    Option("hidden", positive_ints("2000,2000"), None, "widths, comma-separated: MLP hidden layers, cifar-cnn's conv1,conv2,dense, or "
            "a VGG's two dense layers",
            default_text=BENCHMARK_DEFAULT),
     Option("equal_iter", bool, False, "every task as many steps as the first (split-cifar10-100: tasks 2-6 get "
@@ -77,7 +56,7 @@ RUN_OPTIONS = (
            "(0: off)", minimum=0),
     Option("proxy_samples", int, 500, "test samples per task for the measured loss increase", minimum=1),
     Option("split_classes", int, None, "arrays:PATH: tasks of K consecutive classes (multi-head)", minimum=1),
-    Option("task_sizes", _sizes, None, "permuted benchmarks: each task's training examples, one number per task, "
+    Option("task_sizes", positive_ints("1000,55000"), None, "permuted benchmarks: each task's training examples, one number per task, "
            "comma-separated (a fixed random subset; a task's epoch is its size)", key_when_default=False,
            default_text="all"),
     Option("permute", int, None, "arrays:PATH: T pixel-permuted tasks (one head)", minimum=1),

@@ -175,14 +175,3 @@ def glorot_init(model: nn.Module, bias: float = 0.0, generator: torch.Generator 
                            .uniform_(-bound, bound, generator=generator))
         if m.bias is not None:
             m.bias.fill_(bias)
-
-
-def parse_widths(text: str) -> list[int]:
-    """'2000,2000' → [2000, 2000]; raises ValueError with the allowed form otherwise."""
-    try:
-        widths = [int(part) for part in text.split(",")]
-    except ValueError:
-        widths = []
-    if not widths or any(w < 1 for w in widths):
-        raise ValueError(f"hidden widths must be positive integers separated by commas (e.g. 2000,2000), got {text!r}")
-    return widths

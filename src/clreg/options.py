@@ -111,6 +111,21 @@ def number_or(word: str) -> Callable[[Any], float | str]:
     return parse
 
 
+def positive_ints(example: str) -> Callable[[Any], list[int]]:
+    """A parser for a list of integers >= 1, given as a list or as text separated by commas (`example`)."""
+    def parse(value: Any) -> list[int]:
+        items = value.split(",") if isinstance(value, str) else value
+        try:
+            numbers = [int(v) for v in items if not isinstance(v, (bool, float))]
+        except (TypeError, ValueError):
+            numbers = []
+        if not isinstance(items, (list, tuple)) or not numbers or len(numbers) != len(items) or min(numbers) < 1:
+            raise ValueError(f"must be positive integers separated by commas (e.g. {example}), got {value!r}")
+        return numbers
+    parse.__name__ = "positive_ints"
+    return parse
+
+
 def merge(*groups: tuple[Option, ...]) -> tuple[Option, ...]:
     """Options of several parts, each name once; a name declared twice must be the same declaration."""
     seen: dict[str, Option] = {}

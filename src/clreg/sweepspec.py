@@ -27,8 +27,7 @@ from typing import NamedTuple
 import yaml
 
 from .benchmarks import EVALUATE_ON
-from .config import NOT_IN_KEY, RunConfig
-from .models import parse_widths
+from .config import BY_NAME, NOT_IN_KEY, RunConfig
 
 METRICS = ("average_accuracy", "bwt")  # both: higher is better
 SWEEP_SET = ("method", "c", "reinit", "seed", "evaluate_on", "benchmark")  # chosen by the sweep, not in settings
@@ -150,12 +149,15 @@ def _bool_list(where: str, value) -> list[bool]:
 
 
 def _settings(where: str, value) -> tuple[dict, dict]:
+    """Run settings, each checked by its declaration (clreg.options); (settings, runtime ones)."""
     settings = dict(_keys(where, value or {}, tuple(f.name for f in fields(RunConfig) if f.name not in SWEEP_SET)))
-    if isinstance(settings.get("hidden"), str):
+    for name, setting in settings.items():
         try:
-            settings["hidden"] = parse_widths(settings["hidden"])
+            settings[name] = BY_NAME[name].parse(setting)
         except ValueError as err:
-            raise SpecError(f"{where}.hidden: {err}") from None
+            message = str(err)
+            raise SpecError(f"{where}.{name} {message}" if message.startswith("must") else f"{where}.{name}: {message}"
+                            ) from None
     runtime = {k: settings.pop(k) for k in RUNTIME if k in settings}
     return settings, runtime
 
