@@ -110,7 +110,8 @@ def test_fused_and_unfused_runs_agree_under_adamw_and_a_schedule(monkeypatch, me
 def test_every_optimizer_with_every_measure(optimizer, method):
     """Both tasks are learned (with a c at which L2's uniform Ω leaves room for task 2) and Ω is finite."""
     extra = {"momentum": 0.9, "lr": 0.05} if optimizer == "sgd" else {"lr": 0.005}
-    config = RunConfig(**{**SMALL, "epochs": 3}, method=method, c=0.01 if method == "l2" else 1.0, optimizer=optimizer, lr_schedule="step",
+    c = 0.01 if method == "l2" else 1.0
+    config = RunConfig(**{**SMALL, "epochs": 3}, method=method, c=c, optimizer=optimizer, lr_schedule="step",
                        lr_step_epochs=2, lr_gamma=0.5, **extra)
     trainer = Trainer(config, load_benchmark(config), progress=False)
     accuracy = trainer.run()

@@ -6,14 +6,15 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .vgg import CONFIGS as VGG_CONFIGS, VGG, vgg_init
+from .network import ImageNetwork, Network
+from .vgg import CONFIGS as VGG_CONFIGS, VGG
 
 NETWORKS = ("mlp", "cifar-cnn", *VGG_CONFIGS)
 DEFAULT_WIDTHS = {"mlp": [2000, 2000], "cifar-cnn": [32, 64, 512],
                   **{name: list(dense) for name, (_, dense) in VGG_CONFIGS.items()}}
 
 
-class MLP(nn.Sequential):
+class MLP(Network):
     """Fully connected ReLU network: in → hidden[0] → ... → hidden[-1] (→ out, unless `out_features` is
     None: then it is a body for per-task heads)."""
 
@@ -31,17 +32,13 @@ class MLP(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         return super().forward(x.flatten(1))
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Glorot-uniform weights, constant biases (0.1 as in SPEC §5)."""
-        self.initialize(self, generator)
-
     def initialize(self, module: nn.Module, generator: torch.Generator | None = None,
                    names: set[str] | None = None) -> None:
-        """This network's initialisation applied to `module` (itself, its heads, or the weights in `names`)."""
+        """Glorot-uniform weights, constant biases (0.1 as in SPEC §5)."""
         glorot_init(module, self.bias_init, generator, names)
 
 
-class CifarNet(nn.Sequential):
+class CifarNet(ImageNetwork):
     """SPEC §5's CIFAR network: conv32-conv32-pool-drop.25-conv64-conv64-pool-drop.25-dense512-drop.5
     (3×3 'same' convolutions, ReLU), without the head unless `out_features` is given.
 
@@ -70,16 +67,9 @@ class CifarNet(nn.Sequential):
         self.reset_parameters()
         self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return super().forward(x.contiguous(memory_format=torch.channels_last))
-
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Glorot-uniform weights, zero biases (SPEC §5)."""
-        self.initialize(self, generator)
-
     def initialize(self, module: nn.Module, generator: torch.Generator | None = None,
                    names: set[str] | None = None) -> None:
-        """This network's initialisation applied to `module` (itself, its heads, or the weights in `names`)."""
+        """Glorot-uniform weights, zero biases (SPEC §5)."""
         glorot_init(module, self.bias_init, generator, names)
 
 

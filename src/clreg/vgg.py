@@ -17,6 +17,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .network import ImageNetwork
+
 POOL = "M"
 # conv channels per layer, POOL for a 2×2 max-pool; and the widths of the two dense layers
 CONFIGS = {
@@ -41,7 +43,7 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class VGG(nn.Sequential):
+class VGG(ImageNetwork):
     """One of CONFIGS without its head (unless `out_features` is given); `dense` overrides the two dense
     widths. Channels-last weights, the faster layout for CPU convolutions."""
 
@@ -72,16 +74,9 @@ class VGG(nn.Sequential):
         self.reset_parameters()
         self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return super().forward(x.contiguous(memory_format=torch.channels_last))
-
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Their initialisation: convolutions Kaiming-normal (fan-out, ReLU), linear N(0, 0.01), biases 0."""
-        self.initialize(self, generator)
-
     def initialize(self, module: nn.Module, generator: torch.Generator | None = None,
                    names: set[str] | None = None) -> None:
-        """This network's initialisation applied to `module` (itself, its heads, or the weights in `names`)."""
+        """Their initialisation: convolutions Kaiming-normal (fan-out, ReLU), linear N(0, 0.01), biases 0."""
         vgg_init(module, generator, names)
 
 
