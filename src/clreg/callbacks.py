@@ -1,7 +1,8 @@
 """What a training run tells the code watching it: the callback protocol of `clreg.train.Trainer`.
 
 A callback overrides the events it wants; every method is optional. Order within one task:
-on_run_start, then per task: on_task_start → (on_before_step → on_step) × steps → on_task_end (after consolidation) → on_evaluation.
+on_run_start, then per task: on_task_start → (on_before_step → on_step) × steps → on_train_end → on_task_end (after consolidation)
+→ on_evaluation. A callback may end a task's steps early by setting `trainer.stop_task = True`.
 Values stay tensors on the training device: a callback that turns them into numbers decides how often
 the host waits for the device.
 """
@@ -62,6 +63,10 @@ class Callback:
 
     def on_step(self, trainer: "Trainer", step: Step) -> None:
         """An optimiser step was taken."""
+
+    def on_train_end(self, trainer: "Trainer", task: int) -> None:
+        """The steps of `task` are done (all of them, or fewer if a callback set trainer.stop_task); its
+        importance is measured next."""
 
     def on_task_end(self, trainer: "Trainer", task: int) -> None:
         """`task` is trained and consolidated (its importance measured)."""

@@ -7,7 +7,9 @@ function of the step within the task, set after every optimiser step:
 - constant: 1;
 - step: γ^⌊e / E⌋ at epoch e (every `lr_step_epochs` E epochs, the rate is multiplied by γ);
 - exponential: γ^(t / S) at step t of S steps per epoch (γ per epoch, applied smoothly);
-- cosine: m + (1 − m)(1 + cos(π t / T)) / 2 over the task's T steps, from the full rate to m = `lr_min_factor`.
+- cosine: m + (1 − m)(1 + cos(π t / T)) / 2 over the task's T steps, from the full rate to m = `lr_min_factor`;
+- plateau: × γ after `lr_patience` epochs without a better validation accuracy, the task stopped after more
+  than `stop_patience` such epochs and its best epoch's weights kept (De Lange et al. 2019; clreg.plateau).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from torch import nn
 from .options import Option
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "step", "exponential", "cosine")
+SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
 
 OPTIONS = (
     Option("optimizer", str, "adam", "adam (beta = 0.9, 0.999, eps = 1e-8), adamw (decoupled weight decay) or sgd",
@@ -31,16 +33,22 @@ OPTIONS = (
            minimum=0.0, key_when_default=False),
     Option("lr_schedule", str, "constant", "learning rate over each task, restarting at every task: constant, "
            "step, exponential or cosine", choices=SCHEDULES, key_when_default=False),
-    Option("lr_gamma", float, 0.1, "step: factor every lr-step-epochs epochs; exponential: factor per epoch",
+    Option("lr_gamma", float, 0.1, "step: factor every lr-step-epochs epochs; exponential: factor per epoch; "
+           "plateau: factor after lr-patience epochs without a better validation accuracy",
            minimum=0.0, above=True, maximum=1.0, key_when_default=False),
     Option("lr_step_epochs", int, 1, "step: epochs between two decays", minimum=1, key_when_default=False),
     Option("lr_min_factor", float, 0.0, "cosine: the rate at the task's end, as a fraction of lr",
            minimum=0.0, maximum=1.0, key_when_default=False),
+    Option("lr_patience", int, 5, "plateau: epochs without a better validation accuracy before the rate decays",
+           minimum=1, key_when_default=False),
+    Option("stop_patience", int, 10, "plateau: a task stops once more epochs than this have not improved; its "
+           "best epoch's weights are kept (0: never stop early)", minimum=0, key_when_default=False),
 )
 DEFAULTS = {option.name: option.default for option in OPTIONS}
 APPLIES = {"momentum": ("optimizer", ("sgd",)), "nesterov": ("optimizer", ("sgd",)),
-           "lr_gamma": ("lr_schedule", ("step", "exponential")), "lr_step_epochs": ("lr_schedule", ("step",)),
-           "lr_min_factor": ("lr_schedule", ("cosine",))}
+           "lr_gamma": ("lr_schedule", ("step", "exponential", "plateau")), "lr_step_epochs": ("lr_schedule", ("step",)),
+           "lr_min_factor": ("lr_schedule", ("cosine",)), "lr_patience": ("lr_schedule", ("plateau",)),
+           "stop_patience": ("lr_schedule", ("plateau",))}
 
 
 def check(settings: dict) -> None:
@@ -95,8 +103,8 @@ class Schedule:
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, settings: dict, steps: int, steps_per_epoch: int) -> Schedule | None:
-    """The schedule over one task of `steps` steps (None for a constant rate); call its step() after every
-    optimiser step."""
-    if {**DEFAULTS, **settings}["lr_schedule"] == "constant":
+    """The schedule over one task of `steps` steps (None for a constant rate, and for plateau, which
+    follows validation accuracy: clreg.plateau); call its step() after every optimiser step."""
+    if {**DEFAULTS, **settings}["lr_schedule"] in ("constant", "plateau"):
         return None
     return Schedule(optimizer, lr_factor(settings, steps, max(1, steps_per_epoch)))

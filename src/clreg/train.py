@@ -17,6 +17,7 @@ from .device import (autocast, check_combination, describe, precision_scope, res
                      warn_if_slow)
 from .models import build_model, reinitialize, task_forward
 from .optim import make_optimizer, make_schedule
+from .plateau import Plateau
 from .callbacks import Batch, Callback, Step
 from .progress import ProgressBar
 from .proxy import ProxyLog
@@ -49,13 +50,14 @@ def index_stream(size: int, batch_size: int, generator: torch.Generator, drop_la
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, bench: Benchmark, task: int) -> float:
-    """Accuracy of `model` (through head `task` if it has heads) on the evaluation split of `task`."""
+def evaluate(model: nn.Module, bench: Benchmark, task: int, split: str = "evaluation") -> float:
+    """Accuracy of `model` (through head `task` if it has heads) on the evaluation split of `task` (or its
+    validation split: split="validation")."""
     was_training = model.training
     model.eval()
     forward = task_forward(model, task)
     correct, total = 0, 0
-    for x, y in bench.evaluation_batches(task):
+    for x, y in getattr(bench, f"{split}_batches")(task):
         correct = correct + (forward(x).argmax(1) == y).sum()  # stays on the device: one transfer per task
         total += len(y)
     model.train(was_training)
@@ -112,9 +114,15 @@ class Trainer:
         self.dropout = has_active_dropout(self.model)
         self.timing = {"train_seconds": 0.0, "importance_seconds": 0.0, "evaluation_seconds": 0.0}
         self.proxies = ProxyLog(config.proxy_samples, config.proxy_every) if config.proxy_every else None
+        self.plateau = Plateau(config.lr_gamma, config.lr_patience, config.stop_patience) \
+            if config.lr_schedule == "plateau" else None
         self.log = log or StepLog()  # the step log behind the result's loss curve (and any log files)
         self.callbacks = [*([ProgressBar()] if progress else []), self.log,
-                          *([self.proxies] if self.proxies else []), *callbacks]
+                          *([self.proxies] if self.proxies else []), *([self.plateau] if self.plateau else []),
+                          *callbacks]
+        self.optimizer: torch.optim.Optimizer | None = None  # the current task's
+        self.stop_task = False  # a callback ends the current task's steps early by setting this
+        self.task_steps_done = 0
         self.steps_done = 0
         self.current_task = 0
         self.revisit: dict | None = None
@@ -218,7 +226,8 @@ class Trainer:
         steps = self.steps_per_task(task)
         for callback in self.callbacks:
             callback.on_task_start(self, task, steps)
-        optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.optimizer_settings())
+        optimizer = self.optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.optimizer_settings())
+        self.stop_task, self.task_steps_done = False, 0
         schedule = make_schedule(optimizer, cfg.optimizer_settings(), steps,
                                  self.bench.epoch_size(task) // cfg.batch_size)
         size, drop_last = self.bench.train_size(task), self.bench.drop_last
@@ -242,12 +251,17 @@ class Trainer:
             if schedule is not None:
                 schedule.step()
             self.steps_done += 1
+            self.task_steps_done = task_step + 1
             done = Step(self.steps_done, task, task_step + 1, loss, penalty, lr)
             for callback in self.callbacks:
                 callback.on_step(self, done)
+            if self.stop_task:
+                break
         self.guard.check(self.steps_done, task)
         synchronize(self.device)
         self.timing["train_seconds"] += time.perf_counter() - start
+        for callback in self.callbacks:
+            callback.on_train_end(self, task)
         start = time.perf_counter()
         self.consolidate(task)
         self.timing["importance_seconds"] += time.perf_counter() - start
@@ -353,4 +367,6 @@ def run(config: RunConfig, progress: bool = True, bench: Benchmark | None = None
         result["proxy_losses"] = trainer.proxies.summary()
     if trainer.revisit is not None:
         result["revisit"] = trainer.revisit
+    if trainer.plateau is not None:
+        result["plateau"] = trainer.plateau.history
     return result

@@ -58,7 +58,7 @@ def _given_tasks(data: UserArrays, evaluate_on: str) -> list[TaskData]:
         train = _split(data.x_train[data.task_train == t], np.searchsorted(classes, train_y))  # position in classes
         test = _split(data.x_test[data.task_test == t], np.searchsorted(classes, test_y))
         train, validation = train.head(HOLDOUT)
-        tasks.append(TaskData(train, validation if evaluate_on == "validation" else test, len(classes)))
+        tasks.append(TaskData(train, validation if evaluate_on == "validation" else test, len(classes), validation))
     return tasks
 
 

@@ -17,11 +17,13 @@ from .base import HOLDOUT, Split, check_evaluate_on, check_task_count
 
 @dataclass
 class TaskData:
-    """One task: its training split, its evaluation split (validation or test) and its number of classes."""
+    """One task: its training split, its evaluation split (validation or test), its number of classes and
+    its validation split (for validation-based schedules and stopping; never trained on)."""
 
     train: Split
     evaluation: Split
     classes: int
+    validation: Split | None = None
 
 
 class SplitBenchmark:
@@ -45,7 +47,8 @@ class SplitBenchmark:
 
     def to(self, device: torch.device) -> "SplitBenchmark":
         """Move every task's splits to `device`, once per run (in place; returns self)."""
-        self.tasks = [TaskData(t.train.to(device), t.evaluation.to(device), t.classes) for t in self.tasks]
+        self.tasks = [TaskData(t.train.to(device), t.evaluation.to(device), t.classes,
+                               None if t.validation is None else t.validation.to(device)) for t in self.tasks]
         return self
 
     def train_size(self, task: int) -> int:
@@ -63,15 +66,25 @@ class SplitBenchmark:
 
     def evaluation_batches(self, task: int, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
         """The evaluation split of `task` (test or validation), in chunks."""
-        split = self.tasks[task].evaluation
-        for start in range(0, len(split), batch_size):
-            yield split.x[start:start + batch_size], split.y[start:start + batch_size]
+        yield from _chunks(self.tasks[task].evaluation, batch_size)
+
+    def validation_batches(self, task: int, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
+        """The validation split of `task`, in chunks, whatever the evaluation split is."""
+        split = self.tasks[task].validation
+        if split is None:
+            raise ValueError(f"{self.name} keeps no validation split for task {task + 1}")
+        yield from _chunks(split, batch_size)
 
     def describe(self) -> dict:
         """Plain-data description for run records."""
         return {"name": self.name, "tasks": self.num_tasks, "multi_head": True, "classes": self.classes,
                 "train_size": [len(t.train) for t in self.tasks],
                 "evaluation_size": [len(t.evaluation) for t in self.tasks]}
+
+
+def _chunks(split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    for start in range(0, len(split), batch_size):
+        yield split.x[start:start + batch_size], split.y[start:start + batch_size]
 
 
 def class_tasks(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -86,7 +99,7 @@ def class_tasks(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
         train_mask, test_mask = np.isin(y_train, group), np.isin(y_test, group)
         train, validation = Split.from_images(x_train[train_mask], relabel[y_train[train_mask]], flatten).head(HOLDOUT)
         test = Split.from_images(x_test[test_mask], relabel[y_test[test_mask]], flatten)
-        tasks.append(TaskData(train, validation if evaluate_on == "validation" else test, len(group)))
+        tasks.append(TaskData(train, validation if evaluate_on == "validation" else test, len(group), validation))
     return tasks
 
 

@@ -32,7 +32,7 @@ def tiny_imagenet_tasks(x_train: np.ndarray, y_train: np.ndarray, x_test: np.nda
         train = Split.from_images(x_train[order[:cut]], y_train[order[:cut]] - low, flatten=False)
         held = Split.from_images(x_train[order[cut:]], y_train[order[cut:]] - low, flatten=False)
         test = Split.from_images(x_test[test_index], y_test[test_index] - low, flatten=False)
-        tasks.append(TaskData(train, held if evaluate_on == "validation" else test, CLASSES_PER_TASK))
+        tasks.append(TaskData(train, held if evaluate_on == "validation" else test, CLASSES_PER_TASK, held))
     return tasks
 
 
