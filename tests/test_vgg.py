@@ -67,3 +67,19 @@ def test_short_run_on_generated_tiny_imagenet(tmp_path):
     assert accuracy.shape == (2, 2) and np.all((accuracy >= 0) & (accuracy <= 1))
     assert isinstance(trainer.model, MultiHead) and len(trainer.model.heads) == 2
     assert all(torch.isfinite(o).all() and float(o.sum()) > 0 for o in trainer.reg.omega.values())
+
+
+def test_tiny_imagenet_tasks_of_twenty_classes_as_in_their_code(tmp_path):
+    pytest.importorskip("PIL")
+    from test_datasets import write_tiny_imagenet
+
+    from clreg.benchmarks import build_benchmark
+
+    write_tiny_imagenet(tmp_path, classes=40, per_class=5, val_per_class=1)
+    bench = build_benchmark("split-tiny-imagenet", 2, 0, "test", tmp_path, split_classes=20)
+    assert bench.classes == [20, 20] and bench.num_tasks == 2
+    assert sorted(set(bench.tasks[1].evaluation.y.tolist())) == list(range(20))
+    with pytest.raises(ValueError, match="--split-classes must divide its 200 classes, got 30"):
+        build_benchmark("split-tiny-imagenet", 2, 0, "test", tmp_path, split_classes=30)
+    with pytest.raises(ValueError, match="split-tiny-imagenet has 10 tasks; --tasks must be 1..10, got 11"):
+        build_benchmark("split-tiny-imagenet", 11, 0, "test", tmp_path, split_classes=20)

@@ -55,7 +55,8 @@ RUN_OPTIONS = (
     Option("proxy_every", int, 0, "every N steps, log each earlier task's proxy loss and measured loss increase "
            "(0: off)", minimum=0),
     Option("proxy_samples", int, 500, "test samples per task for the measured loss increase", minimum=1),
-    Option("split_classes", int, None, "arrays:PATH: tasks of K consecutive classes (multi-head)", minimum=1),
+    Option("split_classes", int, None, "arrays:PATH and split-tiny-imagenet: tasks of K consecutive classes "
+           "(multi-head; Tiny ImageNet default 10, De Lange et al.'s code 20)", minimum=1),
     Option("task_sizes", positive_ints("1000,55000"), None, "permuted benchmarks: each task's training examples, one number per task, "
            "comma-separated (a fixed random subset; a task's epoch is its size)", key_when_default=False,
            default_text="all"),
@@ -95,8 +96,11 @@ class _RunConfig:
                    f"the cifar-cnn network takes 3 widths (conv stage 1, conv stage 2, dense), got {self.widths}"),
                   (not self.network_name.startswith("vgg-") or len(self.widths) == 2,
                    f"the {self.network_name} network takes 2 widths (its two dense layers), got {self.widths}"),
-                  (self.benchmark.startswith("arrays:") or (self.split_classes is None and self.permute is None),
-                   "--split-classes and --permute apply to arrays:PATH benchmarks only"),
+                  (self.benchmark.startswith("arrays:") or self.permute is None,
+                   "--permute applies to arrays:PATH benchmarks only"),
+                  (self.benchmark.startswith("arrays:") or self.benchmark == "split-tiny-imagenet"
+                   or self.split_classes is None,
+                   "--split-classes applies to arrays:PATH and split-tiny-imagenet only"),
                   (not (self.sos_split and self.network_name == "cifar-cnn"),
                    "sos split takes g and g' from the training pass, which has dropout on in the cifar-cnn "
                    "network; SPEC §2 wants them with dropout off: use --no-split (one extra pass per step)"),

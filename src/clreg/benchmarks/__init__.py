@@ -96,8 +96,10 @@ def _build(name: str, num_tasks: int | None, seed: int, evaluate_on: str, data_d
     check_evaluate_on(evaluate_on)
     if name.startswith("arrays:"):
         return arrays_benchmark(name[len("arrays:"):], num_tasks, seed, evaluate_on, split_classes, permute)
+    if name == "split-tiny-imagenet" and not permute:
+        return split_tiny_imagenet(num_tasks, evaluate_on, data_dir, split_classes)
     if split_classes or permute:
-        raise ValueError("--split-classes and --permute apply to arrays:PATH benchmarks only")
+        raise ValueError("--split-classes applies to arrays:PATH and split-tiny-imagenet, --permute to arrays:PATH only")
     builders = {
         "permuted-mnist": lambda: permuted_mnist(num_tasks, seed, evaluate_on, data_dir),
         "permuted-fashion-mnist": lambda: permuted_fashion_mnist(num_tasks, seed, evaluate_on, data_dir),
@@ -105,7 +107,6 @@ def _build(name: str, num_tasks: int | None, seed: int, evaluate_on: str, data_d
         "split-mnist": lambda: split_mnist(num_tasks, evaluate_on, data_dir),
         "split-cifar10": lambda: split_cifar10(num_tasks, evaluate_on, data_dir, trust_pickle),
         "split-cifar10-100": lambda: split_cifar10_100(num_tasks, evaluate_on, data_dir, trust_pickle),
-        "split-tiny-imagenet": lambda: split_tiny_imagenet(num_tasks, evaluate_on, data_dir),
     }
     return builders[name]()
 
