@@ -37,7 +37,7 @@ def clreg(*args, **kwargs):
     (["--optimizer", "rmsprop"], "Invalid value for '--optimizer': must be one of adam, adamw, sgd, got 'rmsprop'"),
     (["--momentum", "0.9"], "momentum applies to optimizer sgd only, not 'adam'"),
     (["--optimizer", "sgd", "--nesterov"], "nesterov needs momentum > 0"),
-    (["--lr-schedule", "cosine", "--lr-gamma", "0.5"], "lr_gamma applies to lr_schedule step or exponential only"),
+    (["--lr-schedule", "cosine", "--lr-gamma", "0.5"], "lr_gamma applies to lr_schedule step, exponential, plateau only, not 'cosine'"),
     (["--lr-schedule", "step", "--lr-min-factor", "0.5"], "lr_min_factor applies to lr_schedule cosine only"),
     (["--lr-gamma", "0"], "Invalid value for '--lr-gamma': must be > 0, got 0.0"),
     (["--benchmark", "split-cifar10", "--hidden", "32,64"], "the cifar-cnn network takes 3 widths"),

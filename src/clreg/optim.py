@@ -56,7 +56,7 @@ def check(settings: dict) -> None:
     silently ignore it) and for Nesterov without momentum."""
     for name, (chooser, users) in APPLIES.items():
         if settings[name] != DEFAULTS[name] and settings[chooser] not in users:
-            raise ValueError(f"{name} applies to {chooser} {' or '.join(users)} only, not {settings[chooser]!r}")
+            raise ValueError(f"{name} applies to {chooser} {', '.join(users)} only, not {settings[chooser]!r}")
     if settings["nesterov"] and settings["momentum"] == 0:
         raise ValueError("nesterov needs momentum > 0")
 
