@@ -101,7 +101,7 @@ def plain_loop(bench, hidden: list[int], steps: int, precision: str = "fp32") ->
 
 def clreg_loop(bench, hidden: list[int], method: str, precision: str = "fp32") -> dict:
     """clreg's trainer on the same benchmark and device: training seconds and importance seconds per task."""
-    config = RunConfig(method=method, c=1.0, tasks=TASKS, epochs=EPOCHS, batch_size=BATCH, hidden=hidden,
+    config = RunConfig(method=method, c=1.0, reinit=False, tasks=TASKS, epochs=EPOCHS, batch_size=BATCH, hidden=hidden,
                        precision=precision, device=str(bench.device))
     trainer = Trainer(config, bench, progress=False)
     train, importance = [], []
