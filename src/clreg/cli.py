@@ -97,10 +97,9 @@ def make_config(run_file: str | None = None, threads: int | None = None, **optio
 
 def run_header(config: RunConfig, bench) -> str:
     """What will run, with the settings a user most often leaves to the benchmark's defaults."""
-    from .benchmarks import defaults
     from .train import Trainer
 
-    c, reinit, known = defaults(config.benchmark).method(importance.ALIASES.get(config.method, config.method))
+    c, reinit, known = config.method_defaults()
     source = ""
     if (config.c, config.reinit) == (c, reinit):
         source = f" (known good for {config.benchmark})" if known else " (no value known for this benchmark: a " \
@@ -390,7 +389,7 @@ def benchmarks() -> None:
     click.echo(f"other methods: c = {GENERIC_C:g}, re-init off (r: re-init on); choose c with `clreg sweep`")
 
 
-DEMO_METHODS = (("finetune", 0.0), ("ewc", 100.0), ("si", 30.0), ("sos", 10.0), ("mas", 10.0))  # c tuned on this demo
+DEMO_METHODS = ("finetune", "ewc", "si", "sos", "mas")  # at Permuted Digits' defaults (`clreg benchmarks`)
 
 
 @cli.command()
@@ -403,12 +402,11 @@ def demo(seed: int) -> None:
     bench = permuted_digits(num_tasks=5, seed=seed)
     click.echo("Permuted Digits: 5 tasks of scikit-learn's 8x8 digits, MLP 64-200-200-10, 5 epochs per task, Adam lr 1e-3, batch 32")
     click.echo(f"{'method':<10}{'c':>8}{'avg accuracy':>15}{'forgetting':>12}{'seconds':>9}")
-    for method, c in DEMO_METHODS:
-        config = RunConfig(benchmark="permuted-digits", method=method, c=c, tasks=5, epochs=5, batch_size=32,
-                           hidden=[200, 200], lr=1e-3, seed=seed)
+    for method in DEMO_METHODS:
+        config = RunConfig(benchmark="permuted-digits", method=method, tasks=5, seed=seed)
         result = run_config(config, progress=False, bench=bench)
         seconds = result["timing"]["train_seconds"] + result["timing"]["importance_seconds"]
-        click.echo(f"{method:<10}{c:>8g}{100 * result['average_accuracy']:>14.1f}%"
+        click.echo(f"{method:<10}{config.c:>8g}{100 * result['average_accuracy']:>14.1f}%"
                    f"{100 * result['mean_forgetting']:>11.1f}%{seconds:>9.1f}")
 
 

@@ -120,10 +120,14 @@ class _RunConfig:
         """Settings left unset take the benchmark's value: epochs, batch size, and the method's c and re-init
         where a good value is known (clreg.benchmarks.DEFAULTS)."""
         bench = defaults(self.benchmark)
-        c, reinit, _ = bench.method(importance.ALIASES.get(self.method, self.method))
+        c, reinit, _ = self.method_defaults()
         for name, value in (("c", c), ("reinit", reinit), ("epochs", bench.epochs), ("batch_size", bench.batch_size)):
             if getattr(self, name) is None:
                 setattr(self, name, value)
+
+    def method_defaults(self) -> tuple[float, bool, bool]:
+        """(c, re-init, known) the benchmark gives this method (clreg.benchmarks.Defaults.method)."""
+        return defaults(self.benchmark).method(importance.ALIASES.get(self.method, self.method))
 
     @property
     def learning_rate(self) -> float:
@@ -141,7 +145,7 @@ class _RunConfig:
     @property
     def damping(self) -> float:
         """SI's ξ: as given, else the benchmark's (0.1 on MNIST, 1e-3 on CIFAR)."""
-        return self.xi if self.xi is not None else defaults(self.benchmark).xi
+        return self.resolved("xi")
 
     @property
     def network_name(self) -> str:

@@ -107,4 +107,4 @@ def make_schedule(optimizer: torch.optim.Optimizer, settings: dict, steps: int, 
     follows validation accuracy: clreg.plateau); call its step() after every optimiser step."""
     if {**DEFAULTS, **settings}["lr_schedule"] in ("constant", "plateau"):
         return None
-    return Schedule(optimizer, lr_factor(settings, steps, max(1, steps_per_epoch)))
+    return Schedule(optimizer, lr_factor(settings, steps, steps_per_epoch))

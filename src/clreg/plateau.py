@@ -12,7 +12,7 @@ class Plateau(Callback):
 
     def __init__(self, gamma: float, patience: int, stop: int):
         self.gamma, self.patience, self.stop = gamma, patience, stop
-        self.per_epoch, self.best, self.bad, self.best_state = 1, -1.0, 0, None
+        self.per_epoch, self.best, self.bad, self.best_state, self.last_step = 1, -1.0, 0, None, 0
         self.history: list[dict] = []  # per task: epochs trained, best validation accuracy, its epoch
 
     def on_run_start(self, trainer) -> None:  # noqa: D102
@@ -21,10 +21,11 @@ class Plateau(Callback):
                              "keeps none (the split benchmarks do)")
 
     def on_task_start(self, trainer, task: int, steps: int) -> None:  # noqa: D102
-        self.per_epoch = max(1, trainer.bench.epoch_size(task) // trainer.config.batch_size)
-        self.best, self.bad, self.best_state, self.best_epoch = -1.0, 0, None, 0
+        self.per_epoch = trainer.steps_per_epoch(task)
+        self.best, self.bad, self.best_state, self.best_epoch, self.last_step = -1.0, 0, None, 0, 0
 
     def on_step(self, trainer, step) -> None:  # noqa: D102
+        self.last_step = step.task_step
         if step.task_step % self.per_epoch:
             return
         from .train import evaluate
@@ -45,5 +46,5 @@ class Plateau(Callback):
         if self.best_state is not None:
             trainer.model.load_state_dict(self.best_state)
         self.history.append({"task": task, "best_validation_accuracy": self.best, "best_epoch": self.best_epoch,
-                             "epochs": trainer.task_steps_done // self.per_epoch})
+                             "epochs": self.last_step // self.per_epoch})
         self.best_state = None

@@ -122,7 +122,6 @@ class Trainer:
                           *callbacks]
         self.optimizer: torch.optim.Optimizer | None = None  # the current task's
         self.stop_task = False  # a callback ends the current task's steps early by setting this
-        self.task_steps_done = 0
         self.steps_done = 0
         self.current_task = 0
         self.revisit: dict | None = None
@@ -206,15 +205,19 @@ class Trainer:
         """The steps of `task` in this run (see steps_for)."""
         return self.steps_for(self.config, self.bench, task)
 
+    def steps_per_epoch(self, task: int) -> int:
+        """⌊epoch size / b⌋ steps, at least one."""
+        return steps_per_epoch(self.bench, task, self.config.batch_size)
+
     @staticmethod
     def steps_for(config: RunConfig, bench: Benchmark, task: int) -> int:
-        """Epochs × ⌊epoch size / b⌋ steps (at least one per epoch); with equal_iter, task t's epochs are
-        multiplied by round(n_1 / n_t), so that every task gets about as many steps as the first (10× for
-        tasks 2–6 of split-cifar10-100, as in SPEC §5)."""
+        """Epochs × steps per epoch; with equal_iter, task t's epochs are multiplied by round(n_1 / n_t), so
+        that every task gets about as many steps as the first (10× for tasks 2–6 of split-cifar10-100, as in
+        SPEC §5)."""
         epochs = config.epochs
         if config.equal_iter:
             epochs *= max(1, round(bench.epoch_size(0) / bench.epoch_size(task)))
-        return epochs * max(1, bench.epoch_size(task) // config.batch_size)
+        return epochs * steps_per_epoch(bench, task, config.batch_size)
 
     def train_task(self, task: int, reinit: bool = True) -> None:
         """The steps of one task, then the importance measurement and consolidation."""
@@ -226,10 +229,10 @@ class Trainer:
         steps = self.steps_per_task(task)
         for callback in self.callbacks:
             callback.on_task_start(self, task, steps)
-        optimizer = self.optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.optimizer_settings())
-        self.stop_task, self.task_steps_done = False, 0
-        schedule = make_schedule(optimizer, cfg.optimizer_settings(), steps,
-                                 self.bench.epoch_size(task) // cfg.batch_size)
+        settings = cfg.optimizer_settings()
+        optimizer = self.optimizer = make_optimizer(self.model, cfg.learning_rate, settings)
+        self.stop_task = False
+        schedule = make_schedule(optimizer, settings, steps, self.steps_per_epoch(task))
         size, drop_last = self.bench.train_size(task), self.bench.drop_last
         batches = index_stream(size, cfg.batch_size, torch.Generator().manual_seed(derive_seed(cfg.seed, 3, task)),
                                drop_last, self.device)
@@ -251,7 +254,6 @@ class Trainer:
             if schedule is not None:
                 schedule.step()
             self.steps_done += 1
-            self.task_steps_done = task_step + 1
             done = Step(self.steps_done, task, task_step + 1, loss, penalty, lr)
             for callback in self.callbacks:
                 callback.on_step(self, done)
@@ -325,6 +327,11 @@ class Trainer:
 def task_loss(forward, x: Tensor, y: Tensor) -> Tensor:
     """The task loss: mean cross-entropy of the logits `forward(x)`."""
     return F.cross_entropy(forward(x), y)
+
+
+def steps_per_epoch(bench: Benchmark, task: int, batch_size: int) -> int:
+    """Steps in one epoch of `task`: ⌊epoch size / b⌋, at least one."""
+    return max(1, bench.epoch_size(task) // batch_size)
 
 
 def check_fits(bench: Benchmark, config: RunConfig) -> None:

@@ -69,14 +69,12 @@ class Probes(Callback):
         self.probes = probes
         every = [p.full_gradient_every for p in probes if p.full_gradient_every > 0]
         self.every = min(every) if every else 0
-        self.trainer: Trainer | None = None
         self.task = self.task_step = 0
         self.grads = self.other = self.before = None
 
     def on_run_start(self, trainer: Trainer) -> None:  # noqa: D102
         if trainer.reg.split:
             raise ValueError("analyses take g'_t from an independent minibatch: run them without sos split")
-        self.trainer = trainer
 
     def on_task_start(self, trainer: Trainer, task: int, steps: int) -> None:  # noqa: D102
         self.task, self.task_step = task, 0
@@ -84,6 +82,7 @@ class Probes(Callback):
             probe.task_started(trainer, task)
 
     def on_before_step(self, trainer: Trainer, batch: Batch) -> None:  # noqa: D102
+        self.task_step = batch.task_step
         params = trained_parameters(trainer, batch.task)
         self.grads = trainer.reg.gradient(lambda: F.cross_entropy(batch.forward(batch.x), batch.y), params)
         xi, yi = batch.independent
@@ -97,7 +96,7 @@ class Probes(Callback):
         delta = torch._foreach_sub([p.detach() for p in params], self.before)
         for probe in self.probes:
             probe.stepped(trainer, self.grads, self.other, delta)
-        self.task_step += 1
+        self.task_step = step.task_step  # steps taken: the end-of-task checkpoint's step
 
     def on_task_end(self, trainer: Trainer, task: int) -> None:  # noqa: D102
         if self.every:

@@ -1,7 +1,7 @@
 """Task sequences: which data each task trains and is evaluated on (SPEC §5), and each benchmark's defaults."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .arrays import arrays_benchmark
@@ -53,8 +53,7 @@ DEFAULTS = {"permuted-mnist": _MNIST, "permuted-fashion-mnist": Defaults("mlp", 
             "permuted-digits": Defaults("mlp", (200, 200), 0.1, 500, epochs=5, batch_size=32, lr=1e-3,
                                         methods=DIGITS_METHODS),
             "split-mnist": Defaults("mlp", (400, 400), 0.1, 1000),
-            "split-cifar10-100": Defaults("cifar-cnn", (32, 64, 512), 1e-3, 500, epochs=60, lr=1e-3,
-                                          methods=CIFAR_METHODS),
+            "split-cifar10-100": replace(_CIFAR, methods=CIFAR_METHODS),
             "split-cifar10": _CIFAR, "split-tiny-imagenet": _CIFAR,
             "arrays:PATH": Defaults("mlp", (400, 400), 0.1, 500)}
 BENCHMARKS = tuple(DEFAULTS)

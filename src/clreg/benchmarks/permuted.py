@@ -82,9 +82,9 @@ class PermutedBenchmark:
     def describe(self) -> dict:
         """Plain-data description for run records."""
         return {"name": self.name, "tasks": self.num_tasks, "multi_head": False, "classes": self.classes,
-                "train_size": len(self.train.y) if self.subsets is None else [len(s) for s in self.subsets],
-                "evaluation_size": len(self.evaluation.y), "epoch_size": self._epoch_size if self.subsets is None
-                else [len(s) for s in self.subsets]}
+                "train_size": [self.train_size(t) for t in range(self.num_tasks)] if self.subsets else len(self.train.y),
+                "evaluation_size": len(self.evaluation.y),
+                "epoch_size": [self.epoch_size(t) for t in range(self.num_tasks)] if self.subsets else self._epoch_size}
 
 
 def _mnist_like(name: str, data: ImageDataset, num_tasks: int | None, seed: int, evaluate_on: str) -> PermutedBenchmark:
