@@ -83,3 +83,24 @@ def test_tiny_imagenet_tasks_of_twenty_classes_as_in_their_code(tmp_path):
         build_benchmark("split-tiny-imagenet", 2, 0, "test", tmp_path, split_classes=30)
     with pytest.raises(ValueError, match="split-tiny-imagenet has 10 tasks; --tasks must be 1..10, got 11"):
         build_benchmark("split-tiny-imagenet", 11, 0, "test", tmp_path, split_classes=20)
+
+
+def test_their_whole_protocol_on_generated_tiny_imagenet(tmp_path):
+    """SGD with momentum, the plateau schedule and the per-task search together, end to end."""
+    pytest.importorskip("PIL")
+    from test_datasets import write_tiny_imagenet
+
+    from clreg.train import run
+
+    write_tiny_imagenet(tmp_path, classes=20, per_class=5, val_per_class=1)
+    config = RunConfig(benchmark="split-tiny-imagenet", network="vgg-small", method="mas", c=1.0, tasks=2, epochs=2,
+                       batch_size=8, optimizer="sgd", momentum=0.9, lr_schedule="plateau", lr_patience=1,
+                       stop_patience=1, lr_search=[0.01, 0.001], lr_search_first=[0.05, 0.01], data_dir=str(tmp_path),
+                       device="cpu")
+    result = run(config, progress=False)
+    assert [r["task"] for r in result["search"]] == [0, 1]
+    assert [len(r["plain"]) for r in result["search"]] == [2, 2]
+    assert all(r["lr"] in (0.05, 0.01, 0.001) and r["attempts"] for r in result["search"])
+    # every attempt ran the plateau schedule: its best validation accuracy is the attempt's score
+    attempts = [a for r in result["search"] for a in r["plain"] + r["attempts"]]
+    assert [h["best_validation_accuracy"] for h in result["plateau"]] == [a["validation_accuracy"] for a in attempts]

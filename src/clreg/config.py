@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from . import importance, optim
+from . import importance, optim, task_search
 from .benchmarks import BENCHMARKS, EVALUATE_ON, check_name, defaults
 from .device import PRECISIONS, check_device_name
 from .models import DEFAULT_WIDTHS, NETWORKS
@@ -71,7 +71,7 @@ RUN_OPTIONS = (
     Option("precision", str, "fp32", "fp32; tf32 (TensorFloat-32 matmuls, CUDA only); bf16 (autocast, float32 "
            "master weights)", choices=PRECISIONS, key_when_default=False),
 )
-OPTIONS = merge(RUN_OPTIONS, importance.settings(), optim.OPTIONS)
+OPTIONS = merge(RUN_OPTIONS, importance.settings(), optim.OPTIONS, task_search.OPTIONS)
 BY_NAME = {option.name: option for option in OPTIONS}
 NOT_IN_KEY = tuple(option.name for option in OPTIONS if not option.in_key)
 
@@ -114,6 +114,7 @@ class _RunConfig:
             if not ok:
                 raise ValueError(message)
         optim.check(self.optimizer_settings())
+        task_search.check({name: getattr(self, name) for name in (*task_search.DEFAULTS, "lr")})
         importance.create(self.method, **self.measure_options())  # checks the measure's own options
 
     def _resolve_benchmark_defaults(self) -> None:

@@ -113,16 +113,29 @@ def number_or(word: str) -> Callable[[Any], float | str]:
 
 def positive_ints(example: str) -> Callable[[Any], list[int]]:
     """A parser for a list of integers >= 1, given as a list or as text separated by commas (`example`)."""
-    def parse(value: Any) -> list[int]:
+    return _positive_list(int, "integers", example)
+
+
+def positive_floats(example: str) -> Callable[[Any], list[float]]:
+    """A parser for a list of numbers > 0, given as a list or as text separated by commas (`example`)."""
+    return _positive_list(float, "numbers", example)
+
+
+def _positive_list(kind: type, words: str, example: str) -> Callable[[Any], list]:
+    smallest = 1 if kind is int else 0
+
+    def parse(value: Any) -> list:
         items = value.split(",") if isinstance(value, str) else value
         try:
-            numbers = [int(v) for v in items if not isinstance(v, (bool, float))]
+            numbers = [_convert(kind, v.strip() if isinstance(v, str) else v) for v in items
+                       if not (kind is int and isinstance(v, float))]
         except (TypeError, ValueError):
             numbers = []
-        if not isinstance(items, (list, tuple)) or not numbers or len(numbers) != len(items) or min(numbers) < 1:
-            raise ValueError(f"must be positive integers separated by commas (e.g. {example}), got {value!r}")
+        if not isinstance(items, (list, tuple)) or not numbers or len(numbers) != len(items) or \
+                min(numbers) < smallest or (kind is float and min(numbers) <= 0):
+            raise ValueError(f"must be positive {words} separated by commas (e.g. {example}), got {value!r}")
         return numbers
-    parse.__name__ = "positive_ints"
+    parse.__name__ = f"positive_{kind.__name__}s"
     return parse
 
 

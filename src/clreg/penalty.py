@@ -52,6 +52,7 @@ class QuadraticPenalty:
         if decay != 1.0 and mode != "online":
             raise ValueError(f"decay (γ = {decay}) is defined for the online penalty only, not {mode!r}")
         self.c, self.decay, self.prior, self.mode = float(c), float(decay), float(prior), mode
+        self.strength = 1.0  # s: the penalty in force is s·R(θ) (set_strength; De Lange et al.'s stability decay)
         self.keep_tasks = keep_tasks or mode != "online"
         self.omega = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
         self.anchor = [torch.zeros_like(o) for o in self.omega]  # before task 1 the prior pulls towards 0
@@ -69,7 +70,16 @@ class QuadraticPenalty:
     def active(self) -> bool:
         """True while R is not identically 0: the prior acts from the first task on (SPEC §4), c·Ω once a
         task has been consolidated."""
-        return self.prior > 0 or (self.tasks_consolidated > 0 and self.c > 0)
+        return self.strength > 0 and (self.prior > 0 or (self.tasks_consolidated > 0 and self.c > 0))
+
+    def set_strength(self, strength: float) -> None:
+        """Scale the whole penalty in force: s·R(θ), its value and its gradient (prior included). The terms,
+        Ω and the anchors are unchanged, so s can go back up: it is a setting of the training, not of the
+        tasks' importance."""
+        if not strength >= 0:
+            raise ValueError(f"penalty strength must be >= 0, got {strength}")
+        self.strength = float(strength)
+        self._twice_precision = None
 
     @property
     def in_grad(self) -> bool:
@@ -164,6 +174,7 @@ class QuadraticPenalty:
         """Ω, anchors, centres and the per-task terms as tensors and plain data (for checkpoints)."""
         return {"omega": self.omega, "anchor": self.anchor, "centre": self.centre, "constant": self.constant,
                 "tasks_consolidated": self.tasks_consolidated,
+                "strength": self.strength,
                 "tasks": [None if t is None else {"precision": t.precision, "centre": t.centre} for t in self.tasks]}
 
     @torch.no_grad()
@@ -175,6 +186,7 @@ class QuadraticPenalty:
             for a, b in zip(mine, theirs):
                 a.copy_(b)  # across devices too: a checkpoint written on a GPU resumes on the CPU and back
         self.constant, self.tasks_consolidated = float(state["constant"]), int(state["tasks_consolidated"])
+        self.strength = float(state.get("strength", 1.0))  # checkpoints before the strength existed: 1
         here = lambda ts: [t.to(o.device, o.dtype) for t, o in zip(ts, self.omega)]  # noqa: E731
         self.tasks = [None if t is None else TaskTerm(here(t["precision"]), here(t["centre"])) for t in state["tasks"]]
         self._twice_precision = None
@@ -201,11 +213,11 @@ class QuadraticPenalty:
                     for term in self.tasks]
 
     def twice_precision(self) -> list[Tensor]:
-        """2P per parameter tensor, cached between consolidations."""
+        """2sP per parameter tensor (s: the strength), cached between consolidations."""
         if self._twice_precision is None:
             with torch.no_grad():
                 tp = self.precision()
-                torch._foreach_mul_(tp, 2.0)
+                torch._foreach_mul_(tp, 2.0 * self.strength)
             self._twice_precision = tp
         return self._twice_precision
 
@@ -216,7 +228,7 @@ class QuadraticPenalty:
         for d, p, m in zip(self.diff, params, self.centre):
             torch.sub(p.detach(), m, out=d).square_()
         return 0.5 * sum(torch.dot(d.view(-1), tp.view(-1)) for d, tp in zip(self.diff, self.twice_precision())) \
-            + self.constant
+            + self.strength * self.constant
 
     @torch.no_grad()
     def gradient(self, params: list[Tensor]) -> list[Tensor]:

@@ -16,9 +16,9 @@ class Plateau(Callback):
         self.history: list[dict] = []  # per task: epochs trained, best validation accuracy, its epoch
 
     def on_run_start(self, trainer) -> None:  # noqa: D102
-        if not hasattr(trainer.bench, "validation_batches"):
+        if not getattr(trainer.bench, "has_validation", False):
             raise ValueError(f"lr_schedule plateau needs validation splits beside the test splits; {trainer.bench.name} "
-                             "keeps none (the split benchmarks do)")
+                             "keeps none here (permuted-digits only with --eval validation)")
 
     def on_task_start(self, trainer, task: int, steps: int) -> None:  # noqa: D102
         self.per_epoch = trainer.steps_per_epoch(task)

@@ -18,6 +18,8 @@ class ProgressBar(Callback):
         self.loss = RunningLoss()
 
     def on_task_start(self, trainer, task: int, steps: int) -> None:  # noqa: D102
+        if self.bar is not None:
+            self.bar.close()  # a task search's attempt that diverged never reached on_train_end
         self.bar = tqdm(total=steps, desc=f"task {task + 1}/{trainer.bench.num_tasks}", leave=False)
         self.loss = RunningLoss()
 
@@ -27,8 +29,8 @@ class ProgressBar(Callback):
         if self.loss.count == self.every:
             self.bar.set_postfix(loss=f"{self.loss.pop():.4f}", refresh=False)
 
-    def on_task_end(self, trainer, task: int) -> None:  # noqa: D102
-        self.bar.close()
+    def on_train_end(self, trainer, task: int) -> None:  # noqa: D102
+        self.bar.close()  # (not at on_task_end: a task search trains a task several times)
 
 
 class LongRunWarning(Callback):

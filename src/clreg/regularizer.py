@@ -96,6 +96,17 @@ class Regularizer:
         """Anchor θ* per parameter name."""
         return dict(zip(self.names, self.penalty_term.anchor))
 
+    @property
+    def strength(self) -> float:
+        """s, a factor on the whole penalty in force (1 by default): training minimises L + s·R(θ). Ω, the
+        anchors and c are not touched, so s can be lowered for one task and raised again (De Lange et al.'s
+        stability decay lowers it task by task: clreg.task_search)."""
+        return self.penalty_term.strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        self.penalty_term.set_strength(value)
+
     def drop_task(self, task: int) -> None:
         """Remove task `task`'s penalty term (penalty="debiased") to train on its data again as if new."""
         self.penalty_term.drop_task(task)

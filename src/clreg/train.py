@@ -22,6 +22,7 @@ from .callbacks import Batch, Callback, Step
 from .progress import ProgressBar
 from .proxy import ProxyLog
 from .steplog import StepLog
+from .task_search import TaskSearch
 from .regularizer import Regularizer, has_active_dropout
 
 
@@ -116,6 +117,7 @@ class Trainer:
         self.proxies = ProxyLog(config.proxy_samples, config.proxy_every) if config.proxy_every else None
         self.plateau = Plateau(config.lr_gamma, config.lr_patience, config.stop_patience) \
             if config.lr_schedule == "plateau" else None
+        self.search = TaskSearch.from_config(config)  # De Lange et al.'s per-task search, where asked for
         self.log = log or StepLog()  # the step log behind the result's loss curve (and any log files)
         self.callbacks = [*([ProgressBar()] if progress else []), self.log,
                           *([self.proxies] if self.proxies else []), *([self.plateau] if self.plateau else []),
@@ -127,6 +129,8 @@ class Trainer:
         self.revisit: dict | None = None
         for callback in self.callbacks:
             callback.on_run_start(self)
+        if self.search is not None:
+            self.search.check(self)
 
     def run(self, checkpoint_path: str | Path | None = None, resume: bool = False) -> np.ndarray:
         """Train on every task; return the accuracy matrix A[k, j]. With `checkpoint_path`, the state is
@@ -143,7 +147,10 @@ class Trainer:
     def _train_tasks(self, first: int, accuracy: np.ndarray, checkpoint_path: str | Path | None) -> None:
         k_total = self.bench.num_tasks
         for task in range(first, k_total):
-            self.train_task(task)
+            if self.search is not None:
+                self.search.train(self, task)
+            else:
+                self.train_task(task)
             start = time.perf_counter()
             accuracy[task] = [evaluate(self.model, self.bench, j) for j in range(k_total)]
             self.timing["evaluation_seconds"] += time.perf_counter() - start
@@ -158,11 +165,25 @@ class Trainer:
         """Everything a resumed run needs after the tasks whose accuracy rows are given: model, penalty,
         random generators, timings, and the rows themselves (tensors and plain data only)."""
         return {"config": self.config.canonical(), "tasks_done": len(accuracy), "accuracy": accuracy.tolist(),
-                "model": self.model.state_dict(), "regularizer": self.reg.state_dict(),
+                **self.training_state(), "timing": dict(self.timing), "steps_done": self.steps_done,
+                "callbacks": self._callback_states(),
+                "search": self.search.state_dict() if self.search is not None else None}
+
+    def training_state(self) -> dict:
+        """What training a task changes and a task's training starts from: the model, the regulariser and the
+        random generators (live tensors: copy them to keep them)."""
+        return {"model": self.model.state_dict(), "regularizer": self.reg.state_dict(),
                 "init_generator": self.init_generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                "timing": dict(self.timing), "steps_done": self.steps_done,
-                "callbacks": self._callback_states()}
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
+    def load_training_state(self, state: dict) -> None:
+        """Restore a `training_state`."""
+        self.model.load_state_dict(state["model"])
+        self.reg.load_state_dict(state["regularizer"])
+        self.init_generator.set_state(state["init_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:  # dropout draws on the GPU
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     def _callback_keys(self) -> list[str]:
         """Each callback's name in checkpoints: its class name (name#2, ... for repeats)."""
@@ -179,18 +200,15 @@ class Trainer:
         """Restore a `state_dict`, fill the finished rows of `accuracy`; return the next task to train."""
         done = int(state["tasks_done"])
         accuracy[:done] = np.asarray(state["accuracy"])
-        self.model.load_state_dict(state["model"])
-        self.reg.load_state_dict(state["regularizer"])
-        self.init_generator.set_state(state["init_generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and state.get("cuda_rng") is not None:  # dropout draws on the GPU
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.load_training_state(state)
         self.timing.update(state["timing"])
         self.steps_done = int(state["steps_done"])
         saved = state.get("callbacks", {})
         for key, callback in zip(self._callback_keys(), self.callbacks):
             if key in saved:  # a callback that was not in the saved run starts afresh
                 callback.load_state_dict(saved[key])
+        if self.search is not None and state.get("search") is not None:
+            self.search.load_state_dict(state["search"])
         return done
 
     def revisit_first_task(self, before: list[float]) -> None:
@@ -221,6 +239,11 @@ class Trainer:
 
     def train_task(self, task: int, reinit: bool = True) -> None:
         """The steps of one task, then the importance measurement and consolidation."""
+        self.fit_task(task, reinit)
+        self.finish_task(task)
+
+    def fit_task(self, task: int, reinit: bool = True, lr: float | None = None) -> None:
+        """The steps of one task (at learning rate `lr`, default the run's), from re-init to on_train_end."""
         cfg, reg = self.config, self.reg
         if task > 0 and cfg.reinit and reinit:
             reinitialize(self.model, set(reg.names), self.init_generator)
@@ -230,7 +253,7 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_task_start(self, task, steps)
         settings = cfg.optimizer_settings()
-        optimizer = self.optimizer = make_optimizer(self.model, cfg.learning_rate, settings)
+        optimizer = self.optimizer = make_optimizer(self.model, lr or cfg.learning_rate, settings)
         self.stop_task = False
         schedule = make_schedule(optimizer, settings, steps, self.steps_per_epoch(task))
         size, drop_last = self.bench.train_size(task), self.bench.drop_last
@@ -249,12 +272,12 @@ class Trainer:
                           None if independent is None else self.bench.batch(task, next(independent)), forward)
             for callback in self.callbacks:
                 callback.on_before_step(self, batch)
-            lr = optimizer.param_groups[0]["lr"]
+            step_lr = optimizer.param_groups[0]["lr"]
             loss, penalty = self.step(optimizer, forward, x, y, batch.independent)
             if schedule is not None:
                 schedule.step()
             self.steps_done += 1
-            done = Step(self.steps_done, task, task_step + 1, loss, penalty, lr)
+            done = Step(self.steps_done, task, task_step + 1, loss, penalty, step_lr)
             for callback in self.callbacks:
                 callback.on_step(self, done)
             if self.stop_task:
@@ -264,6 +287,9 @@ class Trainer:
         self.timing["train_seconds"] += time.perf_counter() - start
         for callback in self.callbacks:
             callback.on_train_end(self, task)
+
+    def finish_task(self, task: int) -> None:
+        """After a task's steps: its importance measured and consolidated, then on_task_end."""
         start = time.perf_counter()
         self.consolidate(task)
         self.timing["importance_seconds"] += time.perf_counter() - start
@@ -376,4 +402,6 @@ def run(config: RunConfig, progress: bool = True, bench: Benchmark | None = None
         result["revisit"] = trainer.revisit
     if trainer.plateau is not None:
         result["plateau"] = trainer.plateau.history
+    if trainer.search is not None:
+        result["search"] = trainer.search.history
     return result

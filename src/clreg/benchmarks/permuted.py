@@ -18,10 +18,10 @@ class PermutedBenchmark:
     drop_last = False  # an "epoch" is ⌊epoch_size/b⌋ steps of a stream of consecutive shuffles
 
     def __init__(self, name: str, train: Split, evaluation: Split, num_tasks: int, seed: int,
-                 num_classes: int = 10, epoch_size: int | None = None):
+                 num_classes: int = 10, epoch_size: int | None = None, validation: Split | None = None):
         if num_tasks < 1:
             raise ValueError(f"tasks must be >= 1, got {num_tasks}")
-        self.name, self.train, self.evaluation = name, train, evaluation
+        self.name, self.train, self.evaluation, self.validation = name, train, evaluation, validation
         self.num_tasks, self.classes = num_tasks, num_classes
         self.in_features = train.x.shape[1]
         self.input_shape = (self.in_features,)
@@ -52,6 +52,7 @@ class PermutedBenchmark:
     def to(self, device: torch.device) -> "PermutedBenchmark":
         """Move the splits and permutations to `device`, once per run (in place; returns self)."""
         self.train, self.evaluation = self.train.to(device), self.evaluation.to(device)
+        self.validation = None if self.validation is None else self.validation.to(device)
         self.permutations = [p.to(device) for p in self.permutations]
         if self.subsets is not None:
             self.subsets = [s.to(device) for s in self.subsets]
@@ -79,6 +80,19 @@ class PermutedBenchmark:
             stop = start + batch_size
             yield self.evaluation.x[start:stop][:, perm], self.evaluation.y[start:stop]
 
+    @property
+    def has_validation(self) -> bool:
+        """True if the benchmark keeps a validation split (for lr_schedule plateau and lr_search)."""
+        return self.validation is not None
+
+    def validation_batches(self, task: int, batch_size: int = 2000) -> Iterator[tuple[Tensor, Tensor]]:
+        """The validation split of `task`, permuted, in chunks, whatever the evaluation split is."""
+        if self.validation is None:
+            raise ValueError(f"{self.name} keeps no validation split here")
+        perm = self.permutations[task]
+        for start in range(0, len(self.validation.y), batch_size):
+            yield self.validation.x[start:start + batch_size][:, perm], self.validation.y[start:start + batch_size]
+
     def describe(self) -> dict:
         """Plain-data description for run records."""
         return {"name": self.name, "tasks": self.num_tasks, "multi_head": False, "classes": self.classes,
@@ -95,7 +109,7 @@ def _mnist_like(name: str, data: ImageDataset, num_tasks: int | None, seed: int,
     validation = Split.from_images(data.x_train[:5000], data.y_train[:5000])
     test = Split.from_images(data.x_test, data.y_test)
     evaluation = test if evaluate_on == "test" else validation
-    return PermutedBenchmark(name, train, evaluation, num_tasks or 10, seed, epoch_size=60000)
+    return PermutedBenchmark(name, train, evaluation, num_tasks or 10, seed, epoch_size=60000, validation=validation)
 
 
 def permuted_mnist(num_tasks: int | None = 10, seed: int = 0, evaluate_on: str = "test",
@@ -117,10 +131,12 @@ def permuted_digits(num_tasks: int | None = 5, seed: int = 0, evaluate_on: str =
     digits = load_digits(seed=0)
     train = Split.from_images(digits.x_train, digits.y_train)
     test = Split.from_images(digits.x_test, digits.y_test)
+    validation = None  # held out only when asked for, so that test runs train on all of the train part
     if evaluate_on == "validation":
         n_val = len(train.y) // 5
         train, test = Split(train.x[n_val:], train.y[n_val:]), Split(train.x[:n_val], train.y[:n_val])
-    return PermutedBenchmark("permuted-digits", train, test, num_tasks or 5, seed)
+        validation = test
+    return PermutedBenchmark("permuted-digits", train, test, num_tasks or 5, seed, validation=validation)
 
 
 def permuted_split(name: str, train: Split, test: Split, num_tasks: int, seed: int, classes: int,
@@ -130,4 +146,4 @@ def permuted_split(name: str, train: Split, test: Split, num_tasks: int, seed: i
     flat = lambda s: Split(s.x.reshape(len(s), -1), s.y)  # noqa: E731
     train, validation = flat(train).head(HOLDOUT)
     return PermutedBenchmark(name, train, validation if evaluate_on == "validation" else flat(test), num_tasks, seed,
-                             num_classes=classes)
+                             num_classes=classes, validation=validation)

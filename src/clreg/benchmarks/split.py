@@ -68,6 +68,11 @@ class SplitBenchmark:
         """The evaluation split of `task` (test or validation), in chunks."""
         yield from _chunks(self.tasks[task].evaluation, batch_size)
 
+    @property
+    def has_validation(self) -> bool:
+        """True if every task keeps a validation split (for lr_schedule plateau and lr_search)."""
+        return all(t.validation is not None for t in self.tasks)
+
     def validation_batches(self, task: int, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
         """The validation split of `task`, in chunks, whatever the evaluation split is."""
         split = self.tasks[task].validation
