@@ -117,14 +117,21 @@ class Regularizer:
         return self.penalty_term.proxies(self.params)
 
     def state_dict(self) -> dict:
-        """The penalty (Ω, anchors, per-task terms) and the measure's lasting state, between tasks."""
-        return {"penalty": self.penalty_term.state_dict(), "measure": self.measure.state_dict()}
+        """The penalty (Ω, anchors, per-task terms), the measure's lasting state and its statistics of the task
+        so far (a trajectory measure's sums and step count), so a checkpoint taken between two steps resumes
+        the task where it was."""
+        return {"penalty": self.penalty_term.state_dict(), "measure": self.measure.state_dict(),
+                "task": self.measure.task_state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a `state_dict` taken between tasks, then start a task at the current parameters."""
+        """Restore a `state_dict`, at parameters equal to those it was taken at (load the model's first)."""
         self.penalty_term.load_state_dict(state["penalty"])
         self.measure.load_state_dict(state["measure"])
         self.begin_task()
+        if state.get("task"):  # (checkpoints written before the task state was saved start the task afresh)
+            self.measure.load_task_state_dict(state["task"])
+            if self.measure.trajectory and self.measure.step_statistic().needs_step:
+                self._snapshot()  # θ_t for the next step's Δ_t: the parameters now
 
     def begin_task(self) -> None:
         """Start a task: θ_start ← θ, per-task statistics reset. Called by the constructor and by
@@ -183,6 +190,18 @@ class Regularizer:
         add ∇R = 2cΩ ⊙ (θ − θ*) to the parameters' `.grad` in place (no graph, no allocation)."""
         self.penalty_term.add_gradient_(self.params)
 
+    def prepare_step(self) -> None:
+        """Just before an `optimizer.step()` that is not yours to call (a framework's): add ∇R to `.grad`
+        unless the penalty's backward already put it there this step. Call `after_step()` after the step,
+        or `skip_step()` if the optimiser skipped it."""
+        if not self.penalty_term.in_grad:
+            self.add_penalty_gradient()
+
+    def skip_step(self) -> None:
+        """The optimiser did not step (a mixed-precision overflow): nothing accumulates, the parameters and
+        the measure's statistics stay where they were, and this step's ∇R is discarded."""
+        self._step_done()
+
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """Finish a training step after `loss.backward()`: add ∇R to the gradient (unless the penalty's
         backward already put it there), `optimizer.step()`, then the measure's step statistic.
@@ -201,8 +220,7 @@ class Regularizer:
                 return
             if statistic is not None and statistic.needs_step and self._before_at != self.measure.steps:
                 self._snapshot()  # θ_t, for Δ_t
-            if not self.penalty_term.in_grad:
-                self.add_penalty_gradient()
+            self.prepare_step()
             optimizer.step()
             if statistic is not None:
                 self._observe(statistic)

@@ -59,6 +59,13 @@ class ImportanceMeasure:
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""
 
+    def task_state_dict(self) -> dict:
+        """The statistics of the task so far (after `begin_task`), for checkpoints taken within a task."""
+        return {}
+
+    def load_task_state_dict(self, state: dict) -> None:
+        """Restore what `task_state_dict` returned (after `begin_task`)."""
+
 
 def zeros_like_all(params: list[Tensor]) -> list[Tensor]:
     """Contiguous zero tensors shaped like `params`."""

@@ -47,6 +47,16 @@ class TrajectoryMeasure(ImportanceMeasure):
         self.state = zeros_like_all(params)
         self.steps = 0
 
+    def task_state_dict(self) -> dict:  # noqa: D102
+        return {"start": self.start, "state": self.state, "steps": self.steps}
+
+    @torch.no_grad()
+    def load_task_state_dict(self, state: dict) -> None:  # noqa: D102
+        for mine, theirs in ((self.start, state["start"]), (self.state, state["state"])):
+            for a, b in zip(mine, theirs):
+                a.copy_(b)
+        self.steps = int(state["steps"])
+
     def accumulate(self, task_grads: list[Tensor] | None, independent: list[Tensor] | None,
                    delta: list[Tensor] | None) -> None:
         """One step on the foreach backend: g_t, g'_t (None where unused) and Δ_t = θ_{t+1} − θ_t."""
