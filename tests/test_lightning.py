@@ -147,6 +147,8 @@ def test_measures_that_need_a_loss_say_so():
     module = Classifier()
     with pytest.raises(ValueError, match="needs an independent minibatch each step: give ContinualRegularizer"):
         fit(module, tasks(1)[0], ContinualRegularizer("siu", 1.0))
+    with pytest.raises(ValueError, match="sos with split=True"):
+        fit(module, tasks(1)[0], ContinualRegularizer("sos", 1.0, split=True))
 
 
 def test_callback_equals_the_bare_loop_in_bf16_mixed_precision():

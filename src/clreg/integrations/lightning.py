@@ -64,6 +64,9 @@ class ContinualRegularizer(Callback):
         if self._pending is not None:
             self._load(self._pending)
             self._pending = None
+        if self.reg.split:
+            raise ValueError("sos with split=True takes g and g' from the two halves of each batch's loss, which "
+                             "Lightning's training_step does not give apart: use split=False with task_loss=...")
         if self.task_loss is None and (self._needs_independent or self._needs_task_gradient(pl_module)):
             why = "an independent minibatch each step" if self._needs_independent else \
                 "g_t with dropout off (the module has dropout)"
