@@ -122,8 +122,6 @@ def positive_floats(example: str) -> Callable[[Any], list[float]]:
 
 
 def _positive_list(kind: type, words: str, example: str) -> Callable[[Any], list]:
-    smallest = 1 if kind is int else 0
-
     def parse(value: Any) -> list:
         items = value.split(",") if isinstance(value, str) else value
         try:
@@ -131,8 +129,7 @@ def _positive_list(kind: type, words: str, example: str) -> Callable[[Any], list
                        if not (kind is int and isinstance(v, float))]
         except (TypeError, ValueError):
             numbers = []
-        if not isinstance(items, (list, tuple)) or not numbers or len(numbers) != len(items) or \
-                min(numbers) < smallest or (kind is float and min(numbers) <= 0):
+        if not isinstance(items, (list, tuple)) or not numbers or len(numbers) != len(items) or min(numbers) <= 0:
             raise ValueError(f"must be positive {words} separated by commas (e.g. {example}), got {value!r}")
         return numbers
     parse.__name__ = f"positive_{kind.__name__}s"

@@ -87,6 +87,12 @@ class Regularizer:
         return bool(getattr(self.measure, "split", False))
 
     @property
+    def needs_independent_batch(self) -> bool:
+        """True if every step needs `before_step(independent_loss=...)`: g'_t on a minibatch independent of the
+        training one (siu, sib, sos with α ≠ 0; not sos with split, which takes it from the batch's half)."""
+        return self.measure.trajectory and self.measure.needs_independent_gradient and not self.split
+
+    @property
     def omega(self) -> dict[str, Tensor]:
         """Accumulated importance Ω per parameter name."""
         return dict(zip(self.names, self.penalty_term.omega))
@@ -169,7 +175,7 @@ class Regularizer:
             return
         if task_loss is not None and self.measure.uses_task_gradient:
             self._task_grads = self.gradient(task_loss)
-        if self.measure.needs_independent_gradient and not self.split:
+        if self.needs_independent_batch:
             if independent_loss is None:
                 raise ValueError(f"method {self.measure.name!r} needs the gradient of an independent minibatch: "
                                  "call before_step(independent_loss=lambda: loss_on_other_batch)")

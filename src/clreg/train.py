@@ -298,7 +298,7 @@ class Trainer:
 
     def wants_independent_batches(self) -> bool:
         """True if each step needs a minibatch B'_t independent of B_t (for g'_t, or for a callback)."""
-        return (self.reg.measure.needs_independent_gradient and not self.reg.split) or \
+        return self.reg.needs_independent_batch or \
             any(callback.needs_independent_batch for callback in self.callbacks)
 
     def step(self, optimizer: torch.optim.Optimizer, forward, x: Tensor, y: Tensor,

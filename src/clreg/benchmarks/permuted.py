@@ -75,10 +75,7 @@ class PermutedBenchmark:
 
     def evaluation_batches(self, task: int, batch_size: int = 2000) -> Iterator[tuple[Tensor, Tensor]]:
         """The evaluation split of `task` (test or validation), in chunks."""
-        perm = self.permutations[task]
-        for start in range(0, len(self.evaluation.y), batch_size):
-            stop = start + batch_size
-            yield self.evaluation.x[start:stop][:, perm], self.evaluation.y[start:stop]
+        yield from _permuted_chunks(self.evaluation, self.permutations[task], batch_size)
 
     @property
     def has_validation(self) -> bool:
@@ -89,9 +86,7 @@ class PermutedBenchmark:
         """The validation split of `task`, permuted, in chunks, whatever the evaluation split is."""
         if self.validation is None:
             raise ValueError(f"{self.name} keeps no validation split here")
-        perm = self.permutations[task]
-        for start in range(0, len(self.validation.y), batch_size):
-            yield self.validation.x[start:start + batch_size][:, perm], self.validation.y[start:start + batch_size]
+        yield from _permuted_chunks(self.validation, self.permutations[task], batch_size)
 
     def describe(self) -> dict:
         """Plain-data description for run records."""
@@ -99,6 +94,13 @@ class PermutedBenchmark:
                 "train_size": [self.train_size(t) for t in range(self.num_tasks)] if self.subsets else len(self.train.y),
                 "evaluation_size": len(self.evaluation.y),
                 "epoch_size": [self.epoch_size(t) for t in range(self.num_tasks)] if self.subsets else self._epoch_size}
+
+
+def _permuted_chunks(split: Split, perm: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """`split` in chunks of `batch_size`, pixels permuted by `perm`."""
+    for start in range(0, len(split.y), batch_size):
+        stop = start + batch_size
+        yield split.x[start:stop][:, perm], split.y[start:stop]
 
 
 def _mnist_like(name: str, data: ImageDataset, num_tasks: int | None, seed: int, evaluate_on: str) -> PermutedBenchmark:

@@ -67,17 +67,12 @@ class ContinualRegularizer(Callback):
         if self.reg.split:
             raise ValueError("sos with split=True takes g and g' from the two halves of each batch's loss, which "
                              "Lightning's training_step does not give apart: use split=False with task_loss=...")
-        if self.task_loss is None and (self._needs_independent or self._needs_task_gradient(pl_module)):
-            why = "an independent minibatch each step" if self._needs_independent else \
+        if self.task_loss is None and (self.reg.needs_independent_batch or self._needs_task_gradient(pl_module)):
+            why = "an independent minibatch each step" if self.reg.needs_independent_batch else \
                 "g_t with dropout off (the module has dropout)"
             raise ValueError(f"method {self.reg.measure.name!r} needs {why}: give "
                              "ContinualRegularizer(task_loss=lambda module, batch: ...)")
         self._independent = None
-
-    @property
-    def _needs_independent(self) -> bool:
-        measure = self.reg.measure
-        return measure.trajectory and measure.needs_independent_gradient and not self.reg.split
 
     def _needs_task_gradient(self, pl_module) -> bool:
         measure = self.reg.measure
@@ -94,7 +89,7 @@ class ContinualRegularizer(Callback):
         if self._window:
             window = list(self._window)
             task_loss = lambda: sum(self.task_loss(pl_module, b) for b in window) / len(window)  # noqa: E731
-        if self._needs_independent:
+        if reg.needs_independent_batch:
             other = self._next_independent(trainer)
             independent_loss = lambda: self.task_loss(pl_module, other)  # noqa: E731
         if task_loss is not None or independent_loss is not None:
