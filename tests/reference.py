@@ -14,12 +14,19 @@ def per_sample_grads(model, params, x, objective):
     return out
 
 
+def one_sample(model, x, i):
+    """The logits of sample i alone: model(x[i:i+1]), or model(**{k: v[i:i+1]}) for keyword inputs."""
+    if isinstance(x, dict):
+        return model(**{k: v[i:i + 1] for k, v in x.items()})[0]
+    return model(x[i:i + 1])[0]
+
+
 def naive_measure(name, model, params, x, labels=None):
     """The post-task measures of SPEC §3, written out sample by sample and label by label."""
-    n = len(x)
+    n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
     total = [torch.zeros_like(p) for p in params]
     for i in range(n):
-        z = model(x[i:i + 1])[0]
+        z = one_sample(model, x, i)
         q = z.softmax(0)
         terms = []  # (weight, objective) pairs whose per-sample gradients enter
         if name in ("fisher", "sqrt-fisher", "af"):
@@ -38,7 +45,7 @@ def naive_measure(name, model, params, x, labels=None):
             terms = [(1.0, lambda z: z[y0] ** 2)]
         power = (lambda g: g.abs()) if name in ("af", "mas", "mas-logits", "masx", "masx-logits") else torch.square
         for w, objective in terms:
-            z = model(x[i:i + 1])[0]
+            z = one_sample(model, x, i)
             grads = torch.autograd.grad(objective(z), params)
             for t, g in zip(total, grads):
                 t += w * power(g)

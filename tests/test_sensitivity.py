@@ -121,9 +121,70 @@ def test_fisher_with_saturated_softmax_equals_brute_force():
     assert_close(omega, naive_measure("fisher", model, params, x))
 
 
-def test_a_layer_applied_twice_is_refused_not_miscounted():
+def test_a_layer_applied_twice_is_measured_exactly():
+    """A Linear that runs twice per forward pass has no closed form: its parameters go to the torch.func path."""
     layer = nn.Linear(3, 3).double()
     model = nn.Sequential(layer, nn.Tanh(), layer)  # the same module twice in the forward pass
     x = torch.randn(4, 3, dtype=torch.double)
-    with pytest.raises(ValueError, match="ran 2 times"):
-        importance.create("mas").task_importance(list(model.parameters()), TaskSample(model, x))
+    params = list(model.parameters())
+    omega = importance.create("mas").task_importance(params, TaskSample(model, x))
+    assert_close(omega, naive_measure("mas", model, params, x))
+
+
+class Encoder(nn.Module):
+    """Token classifier on nn.TransformerEncoder: nn.MultiheadAttention applies its projections functionally,
+    so neither in_proj_weight nor out_proj (a Linear that never runs as a module) has a per-layer rule."""
+
+    def __init__(self, batch_first=True):
+        super().__init__()
+        torch.manual_seed(0)
+        self.batch_first = batch_first
+        self.embed = nn.Embedding(11, 8)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=batch_first)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        h = self.embed(tokens)
+        h = self.encoder(h if self.batch_first else h.transpose(0, 1))
+        return self.head((h if self.batch_first else h.transpose(0, 1)).mean(1))
+
+
+@pytest.mark.parametrize("name", ["fisher", "sqrt-fisher", "af", "mas", "masx"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_measures_equal_brute_force(name, batch_first):
+    model = Encoder(batch_first).double().eval()
+    x = torch.randint(0, 11, (6, 5))
+    params = list(model.parameters())
+    omega = importance.create(name).task_importance(params, TaskSample(model, x))
+    assert_close(omega, naive_measure(name, model, params, x))
+    assert float(sum(o.sum() for o in omega)) > 0
+
+
+class Masked(nn.Module):
+    """Keyword inputs, and a branch on the mask's values (as Hugging Face models take): not vmap-able."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(11, 4)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.norm(self.embed(input_ids))
+        if not bool(attention_mask.all()):  # data-dependent control flow
+            h = h * attention_mask.unsqueeze(-1)
+        return self.head(h.sum(1) / attention_mask.sum(1, keepdim=True))
+
+
+def test_keyword_inputs_with_data_dependent_control_flow_are_exact():
+    model = Masked().double()
+    ids = torch.randint(0, 11, (5, 4))
+    mask = torch.ones(5, 4, dtype=torch.long)
+    mask[1, 2:] = 0
+    x = {"input_ids": ids, "attention_mask": mask}
+    params = list(model.parameters())
+    with pytest.warns(RuntimeWarning, match="taken one sample at a time"):
+        omega = importance.create("fisher").task_importance(params, TaskSample(model, x))
+    assert_close(omega, naive_measure("fisher", model, params, x))

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from . import fused, importance
 from .device import single_device
-from .importance import ImportanceMeasure, TaskSample
+from .importance import ImportanceMeasure, TaskSample, batch
+from .importance.batch import Inputs
 from .penalty import QuadraticPenalty
 
 ParamFilter = Callable[[str, nn.Parameter], bool]
@@ -333,22 +334,25 @@ class Regularizer:
                              "and optimizer.step(), and keep every regularised parameter in the loss")
         return grads
 
-    def end_task(self, inputs: Tensor | None = None, labels: Tensor | None = None,
-                 forward: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor] | None:
+    def end_task(self, inputs: Inputs | None = None, labels: Tensor | None = None,
+                 forward: Callable[[Inputs], Tensor] | None = None) -> dict[str, Tensor] | None:
         """End of a task: measure ω (from the trajectory or on `inputs`), Ω ← γΩ + ω, θ* ← θ.
 
-        `forward(x)` maps inputs to the task's logits (default `model(x)`); `labels` are needed only by
-        the empirical Fisher. Returns ω per parameter name (None for fine-tuning).
+        `inputs` is a tensor, or a dict of tensors with a common first dimension (keyword inputs, e.g. a
+        tokenised batch's input_ids and attention_mask). `forward(x)` maps inputs to the task's logits (default
+        `model(x)`, `model(**x)` for a dict); `labels` are needed only by the empirical Fisher. Returns ω per
+        parameter name (None for fine-tuning).
         """
         if not self.measure.regularizes:
             self.begin_task()
             return None
         sample = None
         if inputs is not None:
-            if forward is None and self.measure.needs_sample:
+            batch.check_inputs(inputs)
+            if forward is None and self.measure.needs_sample and isinstance(inputs, Tensor):
                 _check_single_input(self.model)
             labels = None if labels is None else labels.to(self.device)
-            sample = TaskSample(self.model, inputs.to(self.device), labels, forward, self.memory_budget)
+            sample = TaskSample(self.model, batch.to_device(inputs, self.device), labels, forward, self.memory_budget)
         elif self.measure.needs_sample:
             raise ValueError(f"method {self.measure.name!r} measures importance on data: "
                              "call end_task(inputs) with a sample of the task's inputs")

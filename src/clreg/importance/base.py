@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..options import Option
+from .batch import Inputs
 
 
 @dataclass
@@ -15,9 +16,9 @@ class TaskSample:
     """What a post-task measure needs: the model, how to get logits, and n inputs (with labels)."""
 
     model: nn.Module
-    inputs: Tensor
+    inputs: Inputs  # a tensor, or a dict of tensors with a common sample dimension
     labels: Tensor | None = None
-    forward: Callable[[Tensor], Tensor] | None = None  # default: model(inputs)
+    forward: Callable[[Inputs], Tensor] | None = None  # default: model(inputs), model(**inputs) for a dict
     memory_budget: int | None = None  # bytes the per-sample engine may use (None: by device, clreg.device)
 
 

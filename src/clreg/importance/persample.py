@@ -11,7 +11,10 @@ that is, a weighted sum of a function of *per-sample* gradients:
   backward pass only runs down to the layer outputs (no weight gradients at all);
 - Conv2d: per-sample gradients as one batched product per kernel offset and cotangent, on strided copies
   of the input (the numbers unfold would give); Linear on inputs with extra dimensions likewise, directly;
-- any other parameter: `torch.func` (vmap of grad over samples), chunked.
+- any other parameter, and a Linear/Conv2d that does not run exactly once per forward pass (attention's output
+  projection, which nn.MultiheadAttention applies functionally; a layer applied twice): `torch.func` (vmap of grad
+  over samples), chunked.
+Inputs are a tensor or a dict of tensors with a common sample dimension (a Hugging Face model's keyword inputs).
 Samples are processed in chunks that keep the working memory under a budget.
 """
 from __future__ import annotations
@@ -21,9 +24,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 
 from ..device import memory_budget as device_budget
+from . import batch
+from .batch import Inputs
+from .fallback import FallbackGradients
 
 # (logits (n, C), labels (n,) or None) -> cotangents (K, n, C) and weights (K, n)
 Cotangents = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]]
@@ -48,8 +53,9 @@ def _conv_padding(m: nn.Conv2d) -> tuple[int, int] | None:
 class _Layer:
     """A Linear or Conv2d whose wanted parameters get the closed-form statistics."""
 
-    def __init__(self, module: nn.Module, slots: dict[str, int]):
+    def __init__(self, module: nn.Module, slots: dict[str, int], names: dict[str, str]):
         self.module, self.slots = module, slots  # slots: "weight"/"bias" -> index into the result list
+        self.names = names  # "weight"/"bias" -> the parameter's name in the model
         self.input: Tensor | None = None
         self.output: Tensor | None = None
         self.recording = True  # off while the torch.func fallback re-runs the model
@@ -94,20 +100,20 @@ class _Layer:
 class _Accumulator:
     """Runs one chunk of samples through the model and adds its statistics to `totals`."""
 
-    def __init__(self, layers: list[_Layer], fallback: dict[int, str], model: nn.Module,
-                 forward: Callable[[Tensor], Tensor], power: str, params: list[Tensor], totals: list[Tensor]):
-        self.layers, self.fallback, self.model, self.params = layers, fallback, model, params
-        self.forward, self.power, self.totals = forward, power, totals
+    def __init__(self, layers: list[_Layer], fallback: FallbackGradients, forward: Callable[[Inputs], Tensor],
+                 power: str, totals: list[Tensor]):
+        self.layers, self.fallback, self.forward, self.power, self.totals = layers, fallback, forward, power, totals
 
-    def run(self, x: Tensor, labels: Tensor | None, cotangents: Cotangents) -> None:
+    def run(self, x: Inputs, labels: Tensor | None, cotangents: Cotangents) -> None:
         for layer in self.layers:
             layer.calls = 0
         with torch.enable_grad():
             logits = self.forward(x)
         for layer in self.layers:
-            if layer.calls != 1:  # the closed forms assume one application per forward pass
+            if layer.calls != 1 or layer.input.shape[0] != len(logits):  # as the probe found: once, samples first
                 raise ValueError(f"{type(layer.module).__name__} {layer.module!r} ran {layer.calls} times in one "
-                                 "forward pass; per-sample statistics support each Linear/Conv2d running exactly once")
+                                 "forward pass, or on inputs whose first dimension is not the samples', unlike in "
+                                 "the first passes: the model's control flow depends on its inputs")
         v, w = cotangents(logits.detach(), labels)
         # fold the weights into the cotangents: w·δ² = (√w·δ)², w·abs(δ) = abs(w·δ) for w ≥ 0
         v = v * (w.sqrt() if self.power == "square" else w).unsqueeze(-1).to(v.dtype)
@@ -124,8 +130,14 @@ class _Accumulator:
                     next(factorised).addcmul_(delta, delta)
                 else:
                     next(factorised).add_(delta.abs())
-            if self.fallback:
-                self._add_fallback(x, v[k])
+        if self.fallback.names:
+            for layer in self.layers:
+                layer.recording = False
+            try:
+                self.fallback.add(x, v)
+            finally:
+                for layer in self.layers:
+                    layer.recording = True
         for layer, s in zip([layer for layer in self.layers if layer.factorised], summed):
             self._add(layer, "weight", lambda: s.t() @ _power(layer.input, self.power))
             self._add(layer, "bias", lambda: s.sum(0))
@@ -151,37 +163,6 @@ class _Accumulator:
         if "bias" in layer.slots:
             self.totals[layer.slots["bias"]].add_(_power(delta.sum(2), self.power).sum(0))
 
-    def _add_fallback(self, x: Tensor, v: Tensor) -> None:
-        names = list(self.fallback.values())
-        values = [self.params[slot].detach() for slot in self.fallback]
-        wrapper = _Forward(self.model, self.forward)
-
-        def contracted(params: list[Tensor], xi: Tensor, vi: Tensor) -> Tensor:
-            out = functional_call(wrapper, {"model." + n: p for n, p in zip(names, params)}, (xi[None],))
-            return (out[0] * vi).sum()
-
-        for layer in self.layers:
-            layer.recording = False
-        try:
-            per_sample = vmap(grad(contracted), in_dims=(None, 0, 0))(values, x, v)
-        finally:
-            for layer in self.layers:
-                layer.recording = True
-        for slot, g in zip(self.fallback, per_sample):
-            self.totals[slot].add_(_power(g, self.power).sum(0))
-
-
-class _Forward(nn.Module):
-    """Wraps a user forward function so that torch.func can re-parametrise the model it closes over."""
-
-    def __init__(self, model: nn.Module, fn: Callable[[Tensor], Tensor]):
-        super().__init__()
-        self.model = model
-        self._fn = (fn,)  # a tuple, so that a module passed as `fn` is not registered a second time
-
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return self._fn[0](x)
-
 
 def _plan(model: nn.Module, params: list[Tensor]) -> tuple[list[_Layer], dict[int, str]]:
     """Assign each wanted parameter to a closed-form layer or to the torch.func fallback."""
@@ -200,7 +181,7 @@ def _plan(model: nn.Module, params: list[Tensor]) -> tuple[list[_Layer], dict[in
                if id(p) in index and owners[id(p)] == 1}
         closed_form = (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and _conv_padding(m) is not None))
         if own and closed_form and set(own) <= {"weight", "bias"}:
-            layers.append(_Layer(m, own))
+            layers.append(_Layer(m, own, {kind: names[id(p)] for kind, p in m.named_parameters(recurse=False)}))
         else:
             for kind, p in m.named_parameters(recurse=False):
                 if id(p) in index:
@@ -208,7 +189,33 @@ def _plan(model: nn.Module, params: list[Tensor]) -> tuple[list[_Layer], dict[in
     return layers, fallback
 
 
-def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Tensor, cotangents: Cotangents,
+def _probe(layers: list[_Layer], fallback: dict[int, str], forward: Callable[[Inputs], Tensor], inputs: Inputs,
+           n: int) -> list[_Layer]:
+    """Run one sample, then two, through the model and hand to the torch.func fallback every layer whose closed
+    form would not hold: one that did not run exactly once (one applied functionally, as attention's output
+    projection is; one applied twice), or one whose input does not have the samples first (a sequence-first
+    layout, whose first dimension stays the same when the number of samples changes). Gradients on, as in the
+    real passes: a fast path that skips modules without them is not taken."""
+    good = {id(layer): True for layer in layers}
+    for size in (1, 2) if n > 1 else (1,):
+        for layer in layers:
+            layer.calls, layer.input = 0, None
+        with torch.enable_grad():
+            forward(batch.take(inputs, 0, size))
+        for layer in layers:
+            good[id(layer)] &= layer.calls == 1 and layer.input.shape[0] == size
+    kept = []
+    for layer in layers:
+        layer.input = layer.output = None
+        if good[id(layer)]:
+            kept.append(layer)
+            continue
+        layer.handle.remove()
+        fallback.update({slot: layer.names[kind] for kind, slot in layer.slots.items()})
+    return kept
+
+
+def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Inputs, cotangents: Cotangents,
                           power: str, labels: Tensor | None = None,
                           forward: Callable[[Tensor], Tensor] | None = None,
                           memory_budget: int | None = None) -> list[Tensor]:
@@ -221,23 +228,38 @@ def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Tensor
     """
     if power not in ("square", "abs"):
         raise ValueError(f"power must be 'square' or 'abs', got {power!r}")
-    if inputs.shape[0] == 0:
+    n = batch.check_inputs(inputs)
+    if n == 0:
         raise ValueError("per_sample_statistics needs at least one sample")
-    forward = forward or model
+    forward = forward or _default_forward(model, inputs)
     totals = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
     layers, fallback = _plan(model, params)
     try:
-        accumulator = _Accumulator(layers, fallback, model, forward, power, params, totals)
-        accumulator.run(inputs[:1], None if labels is None else labels[:1], cotangents)  # also sizes layers
-        chunk = _chunk_size(accumulator, params, fallback, memory_budget or device_budget(inputs.device))
-        for start in range(1, inputs.shape[0], chunk):
+        layers = _probe(layers, fallback, forward, inputs, n)
+        functional = FallbackGradients(model, forward, fallback, params, lambda g: _power(g, power), totals)
+        accumulator = _Accumulator(layers, functional, forward, power, totals)
+        accumulator.run(batch.take(inputs, 0, 1), None if labels is None else labels[:1], cotangents)  # sizes layers
+        chunk = _chunk_size(accumulator, params, fallback, memory_budget or device_budget(params[0].device))
+        for start in range(1, n, chunk):
             stop = start + chunk
-            accumulator.run(inputs[start:stop], None if labels is None else labels[start:stop], cotangents)
+            accumulator.run(batch.take(inputs, start, stop), None if labels is None else labels[start:stop],
+                            cotangents)
     finally:
         for layer in layers:
             layer.handle.remove()
             layer.input = layer.output = None
     return totals
+
+
+def _default_forward(model: nn.Module, inputs: Inputs) -> Callable[[Inputs], Tensor]:
+    """model(x) for a tensor, model(**x) for a dict of keyword inputs; the result must be the logits."""
+    def logits(x: Inputs) -> Tensor:
+        out = model(x) if isinstance(x, Tensor) else model(**x)
+        if not isinstance(out, Tensor):
+            raise ValueError(f"{type(model).__name__} returns a {type(out).__name__}, not a tensor of logits: pass "
+                             "forward=, e.g. forward=lambda x: model(**x).logits")
+        return out
+    return logits
 
 
 def _chunk_size(accumulator: _Accumulator, params: list[Tensor], fallback: dict[int, str], budget: int) -> int:

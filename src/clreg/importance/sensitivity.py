@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..options import Option
+from . import batch
 from .base import ImportanceMeasure, TaskSample
 from .persample import per_sample_statistics
 
@@ -29,7 +30,7 @@ class SensitivityMeasure(ImportanceMeasure):
         return omega
 
     def task_importance(self, params: list[Tensor], sample: TaskSample | None) -> list[Tensor]:  # noqa: D102
-        if sample is None or sample.inputs.shape[0] == 0:
+        if sample is None or batch.check_inputs(sample.inputs) == 0:
             raise ValueError(f"method {self.name!r} needs a non-empty data sample at task end")
         was_training = sample.model.training
         sample.model.eval()
@@ -39,7 +40,7 @@ class SensitivityMeasure(ImportanceMeasure):
                                            memory_budget=sample.memory_budget)
         finally:
             sample.model.train(was_training)
-        torch._foreach_div_(totals, float(sample.inputs.shape[0]))
+        torch._foreach_div_(totals, float(batch.check_inputs(sample.inputs)))
         return self.finish(totals)
 
 

@@ -24,7 +24,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError("clreg.integrations.lightning needs PyTorch Lightning: pip install 'clreg[lightning]'") from err
 
 from ..regularizer import Regularizer, has_active_dropout
-from .samples import take_sample
+from .samples import end_task
 
 LossFn = Callable[[Any, Any], Tensor]  # (module, batch) -> the task loss of that batch
 
@@ -39,7 +39,8 @@ class ContinualRegularizer(Callback):
     - `task_loss(module, batch)`: the task loss of a batch. Needed where a measure takes extra gradients:
       an independent minibatch B'_t each step (siu, sib, sos with α ≠ 0; drawn from the training
       dataloader), or g_t with dropout off when the module has dropout (SI family).
-    - `forward(module, x)`: inputs to logits for post-task measures (default `module(x)`).
+    - `forward(module, x)`: inputs to logits for post-task measures (default `module(x)`; `module(**x)` where
+      the batches are dicts, whose entries other than the labels are the inputs unless `sample_key` names one).
     """
 
     def __init__(self, method: str = "si", c: float = 1.0, *, heads: Iterable[str] = (), shared=None,
@@ -128,17 +129,9 @@ class ContinualRegularizer(Callback):
         sample), Ω ← Ω + ω, θ* ← θ. Returns ω by parameter name."""
         if self.reg is None:
             raise ValueError("end_task comes after training: the regulariser is built when a fit starts")
-        inputs = labels = None
-        if self.reg.measure.needs_sample:
-            if data is None:
-                raise ValueError(f"method {self.reg.measure.name!r} measures importance on data: "
-                                 "give end_task a tensor of inputs or a dataloader")
-            inputs, labels = take_sample(data, self.samples, self.sample_key)
-            module = self.reg.model
-            forward = (lambda x: self.forward(module, x)) if self.forward is not None else None
-            omega = self.reg.end_task(inputs, labels, forward=forward)
-        else:
-            omega = self.reg.end_task()
+        module = self.reg.model
+        forward = (lambda x: self.forward(module, x)) if self.forward is not None else None
+        omega = end_task(self.reg, data, self.samples, self.sample_key, forward)
         self.tasks_done += 1
         return omega
 

@@ -1,0 +1,194 @@
+"""clreg in the Hugging Face Trainer: a TrainerCallback that regularises a transformer across tasks.
+
+    reg = ContinualRegularizer("ewc", c=1000, heads=("classifier",))
+    for task in tasks:                               # one Trainer per task: a fresh optimiser each time
+        Trainer(model, args, train_dataset=task.train, callbacks=[reg]).train()
+    # each train() ends with the task's importance measured on a sample of its training data
+
+The callback does what the bare loop's `Regularizer` calls do, at the Trainer's events. Before every optimiser
+step it adds ∇R to `.grad`; the Trainer has clipped the task gradient to `max_grad_norm` by then, so the
+penalty's gradient is not clipped (the bare loop's equivalent: clip, then `reg.step(optimizer)`). After the
+step it feeds the trajectory statistic (SI, SOS, ...), or discards the step where the fp16 scaler skipped it.
+At the end of training it ends the task. Its state goes into every checkpoint the Trainer saves
+(`clreg_regularizer.pt` beside the model's weights) and comes back when training resumes from one.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+try:
+    from transformers import TrainerCallback
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError("clreg.integrations.transformers needs transformers: pip install 'clreg[transformers]'") from err
+
+from ..importance.batch import to_device
+from ..regularizer import Regularizer, has_active_dropout
+from .samples import end_task
+
+STATE_FILE = "clreg_regularizer.pt"  # in each checkpoint folder the Trainer writes
+LossFn = Callable[[nn.Module, Mapping[str, Tensor]], Tensor]  # (model, batch) -> the task loss of that batch
+
+
+def default_task_loss(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
+    """The loss a Hugging Face model computes for a batch that holds its labels."""
+    return model(**batch).loss
+
+
+def default_forward(model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
+    """The logits of a Hugging Face classifier for keyword inputs."""
+    return model(**inputs).logits
+
+
+class ContinualRegularizer(TrainerCallback):
+    """The penalty and importance measure of `clreg.Regularizer(model, method, c, ...)` for a Trainer's model.
+
+    - `heads` (e.g. `("classifier",)`), `shared`, and the measure's options (`xi=`, `alpha=`, ...) as for
+      `Regularizer`.
+    - `samples`: inputs drawn for post-task measures (EWC, MAS, ...) at the end of each `train()`, from
+      `sample_data` if given (a dataloader or iterable of tokenised batches), else from the training
+      dataloader. Of each batch, every entry but the labels is an input; shorter sequences are right-padded
+      with the model's pad token. `end_task_on_train_end=False` leaves ending tasks to you: `end_task(data)`.
+    - `task_loss(model, batch)`: the task loss of a batch (default: the model's own `.loss`), for measures that
+      take extra gradients: on an independent minibatch each step (siu, sib, sos with α ≠ 0; drawn from the
+      training dataloader), and g_t with dropout off where the model has dropout (SI family; on the
+      micro-batches of the step, which the callback sees as they enter the model).
+    - `forward(model, inputs)`: inputs to logits for post-task measures (default: the model's `.logits`).
+    """
+
+    def __init__(self, method: str = "si", c: float = 1.0, *, heads: Iterable[str] = (), shared=None,
+                 samples: int = 1000, sample_data: Any = None, end_task_on_train_end: bool = True,
+                 task_loss: LossFn = default_task_loss, forward: Callable[[nn.Module, Any], Tensor] = default_forward,
+                 **options):
+        self.method, self.c, self.heads, self.shared, self.options = method, c, tuple(heads), shared, options
+        self.samples, self.sample_data, self.end_task_on_train_end = samples, sample_data, end_task_on_train_end
+        self.task_loss, self.forward = task_loss, forward
+        self.reg: Regularizer | None = None
+        self.tasks_done = 0
+        self._pending: dict | None = None  # a checkpoint's state, applied when training (re)starts
+        self._window: list[dict] = []  # the micro-batches of the coming optimiser step
+        self._hook = None
+        self._independent = None  # iterator over the training dataloader for B'_t
+
+    # -- set-up -------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):  # noqa: D102
+        if self.reg is None:
+            self.reg = Regularizer(model, self.method, self.c, heads=self.heads, shared=self.shared, **self.options)
+        elif self.reg.model is not model:
+            raise ValueError("this ContinualRegularizer belongs to another model: one callback per model")
+        if self.reg.split:
+            raise ValueError("sos with split=True takes g and g' from the two halves of each batch's loss, which the "
+                             "Trainer's training_step does not give apart: use split=False")
+        if self._pending is None and state.global_step > 0:  # resumed from a checkpoint in output_dir
+            self.load(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+        if self._pending is not None:  # here: the Trainer has put the checkpoint's weights into the model
+            self.reg.load_state_dict(self._pending["regularizer"])
+            self.tasks_done = int(self._pending["tasks_done"])
+            self._pending = None
+        self._independent, self._window = None, []
+        if self._hook is None:  # see the micro-batches that enter the model in training
+            self._hook = model.register_forward_pre_hook(self._see_batch, with_kwargs=True)
+
+    def on_train_end(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: D102
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self.end_task_on_train_end:
+            self.end_task(self.sample_data if self.sample_data is not None else train_dataloader)
+
+    def _see_batch(self, module, args, kwargs) -> None:
+        if module.training and self._needs_task_gradient(module) and not args:
+            self._window.append(dict(kwargs))
+
+    def _needs_task_gradient(self, model) -> bool:
+        measure = self.reg.measure
+        return measure.trajectory and measure.uses_task_gradient and has_active_dropout(model)
+
+    # -- every step ---------------------------------------------------------------------------------
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self._window = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, train_dataloader=None,
+                              **kwargs):  # noqa: D102
+        reg = self.reg
+        _unscale(optimizer)  # where clipping did not unscale the fp16 gradients yet
+        task_loss = independent_loss = None
+        if self._needs_task_gradient(model):
+            if not self._window:
+                raise ValueError("the model has dropout, so SI-family measures take g_t with it off, on the step's "
+                                 "batches; none entered the model as keyword inputs (model(**batch))")
+            window = list(self._window)
+            task_loss = lambda: sum(self.task_loss(model, b) for b in window) / len(window)  # noqa: E731
+        if reg.needs_independent_batch:
+            other = to_device(self._next_independent(train_dataloader), args.device)
+            independent_loss = lambda: self.task_loss(model, other)  # noqa: E731
+        if task_loss is not None or independent_loss is not None:
+            reg.before_step(task_loss=task_loss, independent_loss=independent_loss)
+        reg.prepare_step()
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):  # noqa: D102
+        if getattr(optimizer, "step_was_skipped", False):  # accelerate's fp16 scaler found inf/nan
+            self.reg.skip_step()
+        else:
+            self.reg.after_step()
+        self._window = []
+
+    def _next_independent(self, dataloader) -> dict:
+        """B'_t: the next batch of the callback's own pass over the training dataloader (a shuffling loader
+        gives an order independent of the training one)."""
+        if dataloader is None:
+            raise ValueError(f"method {self.reg.measure.name!r} needs an independent minibatch each step, drawn "
+                             "from the training dataloader, which the Trainer did not pass")
+        for _ in range(2):
+            if self._independent is None:
+                self._independent = iter(dataloader)
+            try:
+                return next(self._independent)
+            except StopIteration:
+                self._independent = None
+        raise ValueError("the training dataloader is empty: no independent minibatch to draw")
+
+    # -- task end -----------------------------------------------------------------------------------
+    def end_task(self, data: Any = None) -> dict[str, Tensor] | None:
+        """End the current task: measure ω (on the first `samples` inputs of `data` where the measure needs a
+        sample), Ω ← Ω + ω, θ* ← θ. Returns ω by parameter name."""
+        if self.reg is None:
+            raise ValueError("end_task comes after training: the regulariser is built when training starts")
+        model = self.reg.model
+        pad = {"input_ids": getattr(getattr(model, "config", None), "pad_token_id", None) or 0}
+        omega = end_task(self.reg, data, self.samples, forward=lambda x: self.forward(model, x), pad=pad)
+        self.tasks_done += 1
+        return omega
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def on_save(self, args, state, control, **kwargs):  # noqa: D102
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if self.reg is not None and os.path.isdir(folder) and args.should_save:
+            torch.save({"regularizer": self.reg.state_dict(), "tasks_done": self.tasks_done},
+                       os.path.join(folder, STATE_FILE))
+
+    def load(self, checkpoint: str) -> None:
+        """Take the state saved in a Trainer checkpoint folder; it is restored when the next `train()` starts,
+        once the Trainer has loaded the checkpoint's weights. A `train()` that resumes from a checkpoint in
+        `output_dir` does this by itself; call it before `train(resume_from_checkpoint=...)` for one elsewhere."""
+        path = os.path.join(checkpoint, STATE_FILE)
+        if not os.path.isfile(path):
+            raise ValueError(f"no clreg state in {checkpoint!r} (looked for {STATE_FILE}): resume from a checkpoint "
+                             "this callback saved, or call callback.load(folder) with the folder that holds it")
+        self._pending = torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _unscale(optimizer) -> None:
+    """Unscale an fp16 GradScaler's gradients before ∇R is added (accelerate's optimizer wrapper keeps the
+    scaler as `.scaler`; unscale_ may run once per step, so a second call, after clipping did it, is a no-op)."""
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return
+    try:
+        scaler.unscale_(optimizer.optimizer)
+    except RuntimeError as err:
+        if "unscale_() has already been called" not in str(err):
+            raise
