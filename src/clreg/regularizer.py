@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from . import fused, importance
+from . import distributed, fused, importance
 from .device import single_device
 from .importance import ImportanceMeasure, TaskSample, batch
 from .importance.batch import Inputs
@@ -65,8 +65,10 @@ class Regularizer:
     def __init__(self, model: nn.Module, method: str | ImportanceMeasure = "si", c: float = 1.0, *,
                  heads: Iterable[str] = (), shared: ParamFilter | None = None, decay: float = 1.0,
                  prior: float = 0.0, penalty: str = "online", keep_tasks: bool = False,
-                 memory_budget: int | None = None, **options):
+                 memory_budget: int | None = None, process_group=None, **options):
+        model = distributed.unwrap(model)
         self.model = model
+        self.group = process_group  # torch.distributed group (None: the default one, where initialised)
         self.measure = importance.create(method, **options) if isinstance(method, str) else method
         self.names, self.params = select_shared(model, heads, shared)
         self.device = single_device(list(zip(self.names, self.params)))  # penalty and statistics live there too
@@ -162,7 +164,9 @@ class Regularizer:
                 grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)
         finally:
             self.model.train(was_training)
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        distributed.average_(grads, self.group)  # each rank's batch: averaged, as DDP averages the training gradient
+        return grads
 
     def before_step(self, task_loss: Callable[[], Tensor] | None = None,
                     independent_loss: Callable[[], Tensor] | None = None) -> None:
@@ -352,7 +356,8 @@ class Regularizer:
             if forward is None and self.measure.needs_sample and isinstance(inputs, Tensor):
                 _check_single_input(self.model)
             labels = None if labels is None else labels.to(self.device)
-            sample = TaskSample(self.model, batch.to_device(inputs, self.device), labels, forward, self.memory_budget)
+            sample = TaskSample(self.model, batch.to_device(inputs, self.device), labels, forward, self.memory_budget,
+                                self.group)
         elif self.measure.needs_sample:
             raise ValueError(f"method {self.measure.name!r} measures importance on data: "
                              "call end_task(inputs) with a sample of the task's inputs")

@@ -20,6 +20,7 @@ class TaskSample:
     labels: Tensor | None = None
     forward: Callable[[Inputs], Tensor] | None = None  # default: model(inputs), model(**inputs) for a dict
     memory_budget: int | None = None  # bytes the per-sample engine may use (None: by device, clreg.device)
+    group: object = None  # the torch.distributed process group whose ranks each hold a share of the sample
 
 
 class ImportanceMeasure:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import distributed
 from ..options import Option
 from . import batch
 from .base import ImportanceMeasure, TaskSample
@@ -40,7 +41,8 @@ class SensitivityMeasure(ImportanceMeasure):
                                            memory_budget=sample.memory_budget)
         finally:
             sample.model.train(was_training)
-        torch._foreach_div_(totals, float(batch.check_inputs(sample.inputs)))
+        count = distributed.sum_(totals, batch.check_inputs(sample.inputs), sample.group)  # each rank's share
+        torch._foreach_div_(totals, float(count))
         return self.finish(totals)
 
 

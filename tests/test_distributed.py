@@ -1,0 +1,80 @@
+"""The Regularizer under DistributedDataParallel, two CPU processes (gloo): each rank trains on its half of
+every batch and measures on its half of the task's sample; the parameters and Ω equal one process's on the
+whole batches and the whole sample (SI; SIU and SOS with α = 1, which take a gradient on an independent
+minibatch; EWC and MAS, measured on each rank's share)."""
+import datetime
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from clreg import Regularizer
+
+BATCH, STEPS, SAMPLE = 16, 6, 40
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
+
+
+def data(task):
+    g = torch.Generator().manual_seed(task)
+    x = torch.randn(STEPS * BATCH, 6, generator=g)
+    w = torch.randn(6, 3, generator=g)
+    other = torch.randn(STEPS * BATCH, 6, generator=g)
+    return x, (x @ w).argmax(1), other, (other @ w).argmax(1)
+
+
+def train(net, reg, rank=0, ranks=1):
+    """2 tasks; this rank's share of every batch (all of it in one process), Adam through reg.step."""
+    for task in range(2):
+        x, y, xo, yo = data(task)
+        optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+        share = BATCH // ranks
+        for step in range(STEPS):
+            mine = slice(step * BATCH + rank * share, step * BATCH + (rank + 1) * share)
+            optimizer.zero_grad()
+            F.cross_entropy(net(x[mine]), y[mine]).backward()
+            if reg.needs_independent_batch:
+                reg.before_step(independent_loss=lambda: F.cross_entropy(reg.model(xo[mine]), yo[mine]))
+            reg.step(optimizer)
+        part = SAMPLE // ranks
+        reg.end_task(x[rank * part:(rank + 1) * part], y[rank * part:(rank + 1) * part])
+
+
+OPTIONS = {"sos": {"alpha": 1.0}}
+
+
+def worker(rank, method, folder):
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=120))  # a rank that fails stops the other
+    try:
+        torch.set_num_threads(1)
+        net = nn.parallel.DistributedDataParallel(model())
+        reg = Regularizer(net, method, c=1.0, **OPTIONS.get(method, {}))
+        train(net, reg, rank, 2)
+        if rank == 0:
+            torch.save({"params": [p.detach() for p in reg.model.parameters()], "omega": reg.omega},
+                       os.path.join(folder, "result.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["si", "siu", "sos", "fisher", "mas"])
+def test_two_processes_equal_one(tmp_path, method):
+    mp.start_processes(worker, args=(method, str(tmp_path)), nprocs=2, start_method="spawn")
+    result = torch.load(tmp_path / "result.pt", weights_only=True)
+    net = model()
+    reg = Regularizer(net, method, c=1.0, **OPTIONS.get(method, {}))
+    assert reg.needs_independent_batch == (method in ("siu", "sos"))
+    train(net, reg)
+    for mine, theirs in zip(net.parameters(), result["params"]):
+        torch.testing.assert_close(theirs, mine.detach(), rtol=1e-5, atol=1e-6)
+    for name, omega in reg.omega.items():
+        assert float(omega.sum()) > 0
+        torch.testing.assert_close(result["omega"][name], omega, rtol=1e-5, atol=1e-9)
