@@ -1,9 +1,14 @@
 """The Regularizer under DistributedDataParallel, two CPU processes (gloo): each rank trains on its half of
 every batch and measures on its half of the task's sample; the parameters and Ω equal one process's on the
 whole batches and the whole sample (SI; SIU and SOS with α = 1, which take a gradient on an independent
-minibatch; EWC and MAS, measured on each rank's share)."""
+minibatch; EWC and MAS, measured on each rank's share). And `clreg run --nproc 2` trains as one process."""
 import datetime
+import json
 import os
+import subprocess
+import sys
+
+import numpy as np
 
 import pytest
 import torch
@@ -78,3 +83,40 @@ def test_two_processes_equal_one(tmp_path, method):
     for name, omega in reg.omega.items():
         assert float(omega.sum()) > 0
         torch.testing.assert_close(result["omega"][name], omega, rtol=1e-5, atol=1e-9)
+
+
+def small_config(method, **overrides):
+    from clreg.config import RunConfig
+
+    settings = dict(benchmark="permuted-digits", method=method, c=10.0, tasks=2, epochs=2, batch_size=31,
+                    hidden=(20,), samples=50, device="cpu")
+    settings.update(overrides)
+    return RunConfig.from_dict(settings)
+
+
+@pytest.mark.parametrize("method", ["si", "siu", "fisher"])
+def test_the_trainer_in_two_processes_equals_one(method):
+    """`clreg run --nproc 2`'s engine: the accuracy matrix and the loss curve of one process, with batches of
+    31 split 15/16 (the weighting makes the averaged gradient the whole batch's mean)."""
+    from clreg.parallel import launch
+    from clreg.train import run
+
+    config = small_config(method)
+    one = run(config, progress=False)
+    two = launch(config, 2, progress=False)
+    np.testing.assert_allclose(two["accuracy_matrix"], one["accuracy_matrix"], atol=1e-9)
+    assert two["accuracy_matrix"][1][1] > 0.5
+    np.testing.assert_allclose(two["loss_curve"]["loss"], one["loss_curve"]["loss"], rtol=1e-4)
+
+
+def test_nproc_from_the_command_line(tmp_path):
+    out = tmp_path / "r.json"
+    command = os.path.join(os.path.dirname(sys.executable), "clreg")
+    result = subprocess.run([command, "run", "--benchmark", "permuted-digits", "--method", "ewc",
+                             "--c", "10", "--tasks", "2", "--epochs", "1", "--hidden", "20", "--samples", "50",
+                             "--device", "cpu", "--nproc", "2", "--quiet", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    assert record["processes"] == 2 and len(record["accuracy_matrix"]) == 2
+    assert (tmp_path / "r.steps.jsonl").stat().st_size > 0

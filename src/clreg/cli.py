@@ -140,10 +140,13 @@ def load_data(config: RunConfig):
 @click.option("--checkpoint", default=None, help="save the run's state to this file after every task")
 @click.option("--resume", is_flag=True, help="with --checkpoint: continue from the checkpoint if it exists")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="train data-parallel in this many processes (one GPU each on CUDA; gloo on the CPU): each "
+                   "takes its share of every batch and of the importance sample, with one process's result")
 @click.option("--warn-after", type=click.FloatRange(min=0), default=600.0, show_default=True,
               help="say how long the run will take when the estimate (from its first steps) exceeds this many seconds")
 def run(out: str | None, log_every: int | None, tensorboard: str | None, checkpoint: str | None, resume: bool,
-        quiet: bool, warn_after: float, **options) -> None:
+        quiet: bool, nproc: int, warn_after: float, **options) -> None:
     """Train a network on a task sequence with one method and report the accuracy matrix."""
     config = make_config(**options)
     if resume and checkpoint is None:
@@ -151,7 +154,8 @@ def run(out: str | None, log_every: int | None, tensorboard: str | None, checkpo
     try:
         if out:
             check_writable(out)
-        sinks = [*([JsonLines(step_log_path(out))] if out else []), *([TensorBoard(tensorboard)] if tensorboard else [])]
+        sinks = [*([JsonLines(step_log_path(out))] if out else []), *([TensorBoard(tensorboard)] if tensorboard else [])] \
+            if nproc == 1 else []  # (under --nproc, process 0 opens them)
     except ValueError as err:
         _fail(str(err))
     from .train import run as run_config  # imported late: keeps `clreg methods` and errors fast
@@ -163,13 +167,22 @@ def run(out: str | None, log_every: int | None, tensorboard: str | None, checkpo
 
     if resume and Path(checkpoint).exists():
         click.echo(f"resuming from {checkpoint}", err=True)
+    from .parallel import ParallelRunError, launch
+
     try:
-        result = run_config(config, progress=not quiet, bench=bench, checkpoint_path=checkpoint, resume=resume,
-                            log=StepLog(sinks, every=log_every),
-                            callbacks=[LongRunWarning(lambda line: click.echo(line, err=True), warn_after)])
-    except (Diverged, CheckpointError) as err:
+        if nproc > 1:
+            result = launch(config, nproc, progress=not quiet, checkpoint_path=checkpoint, resume=resume,
+                            log_path=str(step_log_path(out)) if out else None, tensorboard=tensorboard,
+                            log_every=log_every)
+        else:
+            result = run_config(config, progress=not quiet, bench=bench, checkpoint_path=checkpoint, resume=resume,
+                                log=StepLog(sinks, every=log_every),
+                                callbacks=[LongRunWarning(lambda line: click.echo(line, err=True), warn_after)])
+    except (Diverged, CheckpointError, ParallelRunError) as err:
         raise click.ClickException(str(err)) from None
-    result.update(versions=versions(), machine=machine(), command=" ".join(["clreg", *sys.argv[1:]]))
+    except ValueError as err:
+        _fail(str(err))
+    result.update(versions=versions(), machine=machine(), command=" ".join(["clreg", *sys.argv[1:]]), processes=nproc)
     click.echo(format_matrix(result["accuracy_matrix"]))
     click.echo(f"average accuracy {100 * result['average_accuracy']:.2f}%  "
                f"forgetting {100 * result['mean_forgetting']:.2f}%  BWT {100 * result['bwt']:.2f}%  "

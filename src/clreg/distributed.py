@@ -22,6 +22,17 @@ def world_size(group=None) -> int:
     return dist.get_world_size(group)
 
 
+def rank(group=None) -> int:
+    """This process's rank in `group`; 0 where torch.distributed is not initialised."""
+    return dist.get_rank(group) if world_size(group) > 1 else 0
+
+
+def share(count: int, group=None) -> slice:
+    """This rank's contiguous share of `count` items split as evenly as possible (the whole in one process)."""
+    size, me = world_size(group), rank(group)
+    return slice(me * count // size, (me + 1) * count // size)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module a DistributedDataParallel wrapper trains (the regulariser works on its parameters)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import checkpoint, metrics
+from . import checkpoint, distributed, metrics
 from .benchmarks import Benchmark, build_benchmark, derive_seed
 from .config import RunConfig
 from .device import (autocast, check_combination, describe, precision_scope, resolve_device, synchronize,
@@ -113,6 +113,10 @@ class Trainer:
                                penalty=config.penalty, prior=config.prior, decay=config.decay,
                                keep_tasks=config.proxy_every > 0, **config.measure_options())
         self.dropout = has_active_dropout(self.model)
+        self.ranks = distributed.world_size()  # > 1: one of `clreg run --nproc` processes (clreg.parallel)
+        if self.ranks > 1 and self.reg.split:
+            raise ValueError("sos with split=True takes g and g' from the two halves of each batch, which are "
+                             "spread over the processes under --nproc: use split=False")
         self.timing = {"train_seconds": 0.0, "importance_seconds": 0.0, "evaluation_seconds": 0.0}
         self.proxies = ProxyLog(config.proxy_samples, config.proxy_every) if config.proxy_every else None
         self.plateau = Plateau(config.lr_gamma, config.lr_patience, config.stop_patience) \
@@ -156,7 +160,7 @@ class Trainer:
             self.timing["evaluation_seconds"] += time.perf_counter() - start
             for callback in self.callbacks:
                 callback.on_evaluation(self, task, accuracy[task].tolist())
-            if checkpoint_path is not None:
+            if checkpoint_path is not None and distributed.rank() == 0:  # (every process holds the same state)
                 checkpoint.save(checkpoint_path, self.state_dict(accuracy[:task + 1]))
         if self.config.revisit:
             self.revisit_first_task(accuracy[-1].tolist())
@@ -309,6 +313,10 @@ class Trainer:
         Returns the step's task loss and, where a callback asked for it, the penalty R(θ_t)."""
         reg = self.reg
         optimizer.zero_grad(set_to_none=True)
+        whole = len(y)
+        x, y = self.share(x, y)
+        if independent is not None:
+            independent = self.share(*independent)
         with autocast(self.device, self.config.precision):  # one region per step: each weight is cast once
             if reg.split:
                 half = len(y) // 2
@@ -316,16 +324,18 @@ class Trainer:
                 reg.backward_split(first, second)
                 loss = (first.detach() + second.detach()) / 2
             else:
-                loss = task_loss(forward, x, y)
+                loss = self.shared_loss(forward, x, y, whole)
                 loss.backward()
                 loss = loss.detach()
-                training = (lambda: task_loss(forward, x, y)) if self.dropout else None
+                training = (lambda: self.shared_loss(forward, x, y, whole)) if self.dropout else None
                 other = None
                 if independent is not None and reg.measure.needs_independent_gradient:
                     xi, yi = independent
-                    other = lambda: task_loss(forward, xi, yi)  # noqa: E731
+                    other = lambda: self.shared_loss(forward, xi, yi, whole)  # noqa: E731
                 if training or other:
                     reg.before_step(task_loss=training, independent_loss=other)
+        if self.ranks > 1:
+            distributed.average_([loss, *(p.grad for p in self.model.parameters() if p.grad is not None)])
         self.check_finite(loss)
         penalty = None
         if any(callback.wants_penalty(self.steps_done + 1) for callback in self.callbacks):
@@ -333,6 +343,19 @@ class Trainer:
                 penalty = reg.penalty().detach()  # R(θ_t); evaluating it changes nothing (issue 13)
         reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass on the CPU
         return loss, penalty
+
+    def shared_loss(self, forward, x: Tensor, y: Tensor, whole: int) -> Tensor:
+        """The task loss of this process's share of a batch of `whole` examples, weighted so that its average
+        across processes (as Regularizer.gradient and the step's gradient take it) is the whole batch's mean."""
+        loss = task_loss(forward, x, y)
+        return loss if self.ranks == 1 else loss * (self.ranks * len(y) / whole)
+
+    def share(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """This process's contiguous share of a batch (all of it in one process)."""
+        if self.ranks == 1:
+            return x, y
+        mine = distributed.share(len(y))
+        return x[mine], y[mine]
 
     def check_finite(self, loss: Tensor) -> None:
         """Record the step's task loss; Diverged is raised for the first NaN or infinite one (see
@@ -346,7 +369,7 @@ class Trainer:
             n = min(self.config.samples, self.bench.train_size(task))
             generator = torch.Generator().manual_seed(derive_seed(self.config.seed, 5, task))
             index = torch.randperm(self.bench.train_size(task), generator=generator)[:n].to(self.device)
-            sample = self.bench.batch(task, index)
+            sample = self.share(*self.bench.batch(task, index))  # across processes: summed over the ranks' shares
         self.reg.end_task(*(sample if sample else ()), forward=task_forward(self.model, task))
 
 
