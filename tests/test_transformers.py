@@ -4,61 +4,44 @@ the same batches (SI, SOS, EWC, MAS, with and without gradient accumulation, wit
 penalty protects task 1 (it fails with c = 0); training resumed from a Trainer checkpoint continues
 identically; and a task's sample is drawn from tokenised batches of different lengths."""
 import copy
+import importlib.util
 import logging
+from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
+from transformers import Trainer  # noqa: E402
 
 from clreg import Regularizer  # noqa: E402
 from clreg.integrations.samples import take_sample  # noqa: E402
 from clreg.integrations.transformers import ContinualRegularizer  # noqa: E402
 
 transformers.logging.set_verbosity_error()
-logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
-class Keyword(Dataset):
-    """Sequences of random tokens; label 1 where the task's keyword token was put in (half of them)."""
+def load_example():
+    """examples/transformers_continual.py: its datasets, model and protocol are the tests' too."""
+    path = Path(__file__).parents[1] / "examples" / "transformers_continual.py"
+    spec = importlib.util.spec_from_file_location("transformers_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def __init__(self, keyword, n=128, seed=0, length=8):
-        g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(5, 40, (n, length), generator=g)
-        self.labels = torch.randint(0, 2, (n,), generator=g)
-        position = torch.randint(0, length, (n,), generator=g)
-        rows = self.labels == 1
-        self.ids[rows, position[rows]] = keyword
 
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
+example = load_example()
+Keyword = example.Keyword
 
 
 def tiny_bert(dropout=0.0, seed=0, hidden=16):
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=40, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=16, num_labels=2,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    model = BertForSequenceClassification(config)
-    # the Trainer divides an accumulated loss by the step count only for models that take no loss kwargs; a
-    # BERT classifier takes them but does not use them, so without this its micro-batch gradients add up
-    model.accepts_loss_kwargs = False
-    return model
+    return example.tiny_bert(seed, hidden, dropout)
+logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
-def arguments(out, epochs=2, accumulate=1, lr=2e-3, **extra):
-    settings = dict(output_dir=str(out), num_train_epochs=epochs, per_device_train_batch_size=16,
-                    gradient_accumulation_steps=accumulate, learning_rate=lr, use_cpu=True, report_to=[],
-                    save_strategy="no", logging_strategy="no", disable_tqdm=True, optim="adamw_torch",
-                    lr_scheduler_type="constant", seed=0, max_grad_norm=1.0)
-    settings.update(extra)
-    return TrainingArguments(**settings)
+def arguments(out, epochs=2, accumulate=1, **extra):
+    return example.arguments(out, epochs, gradient_accumulation_steps=accumulate, **extra)
 
 
 class Recorder:
@@ -110,7 +93,7 @@ def bare_loop(model, datasets, recorder, method, c, accumulate, lr=2e-3, **optio
 
 
 def tasks():
-    return [Keyword(3, seed=1), Keyword(4, seed=2)]
+    return [Keyword(3, n=128, seed=1), Keyword(4, n=128, seed=2)]
 
 
 def atol(name):
@@ -139,39 +122,16 @@ def test_callback_equals_the_bare_loop(tmp_path, method, c, accumulate):
     assert float(sum(o.sum() for o in reg.omega.values())) > 0
 
 
-def task_loss(model, data, head):
-    """Cross-entropy of `data` through the task's own classification head."""
-    model.eval()
-    now = copy.deepcopy(model.classifier.state_dict())
-    model.classifier.load_state_dict(head)
-    with torch.no_grad():
-        logits = model(input_ids=data.ids, attention_mask=torch.ones_like(data.ids)).logits
-    model.classifier.load_state_dict(now)
-    return float(torch.nn.functional.cross_entropy(logits, data.labels))
-
-
 @pytest.mark.slow
-def test_the_penalty_protects_the_first_task(tmp_path):
-    """Two tasks, one classification head each (not regularised), a shared encoder. Without the penalty (c = 0)
-    task 1's test loss through its own head rises from 0.003 to about 0.7 while task 2 is learnt; with EWC it
-    stays where it was and task 2 is learnt too. (The c is large because the Fisher of a model this sure of its
-    answers is tiny: Ω sums to about 10⁻⁴.)"""
-    after = {}
-    for c in (0.0, 1e8):
-        model = tiny_bert(hidden=32, seed=1)
-        callback = ContinualRegularizer("ewc", c, heads=("classifier",), samples=256)
-        settings = dict(epochs=6)
-        Trainer(model, arguments(tmp_path, **settings), train_dataset=Keyword(3, n=256, seed=1), callbacks=[callback]).train()
-        head = copy.deepcopy(model.classifier.state_dict())
-        before = task_loss(model, Keyword(3, n=256, seed=2), head)
-        model.classifier.reset_parameters()
-        Trainer(model, arguments(tmp_path, **settings), train_dataset=Keyword(4, n=256, seed=3), callbacks=[callback]).train()
-        second = task_loss(model, Keyword(4, n=256, seed=4), model.classifier.state_dict())
-        after[c] = (before, task_loss(model, Keyword(3, n=256, seed=2), head), second)
-    assert after[0.0][0] < 0.01 and after[1e8][0] < 0.01  # task 1 learnt in both runs
-    assert after[0.0][2] < 0.1 and after[1e8][2] < 0.3  # and task 2 after it
-    assert after[0.0][1] > 0.3  # forgotten without the penalty
-    assert after[1e8][1] < 0.02  # kept with it
+def test_the_penalty_protects_the_first_task():
+    """The example: two tasks, one classification head each (not regularised), a shared encoder. Without the
+    penalty (c = 0) task 1's test loss through its own head rises from 0.003 to about 0.7 while task 2 is
+    learnt; with EWC it stays where it was and task 2 is learnt too."""
+    finetune, ewc = example.run("finetune", 0.0), example.run("fisher", 1e8)
+    assert finetune["task 1 before"] < 0.01 and ewc["task 1 before"] < 0.01  # task 1 learnt in both runs
+    assert finetune["task 2"] < 0.1 and ewc["task 2"] < 0.3  # and task 2 after it
+    assert finetune["task 1 after"] > 0.3  # forgotten without the penalty
+    assert ewc["task 1 after"] < 0.02  # kept with it
 
 
 def test_with_dropout_si_takes_g_t_on_the_steps_own_batches(tmp_path):
@@ -186,7 +146,7 @@ def test_with_dropout_si_takes_g_t_on_the_steps_own_batches(tmp_path):
 
     model = tiny_bert(dropout=0.1)
     callback = Watched("si", 1.0, heads=("classifier",))
-    recorder = train_tasks(model, callback, [Keyword(3)], tmp_path, accumulate=2)
+    recorder = train_tasks(model, callback, [Keyword(3, n=128)], tmp_path, accumulate=2)
     assert len(seen) == 8 and all(len(window) == 2 for window in seen)
     for step, window in enumerate(seen):
         for i, ids in enumerate(window):
@@ -250,10 +210,10 @@ def test_a_padded_sample_measures_what_each_sequence_alone_gives():
 
 def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="head prefix 'head' matches no parameter"):
-        Trainer(tiny_bert(), arguments(tmp_path), train_dataset=Keyword(3),
+        Trainer(tiny_bert(), arguments(tmp_path), train_dataset=Keyword(3, n=128),
                 callbacks=[ContinualRegularizer("si", heads=("head",))]).train()
     with pytest.raises(ValueError, match="split=False"):
-        Trainer(tiny_bert(), arguments(tmp_path), train_dataset=Keyword(3),
+        Trainer(tiny_bert(), arguments(tmp_path), train_dataset=Keyword(3, n=128),
                 callbacks=[ContinualRegularizer("sos", split=True)]).train()
     with pytest.raises(ValueError, match="no clreg state in"):
         ContinualRegularizer("si").load(str(tmp_path))

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import batch
 from .batch import Inputs
@@ -63,7 +64,9 @@ class FallbackGradients:
 
         sums = [torch.zeros_like(p) for p in values]
         per_sample_grad = vmap(grad(contracted), in_dims=(None, 0, 0))
-        with warnings.catch_warnings():  # vmap loops over samples where an op (attention) has no batching rule
+        # attention's fused kernels have no batching rule (vmap would loop over the samples in them): its math
+        # form is made of batched matrix products; any other op without a rule is looped over, silently
+        with warnings.catch_warnings(), sdpa_kernel(SDPBackend.MATH):
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
             for k in range(v.shape[0]):
                 for total, g in zip(sums, per_sample_grad(values, x, v[k])):
