@@ -96,6 +96,40 @@ def test_callback_equals_the_bare_loop(method, c, accumulate):
     assert_same(callback, reg, module, reference)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method, c", [("si", 1.0), ("fisher", 10.0)])
+def test_lightnings_ddp_strategy_equals_one_process(tmp_path, method, c):
+    """2 CPU processes under strategy="ddp", each with half of every task as its batch and its half as its
+    sample: the parameters and Ω of one process with the whole task as batch and sample."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "lightning_ddp_script.py"
+    done = subprocess.run([sys.executable, str(script), method, str(c), str(tmp_path / "ddp.pt")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    torch.manual_seed(0)
+    reference = Classifier()
+    reg = Regularizer(reference, method, c)
+    for task in tasks():
+        x, y = task.dataset.tensors
+        optimizer = reference.configure_optimizers()
+        for _ in range(2):  # epochs of one step
+            F.cross_entropy(reference(x), y).backward()
+            reg.prepare_step()
+            optimizer.step()
+            reg.after_step()
+            optimizer.zero_grad()
+        reg.end_task(x)
+    for theirs, mine in zip(result["params"], reference.parameters()):
+        torch.testing.assert_close(theirs, mine.detach(), rtol=1e-5, atol=1e-6)
+    for name in reg.names:
+        assert float(reg.omega[name].sum()) > 0
+        torch.testing.assert_close(result["omega"][name], reg.omega[name], rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.parametrize("method", ["si", "fisher"])
 def test_a_fit_resumed_from_a_lightning_checkpoint_continues_identically(tmp_path, method):
     loaders = tasks()
