@@ -24,7 +24,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError("clreg.integrations.lightning needs PyTorch Lightning: pip install 'clreg[lightning]'") from err
 
 from ..regularizer import Regularizer, has_active_dropout
-from .samples import end_task
+from .samples import Cycle, end_task
 
 LossFn = Callable[[Any, Any], Tensor]  # (module, batch) -> the task loss of that batch
 
@@ -55,7 +55,7 @@ class ContinualRegularizer(Callback):
         self._pending: dict | None = None  # a checkpoint's state, loaded before the regulariser exists
         self._window: list = []  # the micro-batches of the coming optimiser step (for g_t with dropout off)
         self._stepping: bool | None = None  # set by on_before_optimizer_step: will the step be taken?
-        self._independent = None  # iterator over the training dataloader for B'_t
+        self._independent = Cycle()  # B'_t, from the training dataloader
 
     # -- set-up -------------------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:  # noqa: D102
@@ -73,7 +73,7 @@ class ContinualRegularizer(Callback):
                 "g_t with dropout off (the module has dropout)"
             raise ValueError(f"method {self.reg.measure.name!r} needs {why}: give "
                              "ContinualRegularizer(task_loss=lambda module, batch: ...)")
-        self._independent = None
+        self._independent.reset()
 
     def _needs_task_gradient(self, pl_module) -> bool:
         measure = self.reg.measure
@@ -108,16 +108,8 @@ class ContinualRegularizer(Callback):
         self._stepping, self._window = None, []
 
     def _next_independent(self, trainer):
-        """B'_t: the next batch of the callback's own pass over the training dataloader (a shuffling loader
-        gives an order independent of the training one)."""
-        for _ in range(2):
-            if self._independent is None:
-                self._independent = iter(trainer.train_dataloader)
-            try:
-                return trainer.strategy.batch_to_device(next(self._independent))
-            except StopIteration:
-                self._independent = None
-        raise ValueError("the training dataloader is empty: no independent minibatch to draw")
+        """B'_t: the next batch of the callback's own pass over the training dataloader."""
+        return trainer.strategy.batch_to_device(self._independent.next(trainer.train_dataloader))
 
     # -- task end -----------------------------------------------------------------------------------
     def on_train_end(self, trainer, pl_module) -> None:  # noqa: D102

@@ -84,3 +84,25 @@ def _padded_cat(parts: list[Tensor], value: int) -> Tensor:
     longest = max(p.shape[1] for p in parts)
     tail = (0, 0) * (parts[0].dim() - 2)
     return torch.cat([F.pad(p, tail + (0, longest - p.shape[1]), value=value) for p in parts])
+
+
+class Cycle:
+    """The batches of a callback's own pass over a dataloader (a shuffling loader gives an order independent of
+    the training one), started again when it ends: the independent minibatches B'_t."""
+
+    def __init__(self):
+        self._batches = None
+
+    def reset(self) -> None:
+        """Start the next draw with a new pass (a new fit's dataloader)."""
+        self._batches = None
+
+    def next(self, dataloader) -> Any:
+        for _ in range(2):
+            if self._batches is None:
+                self._batches = iter(dataloader)
+            try:
+                return next(self._batches)
+            except StopIteration:
+                self._batches = None
+        raise ValueError("the training dataloader is empty: no independent minibatch to draw")

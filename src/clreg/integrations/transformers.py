@@ -27,7 +27,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from ..importance.batch import to_device
 from ..regularizer import Regularizer, has_active_dropout
-from .samples import end_task
+from .samples import Cycle, end_task
 
 STATE_FILE = "clreg_regularizer.pt"  # in each checkpoint folder the Trainer writes
 LossFn = Callable[[nn.Module, Mapping[str, Tensor]], Tensor]  # (model, batch) -> the task loss of that batch
@@ -71,7 +71,7 @@ class ContinualRegularizer(TrainerCallback):
         self._pending: dict | None = None  # a checkpoint's state, applied when training (re)starts
         self._window: list[dict] = []  # the micro-batches of the coming optimiser step
         self._hook = None
-        self._independent = None  # iterator over the training dataloader for B'_t
+        self._independent = Cycle()  # B'_t, from the training dataloader
 
     # -- set-up -------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):  # noqa: D102
@@ -88,7 +88,8 @@ class ContinualRegularizer(TrainerCallback):
             self.reg.load_state_dict(self._pending["regularizer"])
             self.tasks_done = int(self._pending["tasks_done"])
             self._pending = None
-        self._independent, self._window = None, []
+        self._independent.reset()
+        self._window = []
         if self._hook is None:  # see the micro-batches that enter the model in training
             self._hook = model.register_forward_pre_hook(self._see_batch, with_kwargs=True)
 
@@ -137,19 +138,11 @@ class ContinualRegularizer(TrainerCallback):
         self._window = []
 
     def _next_independent(self, dataloader) -> dict:
-        """B'_t: the next batch of the callback's own pass over the training dataloader (a shuffling loader
-        gives an order independent of the training one)."""
+        """B'_t: the next batch of the callback's own pass over the training dataloader."""
         if dataloader is None:
             raise ValueError(f"method {self.reg.measure.name!r} needs an independent minibatch each step, drawn "
                              "from the training dataloader, which the Trainer did not pass")
-        for _ in range(2):
-            if self._independent is None:
-                self._independent = iter(dataloader)
-            try:
-                return next(self._independent)
-            except StopIteration:
-                self._independent = None
-        raise ValueError("the training dataloader is empty: no independent minibatch to draw")
+        return self._independent.next(dataloader)
 
     # -- task end -----------------------------------------------------------------------------------
     def end_task(self, data: Any = None) -> dict[str, Tensor] | None:
