@@ -178,13 +178,21 @@ class Regularizer:
         """
         if not self.measure.trajectory:
             return
-        if task_loss is not None and self.measure.uses_task_gradient:
-            self._task_grads = self.gradient(task_loss)
-        if self.needs_independent_batch:
-            if independent_loss is None:
-                raise ValueError(f"method {self.measure.name!r} needs the gradient of an independent minibatch: "
-                                 "call before_step(independent_loss=lambda: loss_on_other_batch)")
-            self._independent = self.gradient(independent_loss)
+        if self.needs_independent_batch and independent_loss is None:
+            raise ValueError(f"method {self.measure.name!r} needs the gradient of an independent minibatch: "
+                             "call before_step(independent_loss=lambda: loss_on_other_batch)")
+        task = self.gradient(task_loss) if task_loss is not None and self.measure.uses_task_gradient else None
+        other = self.gradient(independent_loss) if self.needs_independent_batch else None
+        self.set_step_gradients(task, other)
+
+    def set_step_gradients(self, task: list[Tensor] | None = None, independent: list[Tensor] | None = None) -> None:
+        """`before_step` with the gradients already taken (dropout off), one tensor per shared parameter in
+        `names` order: g_t on the training minibatch and g'_t on the independent one, None where not used. (A
+        vectorised trainer takes them for many models in one batched pass.)"""
+        if task is not None and self.measure.trajectory and self.measure.uses_task_gradient:
+            self._task_grads = task
+        if independent is not None and self.needs_independent_batch:
+            self._independent = independent
 
     def backward_split(self, loss_first_half: Tensor, loss_second_half: Tensor) -> None:
         """Backward of (L_A + L_B)/2 + R, keeping g_t = ∇L_A and g'_t = ∇L_B apart (SOS `split`)."""

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -93,6 +94,19 @@ class DivergenceGuard:
         if not bool(finite.all()):
             first = int((~finite).nonzero()[0, 0])
             raise Diverged(step - len(recorded) + 1 + first, task, float(recorded[first]))
+
+
+@dataclass
+class TaskPlan:
+    """One task's training as `Trainer.open_task` sets it up."""
+
+    task: int
+    steps: int
+    optimizer: torch.optim.Optimizer
+    schedule: object  # clreg.optim.Schedule, or None
+    batches: Iterator[Tensor]  # minibatch indices
+    independent: Iterator[Tensor] | None  # indices of the independent minibatches, where wanted
+    forward: Callable[[Tensor], Tensor]  # inputs → the task's logits
 
 
 class Trainer:
@@ -248,6 +262,18 @@ class Trainer:
 
     def fit_task(self, task: int, reinit: bool = True, lr: float | None = None) -> None:
         """The steps of one task (at learning rate `lr`, default the run's), from re-init to on_train_end."""
+        plan = self.open_task(task, reinit, lr)
+        start = time.perf_counter()
+        for task_step in range(plan.steps):
+            batch = self.next_batch(plan, task_step)
+            loss, penalty = self.step(plan.optimizer, plan.forward, batch.x, batch.y, batch.independent)
+            self.after_step(plan, batch, loss, penalty)
+            if self.stop_task:
+                break
+        self.close_task(task, start)
+
+    def open_task(self, task: int, reinit: bool = True, lr: float | None = None) -> "TaskPlan":
+        """A task's start: re-init, on_task_start, a fresh optimiser and schedule, the minibatch streams."""
         cfg, reg = self.config, self.reg
         if task > 0 and cfg.reinit and reinit:
             reinitialize(self.model, set(reg.names), self.init_generator)
@@ -268,24 +294,29 @@ class Trainer:
             independent = index_stream(size, cfg.batch_size,
                                        torch.Generator().manual_seed(derive_seed(cfg.seed, 4, task)), drop_last,
                                        self.device)
-        forward = task_forward(self.model, task)
-        start = time.perf_counter()
-        for task_step in range(steps):
-            x, y = self.bench.batch(task, next(batches))
-            batch = Batch(task, task_step, x, y,
-                          None if independent is None else self.bench.batch(task, next(independent)), forward)
-            for callback in self.callbacks:
-                callback.on_before_step(self, batch)
-            step_lr = optimizer.param_groups[0]["lr"]
-            loss, penalty = self.step(optimizer, forward, x, y, batch.independent)
-            if schedule is not None:
-                schedule.step()
-            self.steps_done += 1
-            done = Step(self.steps_done, task, task_step + 1, loss, penalty, step_lr)
-            for callback in self.callbacks:
-                callback.on_step(self, done)
-            if self.stop_task:
-                break
+        return TaskPlan(task, steps, optimizer, schedule, batches, independent, task_forward(self.model, task))
+
+    def next_batch(self, plan: "TaskPlan", task_step: int) -> Batch:
+        """Step `task_step`'s minibatch (and independent minibatch), shown to the callbacks."""
+        x, y = self.bench.batch(plan.task, next(plan.batches))
+        other = None if plan.independent is None else self.bench.batch(plan.task, next(plan.independent))
+        batch = Batch(plan.task, task_step, x, y, other, plan.forward)
+        for callback in self.callbacks:
+            callback.on_before_step(self, batch)
+        return batch
+
+    def after_step(self, plan: "TaskPlan", batch: Batch, loss: Tensor, penalty: Tensor | None) -> None:
+        """After the optimiser step: the schedule, the step count and on_step."""
+        step_lr = plan.optimizer.param_groups[0]["lr"]
+        if plan.schedule is not None:
+            plan.schedule.step()
+        self.steps_done += 1
+        done = Step(self.steps_done, plan.task, batch.task_step + 1, loss, penalty, step_lr)
+        for callback in self.callbacks:
+            callback.on_step(self, done)
+
+    def close_task(self, task: int, start: float) -> None:
+        """After a task's last step: the divergence check, the training time since `start`, on_train_end."""
         self.guard.check(self.steps_done, task)
         synchronize(self.device)
         self.timing["train_seconds"] += time.perf_counter() - start
@@ -336,13 +367,18 @@ class Trainer:
                     reg.before_step(task_loss=training, independent_loss=other)
         if self.ranks > 1:
             distributed.average_([loss, *(p.grad for p in self.model.parameters() if p.grad is not None)])
+        return loss, self.apply_step(optimizer, loss)
+
+    def apply_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor | None:
+        """With the gradients in place: the step's loss checked, R(θ_t) taken where a callback asks for it,
+        then ∇R, the optimiser and the measure's statistic. Returns R(θ_t) or None."""
         self.check_finite(loss)
         penalty = None
         if any(callback.wants_penalty(self.steps_done + 1) for callback in self.callbacks):
             with torch.no_grad():
-                penalty = reg.penalty().detach()  # R(θ_t); evaluating it changes nothing (issue 13)
-        reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass on the CPU
-        return loss, penalty
+                penalty = self.reg.penalty().detach()  # R(θ_t); evaluating it changes nothing (issue 13)
+        self.reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass on the CPU
+        return penalty
 
     def shared_loss(self, forward, x: Tensor, y: Tensor, whole: int) -> Tensor:
         """The task loss of this process's share of a batch of `whole` examples, weighted so that its average
@@ -416,9 +452,16 @@ def run(config: RunConfig, progress: bool = True, bench: Benchmark | None = None
         accuracy = trainer.run(checkpoint_path, resume)
     finally:
         log.close()
-    result = {"config": config.to_dict(), "device": describe(trainer.device), "benchmark": bench.describe(),
+    return result_of(trainer, accuracy)
+
+
+def result_of(trainer: Trainer, accuracy: np.ndarray) -> dict:
+    """A finished run's results as plain data: its config, device, benchmark, accuracy matrix and summary,
+    timings, loss curve and whatever its optional parts recorded."""
+    config = trainer.config
+    result = {"config": config.to_dict(), "device": describe(trainer.device), "benchmark": trainer.bench.describe(),
               "accuracy_matrix": accuracy.tolist(), **metrics.summary(accuracy), "timing": trainer.timing,
-              "loss_curve": log.curve()}
+              "loss_curve": trainer.log.curve()}
     if trainer.proxies is not None:
         result["proxy_losses"] = trainer.proxies.summary()
     if trainer.revisit is not None:
