@@ -217,9 +217,13 @@ def run(out: str | None, log_every: int | None, tensorboard: str | None, checkpo
                    "KEY.steps.jsonl [default: STORE.checkpoints; ray: none]")
 @click.option("--stale-after", type=float, default=600.0, show_default=True,
               help="seconds without a heartbeat after which another host's running run is taken over")
+@click.option("--vectorize", default=None, metavar="K|auto",
+              help="train up to K runs that differ only in seed, c, re-init, lr or the measure's options as one "
+                   "vectorised job (mlp, cifar-cnn); auto: as many as fit the device's memory (at most 64)")
 @click.option("--dry-run", is_flag=True, help="validate, show what is stored and what would run next, run nothing")
 def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | None, backend: str, address: str,
-          data_dir: str | None, device: str | None, checkpoint_dir: str | None, stale_after: float, dry_run: bool) -> None:
+          data_dir: str | None, device: str | None, checkpoint_dir: str | None, stale_after: float, vectorize: str | None,
+          dry_run: bool) -> None:
     """Grid search over c (extended at the edges) and seeds, resumable: every run is kept in a results store."""
     from . import executors
     from .store import Store, StoreError
@@ -228,6 +232,9 @@ def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | N
 
     if workers < 1 or (threads is not None and threads < 1):
         _fail("--workers and --threads must be >= 1")
+    size = _vectorize_size(vectorize)
+    if size is not None and backend == "ray":
+        _fail("--vectorize runs its jobs locally; it does not combine with --backend ray")
     path = Path(store_path or Path(spec_file).with_suffix(".sqlite"))
     try:
         spec = load_spec(spec_file)
@@ -252,7 +259,9 @@ def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | N
     if checkpoint_dir is None and backend == "local":
         checkpoint_dir = str(store.path) + ".checkpoints"
     try:
-        if backend == "ray":
+        if size is not None:
+            executor = executors.VectorizedExecutor(size, workers, threads, runtime, checkpoint_dir)
+        elif backend == "ray":
             executor = executors.RayExecutor(address, workers if workers > 1 else None, threads, runtime, checkpoint_dir)
         elif workers == 1:
             executor = executors.InlineExecutor(threads, runtime, checkpoint_dir)
@@ -260,8 +269,10 @@ def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | N
             executor = executors.ProcessExecutor(workers, threads, runtime, checkpoint_dir)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
+    at_once = f"{executor.slots} run(s) at a time" if size is None else \
+        f"vectorised jobs of up to {size} run(s), {workers} job(s) at a time"
     click.echo(f"sweep {spec.name}: {len(spec.entries)} methods x {len(spec.seeds)} seeds on {spec.benchmark}, "
-               f"{executor.slots} run(s) at a time, {executor.threads} thread(s) each; store {store.path}", err=True)
+               f"{at_once}, {executor.threads} thread(s) each; store {store.path}", err=True)
     states = SweepDriver(spec, store, executor, log=lambda line: click.echo(line, err=True)).run()
     executor.shutdown()
     from .report import entry_row, error_line, markdown
@@ -274,6 +285,19 @@ def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | N
             f"{len(failed)} run(s) failed, so {', '.join(labels)} got no result; first error: "
             f"{error_line(next(iter(failed.values())))}. Fix the cause and run the same command again (failed runs "
             "are retried, finished ones kept)")
+
+
+def _vectorize_size(value: str | None) -> int | str | None:
+    """--vectorize's K (an int >= 1), 'auto', or None when not given; exits with a message otherwise."""
+    if value is None or value == "auto":
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        _fail(f"--vectorize takes a number of runs >= 1 or 'auto', got {value!r}")
+    return size
 
 
 def check_sweep_data(spec, runtime: dict) -> None:

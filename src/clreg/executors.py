@@ -43,16 +43,59 @@ def execute(config: dict, threads: int | None = None, runtime: dict | None = Non
         record.update(status="done", result=run(run_config, progress=False, checkpoint_path=checkpoint, resume=True,
                                                 log=log))
     except Diverged as err:
-        record.update(status="diverged", error=str(err), diverged_step=err.step,
-                      result={"diverged_step": err.step, "diverged_task": err.task, "loss": str(err.loss)})
+        record.update(diverged(err))
     except Exception as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        record.update(status="failed", error=traceback.format_exc(limit=-8),
-                      message=f"{type(err).__name__}: {message}" if message else type(err).__name__)
+        record.update(failed(err))
     if checkpoint is not None and record["status"] != "failed":
         checkpoint.unlink(missing_ok=True)
     record["seconds"] = time.perf_counter() - start
     return record
+
+
+def diverged(err) -> dict:
+    """The record entries of a run that diverged (a clreg.train.Diverged)."""
+    return {"status": "diverged", "error": str(err), "diverged_step": err.step,
+            "result": {"diverged_step": err.step, "diverged_task": err.task, "loss": str(err.loss)}}
+
+
+def failed(err: Exception) -> dict:
+    """The record entries of a run that failed with `err` (call within its `except`: the traceback is kept)."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return {"status": "failed", "error": traceback.format_exc(limit=-8),
+            "message": f"{type(err).__name__}: {message}" if message else type(err).__name__}
+
+
+def execute_group(configs: list[dict], threads: int | None = None, runtime: dict | None = None,
+                  checkpoint_dir: str | None = None) -> list[dict]:
+    """`execute` for runs trained together in one vectorised job (clreg.vectorized): one record per config, in
+    order. A run that diverges is recorded as diverged while the others go on; an error of the job fails
+    every run in it. Checkpoints and step logs as for `execute`, one per run."""
+    from .train import Diverged
+    from .vectorized import VectorizedTrainer
+
+    start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    base = {"host": socket.gethostname(), "versions": versions(), "machine": machine()}
+    paths: list[Path] = []
+    try:
+        run_configs = [RunConfig.from_dict(config, **(runtime or {})) for config in configs]
+        logs = None
+        if checkpoint_dir:
+            paths = [Path(checkpoint_dir) / f"{c.key()}.pt" for c in run_configs]
+            logs = [StepLog([JsonLines(Path(checkpoint_dir) / f"{c.key()}.steps.jsonl")]) for c in run_configs]
+        outcomes = VectorizedTrainer(run_configs, logs=logs).run(paths or None, resume=True)
+        records = [{**base, **(diverged(o) if isinstance(o, Diverged) else {"status": "done", "result": o})}
+                   for o in outcomes]
+    except Exception as err:
+        records = [{**base, **failed(err)} for _ in configs]
+    for record, path in zip(records, paths):
+        if record["status"] != "failed":
+            path.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    for record in records:
+        record["seconds"] = seconds  # the job's: shared by its runs
+    return records
 
 
 def threads_per_worker(workers: int, threads: int | None = None) -> int:
@@ -161,3 +204,112 @@ class RayExecutor:
                 self.ray.cancel(ref, force=True)
         self.refs.clear()
         self.ray.shutdown()
+
+
+AUTO_LIMIT = 64  # --vectorize auto: at most this many runs in one job
+
+
+def run_job(configs: list[dict], threads: int | None, runtime: dict, checkpoint_dir: str | None) -> list[dict]:
+    """One job of VectorizedExecutor: a lone run as `execute`, several as `execute_group`."""
+    if len(configs) == 1:
+        return [execute(configs[0], threads, runtime, checkpoint_dir)]
+    return execute_group(configs, threads, runtime, checkpoint_dir)
+
+
+class VectorizedExecutor:
+    """Trains the runs it is given in vectorised jobs (clreg.vectorized) of up to `size` runs that can share
+    one (the same group_key); 'auto' sizes each job to the device's free memory. A run that cannot be
+    vectorised goes alone. One job at a time in this process, or `workers` jobs side by side in worker
+    processes (with CUDA, each on the visible GPU with the fewest jobs)."""
+
+    def __init__(self, size: int | str, workers: int = 1, threads: int | None = None, runtime: dict | None = None,
+                 checkpoint_dir: str | None = None):
+        if size != "auto" and (not isinstance(size, int) or size < 1):
+            raise ValueError(f"--vectorize takes a number of runs >= 1 or 'auto', got {size!r}")
+        self.size, self.workers = size, workers
+        self.threads = threads_per_worker(workers, threads)
+        self.runtime, self.checkpoint_dir = runtime or {}, checkpoint_dir
+        self.slots = workers * (AUTO_LIMIT if size == "auto" else size)
+        self.queue: list[tuple[str, dict]] = []
+        self.sizes: dict[str, int | str] = {}  # group key -> K, or why no run fits
+        self.devices = worker_devices(self.runtime.get("device", "auto"), workers) if workers > 1 else None
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+        self.futures: dict[Future, tuple[list[str], str | None]] = {}  # job -> (run keys, its GPU)
+
+    def submit(self, key: str, config: dict) -> None:  # noqa: D102
+        self.queue.append((key, config))
+
+    def next_job(self) -> tuple[list[tuple[str, dict]], str | None]:
+        """The queue's first run and up to K − 1 more of its group; or that run alone with the reason no job
+        fits (an error to record as its result)."""
+        from .vectorized import group_key, why_not
+
+        first = RunConfig.from_dict(self.queue[0][1], **self.runtime)
+        if why_not(first):
+            return [self.queue.pop(0)], None
+        group = group_key(first)
+        size = self._size(first, group)
+        if isinstance(size, str):
+            return [self.queue.pop(0)], size
+        job = [item for item in self.queue if group_key(RunConfig.from_dict(item[1], **self.runtime)) == group][:size]
+        self.queue = [item for item in self.queue if item not in job]
+        return job, None
+
+    def _size(self, config: RunConfig, group: str) -> int | str:
+        if self.size != "auto":
+            return self.size
+        if group not in self.sizes:
+            from .train import load_benchmark
+            from .vectorized import fitting_size
+
+            try:
+                self.sizes[group] = fitting_size(config, load_benchmark(config), AUTO_LIMIT)
+            except ValueError as err:
+                self.sizes[group] = str(err)
+        return self.sizes[group]
+
+    def wait(self, timeout: float) -> list[tuple[str, dict]]:  # noqa: D102
+        if self.pool is None:
+            job, error = self.next_job()
+            return self._records(job, error) or \
+                list(zip([key for key, _ in job], run_job([c for _, c in job], self.threads, self.runtime,
+                                                           self.checkpoint_dir)))
+        out: list[tuple[str, dict]] = []
+        while self.queue and len(self.futures) < self.workers:
+            job, error = self.next_job()
+            out += self._records(job, error)
+            if not error:
+                self._start(job)
+        if out:
+            return out
+        done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in done:
+            keys, _ = self.futures.pop(future)
+            try:
+                out += list(zip(keys, future.result()))
+            except Exception as err:  # the worker process itself died (killed, out of memory)
+                out += [(key, {"status": "failed", "error": f"worker process failed: {err!r}", "seconds": None})
+                        for key in keys]
+        return out
+
+    def _records(self, job: list[tuple[str, dict]], error: str | None) -> list[tuple[str, dict]]:
+        """Failed records for a job that cannot start (`error`), else nothing."""
+        if error is None:
+            return []
+        return [(key, {"status": "failed", "error": error, "message": f"ValueError: {error}", "seconds": 0.0})
+                for key, _ in job]
+
+    def _start(self, job: list[tuple[str, dict]]) -> None:
+        runtime = self.runtime
+        if self.devices:
+            runtime = {**runtime, "device": least_busy(self.devices, [gpu for _, gpu in self.futures.values()])}
+        future = self.pool.submit(run_job, [c for _, c in job], self.threads, runtime, self.checkpoint_dir)
+        self.futures[future] = ([key for key, _ in job], runtime["device"] if self.devices else None)
+
+    def shutdown(self, cancel: bool = False) -> None:  # noqa: D102
+        self.queue.clear()
+        if self.pool is not None:
+            if cancel:
+                for process in list(getattr(self.pool, "_processes", {}).values()):
+                    process.terminate()
+            self.pool.shutdown(wait=not cancel, cancel_futures=cancel)

@@ -206,9 +206,11 @@ class StackedNetwork:
 
 
 class StackedLinear(torch.autograd.Function):
-    """K Linear layers at once, x [K, B, in] → [K, B, out], with the matrix products of `F.linear` on each
-    member: forward x·Wᵀ + b, backward gᵀ·x for the weight and g·W for the input (batched autograd would take
-    the weight's gradient as (xᵀ·g)ᵀ, which rounds differently, and Adam turns such rounding into steps)."""
+    """K Linear layers at once, x [K, B, in] → [K, B, out], taking each member's matrix products as `F.linear`
+    takes them alone: forward x·Wᵀ + b, backward gᵀ·x for the weight (batched autograd would take (xᵀ·g)ᵀ,
+    which rounds differently, and Adam turns such rounding into steps) and g·W for the input. On the CPU,
+    where a batched product splits its work over the threads differently from K single ones, the K products
+    are taken one by one (the same arithmetic as K runs, bit for bit); elsewhere as one batched product."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # noqa: D102
@@ -219,6 +221,8 @@ class StackedLinear(torch.autograd.Function):
             bias = None if bias is None else bias.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+        if kind == "cpu":
+            return torch.stack([F.linear(x[k], weight[k], None if bias is None else bias[k]) for k in range(len(x))])
         if bias is None:
             return torch.bmm(x, weight.transpose(1, 2))
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
@@ -227,9 +231,16 @@ class StackedLinear(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # noqa: D102
         x, weight = ctx.saved_tensors
         grad = grad.to(x.dtype)
-        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
-        grad_bias = grad.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        wants_x, wants_weight, wants_bias = ctx.needs_input_grad
+        if x.device.type == "cpu":
+            each = lambda f: torch.stack([f(k) for k in range(len(x))])  # noqa: E731
+            grad_x = each(lambda k: grad[k].mm(weight[k])) if wants_x else None
+            grad_weight = each(lambda k: grad[k].t().mm(x[k])) if wants_weight else None
+            grad_bias = each(lambda k: grad[k].sum(0)) if ctx.has_bias and wants_bias else None
+            return grad_x, grad_weight, grad_bias
+        grad_x = torch.bmm(grad, weight) if wants_x else None
+        grad_weight = torch.bmm(grad.transpose(1, 2), x) if wants_weight else None
+        grad_bias = grad.sum(1) if ctx.has_bias and wants_bias else None
         return grad_x, grad_weight, grad_bias
 
 
