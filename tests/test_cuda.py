@@ -129,3 +129,21 @@ def test_bf16_and_tf32_runs_on_the_gpu():
     for precision in ("bf16", "tf32"):
         result = train.run(config("cuda", precision=precision, epochs=3), progress=False)
         assert min(result["accuracy_matrix"][k][k] for k in range(3)) > 0.7, precision
+
+
+@pytest.mark.parametrize("method", ["si", "siu", "fisher"])
+def test_a_vectorised_job_on_cuda_agrees_with_the_runs_alone(method):
+    """On CUDA the stacked Linear is one batched product (cuBLAS rounds it differently from single ones), so
+    the vectorised runs agree with the runs alone to rounding: parameters after one short task sequence."""
+    from clreg.vectorized import VectorizedTrainer
+
+    configs = [RunConfig(benchmark="permuted-digits", method=method, tasks=2, hidden=[32, 32], epochs=1, batch_size=32,
+                         device="cuda", seed=seed, c=c) for seed, c in ((0, 0.5), (1, 2.0), (2, 1.0))]
+    job = VectorizedTrainer(configs)
+    results = job.run()
+    for config, member, result in zip(configs, job.members, results):
+        trainer = train.Trainer(config, train.load_benchmark(config), progress=False)
+        accuracy = trainer.run()
+        for p, q in zip(trainer.model.parameters(), member.model.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5)
+        assert abs(result["average_accuracy"] - float(accuracy[-1].mean())) < 0.02

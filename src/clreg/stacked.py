@@ -221,8 +221,14 @@ class StackedLinear(torch.autograd.Function):
             bias = None if bias is None else bias.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        if kind == "cpu":
-            return torch.stack([F.linear(x[k], weight[k], None if bias is None else bias[k]) for k in range(len(x))])
+        if kind == "cpu":  # F.linear is addmm(b, x, Wᵀ) (mm without a bias)
+            out = x.new_empty((*x.shape[:2], weight.shape[1]))
+            for k in range(len(x)):
+                if bias is None:
+                    torch.mm(x[k], weight[k].t(), out=out[k])
+                else:
+                    torch.addmm(bias[k], x[k], weight[k].t(), out=out[k])
+            return out
         if bias is None:
             return torch.bmm(x, weight.transpose(1, 2))
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
@@ -233,10 +239,16 @@ class StackedLinear(torch.autograd.Function):
         grad = grad.to(x.dtype)
         wants_x, wants_weight, wants_bias = ctx.needs_input_grad
         if x.device.type == "cpu":
-            each = lambda f: torch.stack([f(k) for k in range(len(x))])  # noqa: E731
-            grad_x = each(lambda k: grad[k].mm(weight[k])) if wants_x else None
-            grad_weight = each(lambda k: grad[k].t().mm(x[k])) if wants_weight else None
-            grad_bias = each(lambda k: grad[k].sum(0)) if ctx.has_bias and wants_bias else None
+            grad_x = torch.empty_like(x) if wants_x else None
+            grad_weight = torch.empty_like(weight) if wants_weight else None
+            grad_bias = grad.new_empty((len(x), grad.shape[2])) if ctx.has_bias and wants_bias else None
+            for k in range(len(x)):
+                if wants_x:
+                    torch.mm(grad[k], weight[k], out=grad_x[k])
+                if wants_weight:
+                    torch.mm(grad[k].t(), x[k], out=grad_weight[k])
+                if grad_bias is not None:
+                    torch.sum(grad[k], 0, out=grad_bias[k])
             return grad_x, grad_weight, grad_bias
         grad_x = torch.bmm(grad, weight) if wants_x else None
         grad_weight = torch.bmm(grad.transpose(1, 2), x) if wants_weight else None
