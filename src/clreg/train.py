@@ -373,12 +373,16 @@ class Trainer:
         """With the gradients in place: the step's loss checked, R(θ_t) taken where a callback asks for it,
         then ∇R, the optimiser and the measure's statistic. Returns R(θ_t) or None."""
         self.check_finite(loss)
-        penalty = None
-        if any(callback.wants_penalty(self.steps_done + 1) for callback in self.callbacks):
-            with torch.no_grad():
-                penalty = self.reg.penalty().detach()  # R(θ_t); evaluating it changes nothing (issue 13)
+        penalty = self.penalty_if_wanted()
         self.reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass on the CPU
         return penalty
+
+    def penalty_if_wanted(self) -> Tensor | None:
+        """R(θ_t) where a callback asks for it at the coming step, else None."""
+        if not any(callback.wants_penalty(self.steps_done + 1) for callback in self.callbacks):
+            return None
+        with torch.no_grad():
+            return self.reg.penalty().detach()  # evaluating R changes nothing (issue 13)
 
     def shared_loss(self, forward, x: Tensor, y: Tensor, whole: int) -> Tensor:
         """The task loss of this process's share of a batch of `whole` examples, weighted so that its average

@@ -29,6 +29,7 @@ from .benchmarks import Benchmark
 from .config import RunConfig
 from .device import autocast, precision_scope, resolve_device
 from .stacked import RandomStates, StackedNetwork
+from .stacked_step import OPTIMIZERS, StackedStep
 from .steplog import StepLog
 from .task_search import TaskSearch
 from .train import Diverged, TaskPlan, Trainer, evaluate, load_benchmark, result_of
@@ -63,7 +64,9 @@ class VectorizedTrainer:
     """Trains the runs of `configs` (one group_key) together; `run()` returns each run's result or Diverged."""
 
     def __init__(self, configs: Sequence[RunConfig], benches: Sequence[Benchmark] | None = None,
-                 logs: Sequence[StepLog] | None = None):
+                 logs: Sequence[StepLog] | None = None, stacked_step: bool | None = None):
+        """`stacked_step`: one optimiser step for all runs (clreg.stacked_step; default: off the CPU, with Adam
+        or AdamW), else each run's own step (bit for bit its step alone)."""
         configs = list(configs)
         if not configs:
             raise ValueError("a vectorised job needs at least one run")
@@ -89,6 +92,13 @@ class VectorizedTrainer:
         first = self.members[0]
         self.net.probe(first.bench.batch(0, torch.arange(2, device=self.device))[0])
         self.failures: dict[int, Diverged] = {}
+        if stacked_step is None:
+            stacked_step = self.device.type != "cpu" and StackedStep.supported(self.members)
+        elif stacked_step and not StackedStep.supported(self.members):
+            raise ValueError(f"the stacked step takes Adam or AdamW ({', '.join(OPTIMIZERS)}), not "
+                             f"{configs[0].optimizer!r}, and no sos split")
+        self.stepper = StackedStep(self.members, self.net) if stacked_step else None
+        self.stacked = False  # this task steps all runs at once
         self.started = [0] * len(self.members)  # the first task each run trains (later ones resume from a checkpoint)
 
     @property
@@ -137,6 +147,9 @@ class VectorizedTrainer:
         for k in active:
             with self.rng.of(k):
                 plans[k] = self.members[k].open_task(task)
+        self.stacked = self.stepper is not None and len(active) == self.size
+        if self.stacked:
+            self.stepper.begin_task()
         start = time.perf_counter()
         for task_step in range(max((p.steps for p in plans.values()), default=0)):
             live = [k for k in active if k not in self.failures and not self.members[k].stop_task]
@@ -172,19 +185,39 @@ class VectorizedTrainer:
             if statistic and first.dropout and reg.measure.uses_task_gradient:
                 task_grads = self._gradients(x, y, task, live)  # g_t with dropout off (SPEC §2)
             if statistic and reg.needs_independent_batch:
-                task_grads_other = self._stack(batches, live, lambda b: b.independent)
-                independent = self._gradients(*task_grads_other, task, live)
+                independent = self._gradients(*self._stack(batches, live, lambda b: b.independent), task, live)
+        stepped = self._stacked_step(live, losses, task_grads, independent) if self.stacked else \
+            self._own_steps(live, losses, plans, task_grads, independent)
+        for k, penalty in stepped.items():
+            self.members[k].after_step(plans[k], batches[k], losses[k].detach(), penalty)
+
+    def _own_steps(self, live, losses, plans, task_grads, independent) -> dict[int, Tensor | None]:
+        """Each run's own step (Trainer.apply_step); returns R(θ_t) or None per run that stepped."""
+        stepped = {}
         for k in live:
-            member, loss = self.members[k], losses[k].detach()
-            member.reg.set_step_gradients(None if task_grads is None else task_grads[k],
-                                          None if independent is None else independent[k])
+            member = self.members[k]
+            member.reg.set_step_gradients(None if task_grads is None else [g[k] for g in task_grads],
+                                          None if independent is None else [g[k] for g in independent])
             try:
-                penalty = member.apply_step(plans[k].optimizer, loss)
+                stepped[k] = member.apply_step(plans[k].optimizer, losses[k].detach())
             except Diverged as err:
                 self.failures[k] = err
                 member.reg.skip_step()
+        return stepped
+
+    def _stacked_step(self, live, losses, task_grads, independent) -> dict[int, Tensor | None]:
+        """Every run's loss checked and R(θ_t) taken where asked, then one step for all (clreg.stacked_step)."""
+        stepped = {}
+        for k in live:
+            member = self.members[k]
+            try:
+                member.check_finite(losses[k].detach())
+            except Diverged as err:
+                self.failures[k] = err  # its slot keeps stepping on zero gradients: nobody reads it any more
                 continue
-            member.after_step(plans[k], batches[k], loss, penalty)
+            stepped[k] = member.penalty_if_wanted()
+        self.stepper.step(task_grads, independent)
+        return stepped
 
     def _stack(self, batches: dict, live: list[int], part) -> tuple[Tensor, Tensor]:
         """Inputs [K, B, ...] and labels [K, B] of the live runs' batches (zeros in the other runs' places)."""
@@ -194,15 +227,14 @@ class VectorizedTrainer:
         ys = [pairs[k][1] if k in pairs else torch.zeros_like(y0) for k in range(self.size)]
         return torch.stack(xs), torch.stack(ys)
 
-    def _gradients(self, x: Tensor, y: Tensor, task: int, live: list[int]) -> dict[int, list[Tensor]]:
-        """Per live run, ∇ of its task loss on x[k], y[k] for its regularised parameters, dropout off."""
+    def _gradients(self, x: Tensor, y: Tensor, task: int, live: list[int]) -> list[Tensor]:
+        """Stacked, per regularised parameter: run k's slice is ∇ of its task loss on x[k], y[k], dropout off."""
         names = self.members[live[0]].reg.names
         stacked = [self.net.params[n] for n in names]
         logits = self.net(x, task, dropout=[False] * self.size)
         loss = torch.stack([F.cross_entropy(logits[k], y[k]) for k in live]).sum()
         grads = torch.autograd.grad(loss, stacked, allow_unused=True)
-        grads = [torch.zeros_like(s) if g is None else g for s, g in zip(stacked, grads)]
-        return {k: [g[k] for g in grads] for k in live}
+        return [torch.zeros_like(s) if g is None else g for s, g in zip(stacked, grads)]
 
 
 def _shared_data(bench: Benchmark, members: list[Trainer]) -> Benchmark:
@@ -229,8 +261,9 @@ def _same(a, b) -> bool:
 
 
 # per run, in float32 copies of the parameters: parameter, gradient, Adam's two moments, Ω, anchor, centre,
-# 2P, ∇R, scratch, the measure's start and statistic, θ_t, g_t, g'_t, the stacked gradients of the extra passes
-COPIES_PER_RUN = 17
+# 2P, ∇R, scratch, the measure's start and statistic, θ_t, g_t, g'_t, the stacked gradients of the extra passes,
+# and the stacked step's copies of 2P and the centre (clreg.stacked_step)
+COPIES_PER_RUN = 19
 
 
 def run_bytes(config: RunConfig, parameters: int, activations: int) -> int:
