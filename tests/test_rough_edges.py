@@ -115,7 +115,8 @@ def test_sweep_whose_runs_all_fail_says_so_and_exits_1(tmp_path):
                                                                                   "batch_size": 16, "hidden": [8]},
                                     "methods": {"si": {"c": [1, 2]}, "finetune": {}}}))
     dry = subprocess.run([*CLREG, "sweep", str(spec), "--dry-run"], capture_output=True, text=True, timeout=120)
-    assert dry.returncode == 0 and "3 run(s) to start now" in dry.stdout  # data found
+    assert dry.returncode == 0 and "4 run(s) to start now" in dry.stdout  # data found (finetune: its search
+    # run on validation and its final run on test, at once)
     data.unlink()
     dry = subprocess.run([*CLREG, "sweep", str(spec), "--dry-run"], capture_output=True, text=True, timeout=120)
     assert dry.returncode == 2 and "gone.npz: no such file" in dry.stderr

@@ -257,3 +257,17 @@ def test_grid_settings_are_searched_with_c():
         parse_spec({**BASE, "methods": {"x": {"method": "si", "c": 1, "settings": {"lr": 0.1}, "grid": {"lr": [0.1]}}}})
     with pytest.raises(SpecError, match="methods.x.grid: unknown key.s. 'seed'"):
         parse_spec({**BASE, "methods": {"x": {"method": "si", "c": 1, "grid": {"seed": [1, 2]}}}})
+
+
+def test_an_entry_with_nothing_to_choose_plans_its_final_runs_with_its_search():
+    """One c and one re-init: the search cannot choose anything else, so the final seeds are wanted at once
+    (one wave, which lets a vectorised sweep put every seed of the row in one job); a grid still waits."""
+    spec = parse_spec({**BASE, "methods": {"ewc": {"method": "fisher", "c": [10], "reinit": [False]},
+                                           "si": {"c": [1, 2], "reinit": [False]}}})
+    wanted, _ = plan(spec, lambda key: None)
+    fisher = sorted((c.evaluate_on, c.seed) for c in wanted if c.method == "fisher")
+    assert fisher == [("test", 0), ("test", 1), ("test", 2), ("validation", 0)]
+    assert sorted((c.evaluate_on, c.c) for c in wanted if c.method == "si") == [("validation", 1.0), ("validation", 2.0)]
+    alone = parse_spec({**BASE, "methods": {"ewc": {"method": "fisher", "c": [10], "reinit": [False]}}})
+    store, states, waves = simulate(alone, peaked(1))
+    assert states["ewc"].complete and states["ewc"].selected == (10.0, Line(False)) and waves == 1

@@ -120,6 +120,9 @@ def plan_entry(spec: SweepSpec, entry: Entry, lookup: Lookup, wanted: list[RunCo
     state = EntryState(entry)
     done = [_search_line(spec, entry, line, lookup, wanted, state) for line in entry.lines()]
     if not all(done):
+        if len(entry.c) == 1 and len(entry.lines()) == 1:  # nothing to choose: the final runs can start now
+            for seed in spec.seeds:
+                _fetch(spec.config(entry, entry.c[0], entry.lines()[0], seed, spec.final_evaluate_on), lookup, wanted)
         return state
     state.search_done = True
     order = {line: i for i, line in enumerate(entry.lines())}  # ties: the smaller c, then the earlier line
