@@ -284,9 +284,15 @@ def available_bytes(device: torch.device) -> int:
     """Free memory on `device` (the GPU's, or the machine's available RAM for the CPU)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    try:  # Linux: what can be had without swapping, page cache included
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
+    except (ValueError, OSError, AttributeError):
         return 8 << 30
 
 
