@@ -1,4 +1,5 @@
 """Vectorised jobs (clreg.vectorized): K runs trained as one equal the same runs trained alone."""
+import json
 import sqlite3
 import subprocess
 import sys
@@ -201,20 +202,21 @@ def test_a_vectorised_sweep_stores_the_same_runs_as_one_at_a_time(tmp_path):
         "search": {"evaluate_on": "validation", "seeds": 1, "extend": False}, "final": {"evaluate_on": "test"},
         "methods": {"SI": {"method": "si", "c": [0.5, 1], "reinit": [True, False]}, "EWC": {"method": "fisher", "c": [10, 100]}}}))
     outputs = {}
-    for name, extra in (("one", []), ("vectorised", ["--vectorize", "8"])):
+    for name, extra in (("one", []), ("vectorised", ["--vectorize", "8"]),
+                        ("two-workers", ["--vectorize", "2", "--workers", "2"])):
         p = subprocess.run([*CLREG, "sweep", str(spec), "--store", str(tmp_path / f"{name}.sqlite"), "--threads", "1",
                             *extra], capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr
         outputs[name] = p
     assert "vectorised jobs of up to 8 run(s)" in outputs["vectorised"].stderr
-    one, vectorised = runs(tmp_path / "one.sqlite"), runs(tmp_path / "vectorised.sqlite")
-    assert set(one) == set(vectorised) and len(one) == 10
-    for key, (status, result) in one.items():
-        import json
-
-        a, b = json.loads(result), json.loads(vectorised[key][1])
-        assert status == vectorised[key][0] == "done"
-        assert a["accuracy_matrix"] == b["accuracy_matrix"]
-    assert outputs["one"].stdout == outputs["vectorised"].stdout  # the same tables
+    one = runs(tmp_path / "one.sqlite")
+    assert len(one) == 10
+    for other in ("vectorised", "two-workers"):
+        stored = runs(tmp_path / f"{other}.sqlite")
+        assert set(one) == set(stored)
+        for key, (status, result) in one.items():
+            assert status == stored[key][0] == "done"
+            assert json.loads(result)["accuracy_matrix"] == json.loads(stored[key][1])["accuracy_matrix"]
+        assert outputs["one"].stdout == outputs[other].stdout  # the same tables
     bad = subprocess.run([*CLREG, "sweep", str(spec), "--vectorize", "x"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--vectorize takes a number of runs >= 1 or 'auto', got 'x'" in bad.stderr
