@@ -231,29 +231,32 @@ class VectorizedExecutor:
         self.runtime, self.checkpoint_dir = runtime or {}, checkpoint_dir
         self.slots = workers * (AUTO_LIMIT if size == "auto" else size)
         self.queue: list[tuple[str, dict]] = []
+        self.groups: dict[str, tuple[RunConfig, str | None]] = {}  # queued run -> its config and group_key
         self.sizes: dict[str, int | str] = {}  # group key -> K, or why no run fits
         self.devices = worker_devices(self.runtime.get("device", "auto"), workers) if workers > 1 else None
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
         self.futures: dict[Future, tuple[list[str], str | None]] = {}  # job -> (run keys, its GPU)
 
     def submit(self, key: str, config: dict) -> None:  # noqa: D102
+        from .vectorized import group_key, why_not
+
         self.queue.append((key, config))
+        run = RunConfig.from_dict(config, **self.runtime)
+        self.groups[key] = (run, None if why_not(run) else group_key(run))  # None: runs alone
 
     def next_job(self) -> tuple[list[tuple[str, dict]], str | None]:
         """The queue's first run and up to K − 1 more of its group; or that run alone with the reason no job
         fits (an error to record as its result)."""
-        from .vectorized import group_key, why_not
-
-        first = RunConfig.from_dict(self.queue[0][1], **self.runtime)
-        if why_not(first):
-            return [self.queue.pop(0)], None
-        group = group_key(first)
-        size = self._size(first, group)
-        if isinstance(size, str):
-            return [self.queue.pop(0)], size
-        job = [item for item in self.queue if group_key(RunConfig.from_dict(item[1], **self.runtime)) == group][:size]
+        first, group = self.groups[self.queue[0][0]]
+        size = 1 if group is None else self._size(first, group)
+        if isinstance(size, str) or group is None:
+            job, error = self.queue[:1], size if isinstance(size, str) else None
+        else:
+            job, error = [item for item in self.queue if self.groups[item[0]][1] == group][:size], None
         self.queue = [item for item in self.queue if item not in job]
-        return job, None
+        for key, _ in job:
+            del self.groups[key]
+        return job, error
 
     def _size(self, config: RunConfig, group: str) -> int | str:
         if self.size != "auto":
@@ -308,6 +311,7 @@ class VectorizedExecutor:
 
     def shutdown(self, cancel: bool = False) -> None:  # noqa: D102
         self.queue.clear()
+        self.groups.clear()
         if self.pool is not None:
             if cancel:
                 for process in list(getattr(self.pool, "_processes", {}).values()):

@@ -87,15 +87,14 @@ class StackedNetwork:
         shapes = [[tuple(p.shape) for _, p in m.named_parameters()] for m in models]
         if any(s != shapes[0] for s in shapes):
             raise ValueError("models of a vectorised run must have the same parameters and shapes")
-        self.params: dict[str, Tensor] = {}
-        for name in self.names:
-            self.params[name] = self._stack(name)
+        self.member_params = {name: [dict(m.named_parameters())[name] for m in models] for name in self.names}
+        self.params: dict[str, Tensor] = {name: self._stack(name) for name in self.names}
         self.dropout_format: dict[int, torch.memory_format] = {}
 
     def _stack(self, name: str) -> Tensor:
         """The members' parameter `name` as one [K, ...] leaf in their memory format; each member's
         Parameter becomes a view of its slice."""
-        members = [dict(m.named_parameters())[name] for m in self.models]
+        members = self.member_params[name]
         first = members[0]
         channels_last = first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last) \
             and not first.is_contiguous()
@@ -115,8 +114,8 @@ class StackedNetwork:
     def gradients(self) -> None:
         """Point every member parameter's `.grad` at its slice of the stacked gradient (after backward)."""
         for name, stacked in self.params.items():
-            for model, grad in zip(self.models, stacked.grad if stacked.grad is not None else [None] * self.size):
-                dict(model.named_parameters())[name].grad = grad
+            for p, grad in zip(self.member_params[name], stacked.grad if stacked.grad is not None else [None] * self.size):
+                p.grad = grad
 
     def zero_grad(self) -> None:
         """Clear the stacked and the members' gradients."""

@@ -34,7 +34,9 @@ class StackedStep:
         self.members, self.net = members, net
         self.names = list(net.params)
         self.regularized = list(members[0].reg.names)
+        self.position = {n: i for i, n in enumerate(self.regularized)}
         self.optimizer = members[0].config.optimizer
+        self.columns: dict[tuple, Tensor] = {}  # per-run scalars on the device, made once per distinct value
 
     @staticmethod
     def supported(members) -> bool:
@@ -66,7 +68,14 @@ class StackedStep:
             self.weights = [(s.task_weight, s.independent_weight, s.decay) for s in stats]
 
     def _column(self, values: list[float], like: Tensor) -> Tensor:
-        return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+        """The runs' values as a [K, 1, ...] tensor beside `like`; cached, so a step copies nothing to the device
+        unless a value changed (a schedule's learning rate)."""
+        key = (tuple(values), like.dim(), like.dtype, like.device)
+        if key not in self.columns:
+            if len(self.columns) > 256:  # a schedule changes the rate every step: keep the cache small
+                self.columns.clear()
+            self.columns[key] = torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+        return self.columns[key]
 
     @torch.no_grad()
     def step(self, task_grads: list[Tensor] | None, independent: list[Tensor] | None) -> None:
@@ -78,7 +87,7 @@ class StackedStep:
         groups = [m.optimizer.param_groups[0] for m in self.members]
         lr_values = [g["lr"] for g in groups]
         decay_values = [g["weight_decay"] for g in groups]
-        position = {n: i for i, n in enumerate(self.regularized)}
+        position = self.position
         for name, p in self.net.params.items():
             grad = p.grad
             if grad is None:
