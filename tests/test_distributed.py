@@ -66,6 +66,8 @@ def worker(rank, method, folder):
         if rank == 0:
             torch.save({"params": [p.detach() for p in reg.model.parameters()], "omega": reg.omega},
                        os.path.join(folder, "result.pt"))
+        dist.barrier()  # both ranks done before either tears down
+        del net, reg  # DDP's reducer goes before its process group
     finally:
         dist.destroy_process_group()
 
