@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clreg.analysis import ScatterSample, StreamingCorrelation, analyze, slope_through_origin
+from clreg.analysis import ScatterSample, StreamingCorrelation, analyze, analyze_together, slope_through_origin
 from clreg.analysis import stats
 from clreg.analysis.bias import BiasProbe
 from clreg.analysis.measures import MeasuresProbe, measure_names, parse_pairs
@@ -158,3 +158,54 @@ def test_every_analysis_writes_its_data_figures_and_summary(blobs, tmp_path):
             assert 300 < width < 3000 and 250 < height < 3000
         assert all((out / f).read_text().lstrip().startswith("<?xml") for f in data["figures"] if f.endswith(".svg"))
     assert len(data["records"]) == 2 * 2 * (180 // 20) // 3 and 0 <= data["summary"]["fraction_above"]["1"] <= 1
+
+
+def _records(data: dict) -> dict:
+    """What an analysis measured, without its timings."""
+    return {k: v for k, v in data.items() if k not in ("wall_seconds", "timing", "analyses_on_this_run")}
+
+
+@pytest.mark.slow
+def test_analyses_together_record_what_each_records_alone(blobs, tmp_path):
+    cfg = config(blobs, c=0.5)
+    kinds = ("measures", "bias", "noise")
+    together = analyze_together(kinds, cfg, {k: tmp_path / "together" / k for k in kinds}, every=3,
+                                scatter_points=100, progress=False)
+    for kind in kinds:
+        alone = analyze(kind, cfg, tmp_path / kind, every=3, scatter_points=100, progress=False)
+        assert _records(together[kind]) == _records(alone)
+        assert together[kind]["analyses_on_this_run"] == list(kinds)
+    with pytest.raises(ValueError, match="distinct names from measures, bias, noise; got bias, bias"):
+        analyze_together(("bias", "bias"), cfg, {"bias": tmp_path}, progress=False)
+
+
+@pytest.mark.slow
+def test_an_interrupted_analysis_resumes_to_the_same_records(blobs, tmp_path, monkeypatch):
+    cfg, kinds = config(blobs, c=0.5), ("measures", "bias")
+    reference = analyze_together(kinds, cfg, {k: tmp_path / "ref" / k for k in kinds}, every=4,
+                                 scatter_points=100, progress=False)
+    checkpoint, dirs = tmp_path / "run.pt", {k: tmp_path / "resumed" / k for k in kinds}
+    original = MeasuresProbe.task_ended
+
+    def crash_in_task_2(self, trainer, task):
+        if task == 1:
+            raise KeyboardInterrupt
+        original(self, trainer, task)
+    monkeypatch.setattr(MeasuresProbe, "task_ended", crash_in_task_2)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False, checkpoint=checkpoint)
+    monkeypatch.setattr(MeasuresProbe, "task_ended", original)
+    started, task_started = [], BiasProbe.task_started
+    monkeypatch.setattr(BiasProbe, "task_started", lambda self, *a: (started.append(a[1]), task_started(self, *a)))
+    resumed = analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False,
+                               checkpoint=checkpoint, resume=True)
+    assert started == [1]  # only task 2 was trained again
+    for kind in kinds:  # task 1's records came back from the checkpoint, task 2's were measured after it
+        assert _records(resumed[kind]) == _records(reference[kind])
+    for task in (1, 2):
+        ours, theirs = np.load(dirs["measures"] / f"scatter-task{task}.npz"), \
+            np.load(tmp_path / "ref" / "measures" / f"scatter-task{task}.npz")
+        assert set(ours) == set(theirs) and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    with pytest.raises(ValueError, match="records of MeasuresProbe, BiasProbe, this run has BiasProbe"):
+        analyze_together(("bias",), cfg, {"bias": tmp_path / "b"}, every=4, progress=False,
+                         checkpoint=checkpoint, resume=True)

@@ -186,3 +186,30 @@ def test_run_on_user_arrays_end_to_end(tmp_path):
     saved = json.loads(out.read_text())
     assert len(saved["accuracy_matrix"]) == 3 and saved["benchmark"]["name"] == f"arrays:{path}"
     assert saved["config"]["network"] == "mlp" and saved["config"]["hidden"] == [400, 400]
+
+
+@pytest.mark.slow
+def test_analyses_share_one_run_and_resume_from_the_cli(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (120, 3, 3), dtype=np.uint8), y_train=rng.integers(0, 4, 120),
+             x_test=rng.integers(0, 256, (40, 3, 3), dtype=np.uint8), y_test=rng.integers(0, 4, 40))
+    args = ["analyze", "measures", "--benchmark", f"arrays:{path}", "--permute", "2", "--hidden", "8",
+            "--epochs", "1", "--batch-size", "20", "--samples", "30", "--scatter-points", "50", "--quiet",
+            "--out-dir", str(tmp_path / "out")]
+    refused = clreg(*args, "--resume")
+    assert refused.returncode == 2 and "--resume needs --checkpoint FILE" in refused.stderr
+    result = clreg(*args, "--also", "bias", "--every", "2", "--checkpoint", str(tmp_path / "a.pt"))
+    assert result.returncode == 0, result.stderr
+    assert "# clreg analyze measures" in result.stdout and "# clreg analyze bias" in result.stdout
+    measures = json.loads((tmp_path / "out" / "measures" / "measures.json").read_text())
+    bias = json.loads((tmp_path / "out" / "bias" / "bias.json").read_text())
+    assert measures["accuracy_matrix"] == bias["accuracy_matrix"] and measures["analyses_on_this_run"] == [
+        "measures", "bias"]
+    for m, b in zip(measures["tasks"], bias["tasks"]):  # one head: the same parameters, one trajectory
+        assert m["sums"]["si-raw-noclip"] / m["sums"]["siu-raw-noclip"] == pytest.approx(b["ratio_si_to_siu"],
+                                                                                          rel=1e-6)
+    other = clreg(*args, "--also", "noise", "--checkpoint", str(tmp_path / "a.pt"), "--resume")
+    assert other.returncode == 2 and "resume with the same analyses" in other.stderr

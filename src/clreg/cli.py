@@ -12,6 +12,7 @@ from .config import OPTIONS, RunConfig, read_run_file
 from .data import DataFileError
 from .device import check_combination, resolve_device
 from .analysis.measures import PAIRS, parse_pairs
+from .analysis.run import KINDS
 from .options import Option
 from .results import check_writable, machine, versions, write_json
 from .progress import LongRunWarning
@@ -373,22 +374,37 @@ def _analysis_command(kind: str, doc: str, every_default: int):
                   help="measures: weights sampled (seeded) for the scatter plots")
     @click.option("--pairs", default=",".join(f"{a}:{b}" for a, b in PAIRS), show_default=True,
                   help="measures: the pairs to correlate and scatter-plot, NAME:NAME separated by commas")
+    @click.option("--also", "also", multiple=True, type=click.Choice([k for k in KINDS if k != kind]),
+                  help="attach this analysis to the same training run (repeatable); each analysis then writes "
+                       "into OUT_DIR/KIND")
+    @click.option("--checkpoint", default=None, help="save the run and the records so far after every task")
+    @click.option("--resume", is_flag=True, help="with --checkpoint: continue from the checkpoint if it exists")
     @click.option("--quiet", is_flag=True, help="no progress bars")
-    def command(out_dir: str, every: int, large_samples: int | None, scatter_points: int, pairs: str, quiet: bool,
-                **options):
+    def command(out_dir: str, every: int, large_samples: int | None, scatter_points: int, pairs: str,
+                also: tuple[str, ...], checkpoint: str | None, resume: bool, quiet: bool, **options):
         config = make_config(**options)
         if every < 1 or scatter_points < 1 or (large_samples is not None and large_samples < 1):
             _fail("--every, --scatter-points and --large-samples must be >= 1")
+        if resume and checkpoint is None:
+            _fail("--resume needs --checkpoint FILE")
         try:
             chosen = parse_pairs(pairs, large_samples)
         except ValueError as err:
             _fail(str(err))
-        from .analysis import analyze as run_analysis
+        from .analysis import analyze_together
+        from .checkpoint import CheckpointError
 
+        kinds = (kind, *dict.fromkeys(also))
+        dirs = {k: Path(out_dir) / k if len(kinds) > 1 else Path(out_dir) for k in kinds}
         bench = load_data(config)
-        data = run_analysis(kind, config, out_dir, every, large_samples, scatter_points, not quiet, bench, chosen)
-        click.echo((Path(out_dir) / "summary.md").read_text())
-        click.echo(f"{len(data['figures'])} figures and {kind}.json written to {out_dir}", err=True)
+        try:
+            analyze_together(kinds, config, dirs, every, large_samples, scatter_points, not quiet, bench, chosen,
+                             checkpoint, resume)
+        except CheckpointError as err:
+            _fail(str(err))
+        for k in kinds:
+            click.echo((dirs[k] / "summary.md").read_text())
+        click.echo(f"{', '.join(kinds)}: JSON, figures and summary.md written to {out_dir}", err=True)
     return command
 
 

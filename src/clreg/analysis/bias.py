@@ -76,3 +76,9 @@ class BiasProbe(Probe):
                             full_gradient_path=self.full_path, full_gradient_path_trapezoid=self.trapezoid)
         self.tasks.append(self.current)
         self.last = None
+
+    def state_dict(self) -> dict:  # noqa: D102
+        return {"tasks": self.tasks}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        self.tasks = state["tasks"]

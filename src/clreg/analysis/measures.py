@@ -63,7 +63,7 @@ class MeasuresProbe(Probe):
         self.paths = {name: importance.create(name, xi=xi) for name in PATH_MEASURES}
         self.sos = {"sos": SecondOrderSynapses(alpha=0.0), "sos-a1": SecondOrderSynapses(alpha=1.0)}
         self.tasks: list[dict] = []
-        self.scatter: list[dict[str, np.ndarray]] = []
+        self.scatter: dict[int, dict[str, np.ndarray]] = {}  # by task: the first task's and the latest's
 
     def task_started(self, trainer, task) -> None:  # noqa: D102
         for measure in [*self.paths.values(), *self.sos.values()]:
@@ -89,7 +89,15 @@ class MeasuresProbe(Probe):
         self.tasks.append({"task": task, "measures": names, "correlation": matrix,
                            "pairs": {f"{a} vs {b}": matrix[a][b] for a, b in self.pairs},
                            "slope_through_origin": slopes, "sums": totals, "parameters": correlation.n})
-        self.scatter.append(points)
+        self.scatter = {t: v for t, v in self.scatter.items() if t == self.tasks[0]["task"]} | {task: points}
+
+    def state_dict(self) -> dict:  # noqa: D102
+        return {"tasks": self.tasks, "scatter": {t: {name: torch.from_numpy(v) for name, v in points.items()}
+                                                 for t, points in self.scatter.items()}}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        self.tasks = state["tasks"]
+        self.scatter = {t: {name: v.numpy() for name, v in points.items()} for t, points in state["scatter"].items()}
 
     def importances(self, trainer, task: int) -> dict[str, list[Tensor]]:
         """ω of every measure for the task just trained, at θ_end."""

@@ -35,6 +35,12 @@ class NoiseProbe(Probe):
         self.records.append({"task": trainer.current_task, "step": step, "noise": noise, "full": signal,
                              "ratio": noise / signal if signal > 0 else None})
 
+    def state_dict(self) -> dict:  # noqa: D102
+        return {"records": self.records}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        self.records = state["records"]
+
     def summary(self) -> dict:
         """Fraction of recorded steps whose ratio exceeds each threshold, overall and per task."""
         def fractions(rows):

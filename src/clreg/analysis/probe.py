@@ -2,11 +2,14 @@
 and, every k steps, the loss and gradient on the task's whole training set."""
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..callbacks import Batch, Callback, Step
+from ..checkpoint import CheckpointError
 from ..models import MultiHead, task_forward
 from ..train import Trainer
 
@@ -30,6 +33,13 @@ class Probe:
 
     def task_ended(self, trainer: "Trainer", task: int) -> None:
         """`task` is trained and consolidated; the parameters are θ_end."""
+
+    def state_dict(self) -> dict:
+        """The records of the tasks ended so far (plain data and tensors), for a resumed run."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict`."""
 
 
 def trained_parameters(trainer: Trainer, task: int) -> list[Tensor]:
@@ -71,8 +81,27 @@ class Probes(Callback):
         self.every = min(every) if every else 0
         self.task = self.task_step = 0
         self.grads = self.other = self.before = None
+        self.started, self.earlier_seconds = time.perf_counter(), 0.0
+
+    def elapsed(self) -> float:
+        """Wall seconds of the run, those before a resume included."""
+        return self.earlier_seconds + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict:  # noqa: D102
+        return {"elapsed": self.elapsed(), "probes": [type(probe).__name__ for probe in self.probes],
+                "records": [probe.state_dict() for probe in self.probes]}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        ours = [type(probe).__name__ for probe in self.probes]
+        if state["probes"] != ours:
+            raise CheckpointError(f"the checkpoint holds the records of {', '.join(state['probes'])}, this run "
+                                  f"has {', '.join(ours)}: resume with the same analyses")
+        self.earlier_seconds = state["elapsed"] - (time.perf_counter() - self.started)
+        for probe, saved in zip(self.probes, state["records"]):
+            probe.load_state_dict(saved)
 
     def on_run_start(self, trainer: Trainer) -> None:  # noqa: D102
+        self.started = time.perf_counter()
         if trainer.reg.split:
             raise ValueError("analyses take g'_t from an independent minibatch: run them without sos split")
 

@@ -1,8 +1,8 @@
 """`clreg analyze measures|bias|noise`: one training run with a probe; JSON data, PNG/SVG figures, a summary."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -21,28 +21,46 @@ KINDS = ("measures", "bias", "noise")
 
 def analyze(kind: str, config: RunConfig, out_dir: str | Path, every: int = 10, large_samples: int | None = None,
             scatter_points: int = 100_000, progress: bool = True, bench=None,
-            pairs: tuple[tuple[str, str], ...] = PAIRS) -> dict:
+            pairs: tuple[tuple[str, str], ...] = PAIRS, checkpoint: str | Path | None = None,
+            resume: bool = False) -> dict:
     """Train `config` with the analysis `kind` attached; write `<kind>.json`, figures and `summary.md` into
-    `out_dir`; return the JSON data."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown analysis {kind!r}; choose one of: {', '.join(KINDS)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    probe = {"measures": lambda: MeasuresProbe(config.damping, config.samples, large_samples, scatter_points,
-                                               config.seed, pairs),
-             "bias": lambda: BiasProbe(every), "noise": lambda: NoiseProbe(every)}[kind]()
+    `out_dir`; return the JSON data. `checkpoint`/`resume`: as `Trainer.run`, the probe's records included."""
+    return analyze_together((kind,), config, {kind: out_dir}, every, large_samples, scatter_points, progress,
+                            bench, pairs, checkpoint, resume)[kind]
+
+
+def analyze_together(kinds: Sequence[str], config: RunConfig, out_dirs: dict[str, str | Path], every: int = 10,
+                     large_samples: int | None = None, scatter_points: int = 100_000, progress: bool = True,
+                     bench=None, pairs: tuple[tuple[str, str], ...] = PAIRS, checkpoint: str | Path | None = None,
+                     resume: bool = False) -> dict[str, dict]:
+    """Several analyses on one training run (one trajectory, as the paper computes them): each kind writes its
+    JSON, figures and summary into `out_dirs[kind]`; returns each kind's data. The probes share the run's
+    extra passes (g_t, g'_t, and the training-set gradient every `every` steps)."""
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds or len(set(kinds)) != len(kinds):
+        raise ValueError(f"analyses must be distinct names from {', '.join(KINDS)}; got {', '.join(kinds) or 'none'}")
+    makers = {"measures": lambda: MeasuresProbe(config.damping, config.samples, large_samples, scatter_points,
+                                                config.seed, pairs),
+              "bias": lambda: BiasProbe(every), "noise": lambda: NoiseProbe(every)}
+    probes = {kind: makers[kind]() for kind in kinds}
     bench = bench or load_benchmark(config)
-    start = time.perf_counter()
-    trainer = Trainer(config, bench, progress, [Probes([probe])])
-    accuracy = trainer.run()
-    data = {"analysis": kind, "config": config.to_dict(), "benchmark": bench.describe(),
-            "accuracy_matrix": accuracy.tolist(), **metrics.summary(accuracy),
-            "wall_seconds": time.perf_counter() - start}
-    figures = {"measures": _measures, "bias": _bias, "noise": _noise}[kind](probe, data, out, every)
-    data["figures"] = [str(f.relative_to(out)) for f in figures]
-    write_json(out / f"{kind}.json", data)
-    (out / "summary.md").write_text(summary(data))
-    return data
+    watcher = Probes(list(probes.values()))
+    trainer = Trainer(config, bench, progress, [watcher])
+    accuracy = trainer.run(checkpoint, resume)
+    shared = {"config": config.to_dict(), "benchmark": bench.describe(), "accuracy_matrix": accuracy.tolist(),
+              **metrics.summary(accuracy), "wall_seconds": watcher.elapsed(), "timing": trainer.timing,
+              "analyses_on_this_run": list(kinds)}
+    results = {}
+    for kind, probe in probes.items():
+        out = Path(out_dirs[kind])
+        out.mkdir(parents=True, exist_ok=True)
+        data = {"analysis": kind, **shared}
+        figures = {"measures": _measures, "bias": _bias, "noise": _noise}[kind](probe, data, out, every)
+        data["figures"] = [str(f.relative_to(out)) for f in figures]
+        write_json(out / f"{kind}.json", data)
+        (out / "summary.md").write_text(summary(data))
+        results[kind] = data
+    return results
 
 
 def _first_and_last(items: list) -> list:
@@ -52,8 +70,8 @@ def _first_and_last(items: list) -> list:
 def _measures(probe: MeasuresProbe, data: dict, out: Path, every: int) -> list[Path]:
     data["tasks"] = probe.tasks
     figures = []
-    for record, points in _first_and_last(list(zip(probe.tasks, probe.scatter))):
-        t = record["task"] + 1
+    for record in _first_and_last(probe.tasks):
+        t, points = record["task"] + 1, probe.scatter[record["task"]]
         plotted = {name for pair in probe.pairs for name in pair}
         np.savez_compressed(out / f"scatter-task{t}.npz", **{k: v.astype(np.float32) for k, v in points.items()
                                                              if k in plotted})
