@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import metrics
 from ..config import RunConfig
+from ..device import describe
 from ..results import write_json
 from ..train import Trainer, load_benchmark
 from . import plots
@@ -47,7 +48,8 @@ def analyze_together(kinds: Sequence[str], config: RunConfig, out_dirs: dict[str
     watcher = Probes(list(probes.values()))
     trainer = Trainer(config, bench, progress, [watcher])
     accuracy = trainer.run(checkpoint, resume)
-    shared = {"config": config.to_dict(), "benchmark": bench.describe(), "accuracy_matrix": accuracy.tolist(),
+    shared = {"config": config.to_dict(), "device": describe(trainer.device), "benchmark": bench.describe(),
+              "accuracy_matrix": accuracy.tolist(),
               **metrics.summary(accuracy), "wall_seconds": watcher.elapsed(), "timing": trainer.timing,
               "analyses_on_this_run": list(kinds)}
     results = {}
