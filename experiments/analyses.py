@@ -46,9 +46,14 @@ def full_scale(data_dir: str | None, device: str) -> None:
     results = analyze_together(FULL_KINDS, config, dirs, every=FULL_EVERY, progress=False,
                                checkpoint=FULL_CHECKPOINT, resume=True)
     for kind, data in results.items():
-        data.update(versions=versions(), machine=machine(), command=" ".join([sys.executable, *sys.argv]))
-        write_json(dirs[kind] / f"{kind}.json", data)
+        record(data, dirs[kind] / f"{kind}.json")
         print((dirs[kind] / "summary.md").read_text(), flush=True)
+
+
+def record(data: dict, path: Path) -> None:
+    """Rewrite an analysis's JSON with the software, the machine and the command that made it."""
+    data.update(versions=versions(), machine=machine(), command=" ".join([sys.executable, *sys.argv]))
+    write_json(path, data)
 
 
 def main() -> None:
@@ -68,8 +73,7 @@ def main() -> None:
                 continue
             config = RunConfig(seed=0, data_dir=args.data_dir, **SETTINGS[name])
             data = analyze(kind, config, out, progress=False, **OPTIONS[name][kind])
-            data.update(versions=versions(), machine=machine(), command=" ".join([sys.executable, *sys.argv]))
-            write_json(out / f"{kind}.json", data)
+            record(data, out / f"{kind}.json")
             print(f"{name} {kind}: {data['wall_seconds']:.0f} s", flush=True)
             print((out / "summary.md").read_text(), flush=True)
     print(json.dumps({"done": True}))

@@ -11,11 +11,11 @@ difference is what the small tasks lost to the later ones.
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
 from clreg.metrics import mean_and_stderr
+from clreg.results import write_json
 from clreg.store import Store
 from clreg.sweep import plan, stored_lookup
 from clreg.sweepspec import load_spec
@@ -55,9 +55,7 @@ def main() -> None:
         print(f"| {r['entry']} | {r['c']:g} ({'on' if r['reinit'] else 'off'}) | {cell(r['average'])} | "
               f"{cell(r['small_end'])} | {cell(r['small_just_after'])} | {cell(r['full_end'])} |")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"command": "python experiments/task_sizes.py " + f"{args.store} {args.spec}", "rows": rows}, f,
-                      indent=1)
+        write_json(args.out, {"command": f"python experiments/task_sizes.py {args.store} {args.spec}", "rows": rows})
 
 
 if __name__ == "__main__":

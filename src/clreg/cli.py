@@ -81,6 +81,21 @@ def config_options(command):
     return THREADS(RUN_FILE(command))
 
 
+def checkpoint_options(what: str):
+    """--checkpoint FILE (saving `what` after every task) and --resume; shared by `run` and `analyze`."""
+    def decorate(command):
+        command = click.option("--resume", is_flag=True,
+                               help="with --checkpoint: continue from the checkpoint if it exists")(command)
+        return click.option("--checkpoint", default=None, help=f"save {what} to this file after every task")(command)
+    return decorate
+
+
+def check_resume(checkpoint: str | None, resume: bool) -> None:
+    """--resume without --checkpoint is a usage error."""
+    if resume and checkpoint is None:
+        _fail("--resume needs --checkpoint FILE (the file written after every task)")
+
+
 def make_config(run_file: str | None = None, threads: int | None = None, **options) -> RunConfig:
     """A validated RunConfig from a run file and the flags given (flags win; the rest at their defaults);
     bad values and combinations become one-line usage errors. Sets torch's thread count."""
@@ -138,8 +153,7 @@ def load_data(config: RunConfig):
               help="steps between two step-log records [default: a task's steps / 200]")
 @click.option("--tensorboard", default=None, metavar="DIR",
               help="also write the step log as TensorBoard event files into DIR (pip install 'clreg[tensorboard]')")
-@click.option("--checkpoint", default=None, help="save the run's state to this file after every task")
-@click.option("--resume", is_flag=True, help="with --checkpoint: continue from the checkpoint if it exists")
+@checkpoint_options("the run's state")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="train data-parallel in this many processes (one GPU each on CUDA; gloo on the CPU): each "
@@ -150,8 +164,7 @@ def run(out: str | None, log_every: int | None, tensorboard: str | None, checkpo
         quiet: bool, nproc: int, warn_after: float, **options) -> None:
     """Train a network on a task sequence with one method and report the accuracy matrix."""
     config = make_config(**options)
-    if resume and checkpoint is None:
-        _fail("--resume needs --checkpoint FILE (the file written after every task)")
+    check_resume(checkpoint, resume)
     try:
         if out:
             check_writable(out)
@@ -377,16 +390,14 @@ def _analysis_command(kind: str, doc: str, every_default: int):
     @click.option("--also", "also", multiple=True, type=click.Choice([k for k in KINDS if k != kind]),
                   help="attach this analysis to the same training run (repeatable); each analysis then writes "
                        "into OUT_DIR/KIND")
-    @click.option("--checkpoint", default=None, help="save the run and the records so far after every task")
-    @click.option("--resume", is_flag=True, help="with --checkpoint: continue from the checkpoint if it exists")
+    @checkpoint_options("the run and the records so far")
     @click.option("--quiet", is_flag=True, help="no progress bars")
     def command(out_dir: str, every: int, large_samples: int | None, scatter_points: int, pairs: str,
                 also: tuple[str, ...], checkpoint: str | None, resume: bool, quiet: bool, **options):
         config = make_config(**options)
         if every < 1 or scatter_points < 1 or (large_samples is not None and large_samples < 1):
             _fail("--every, --scatter-points and --large-samples must be >= 1")
-        if resume and checkpoint is None:
-            _fail("--resume needs --checkpoint FILE")
+        check_resume(checkpoint, resume)
         try:
             chosen = parse_pairs(pairs, large_samples)
         except ValueError as err:

@@ -249,9 +249,9 @@ class VectorizedExecutor:
         fits (an error to record as its result)."""
         first, group = self.groups[self.queue[0][0]]
         size = 1 if group is None else self._size(first, group)
-        if isinstance(size, str) or group is None:
-            job, error = self.queue[:1], size if isinstance(size, str) else None
-        else:
+        if isinstance(size, str):
+            job, error = self.queue[:1], size
+        else:  # (the first run is the first of its group; group None: it alone)
             job, error = [item for item in self.queue if self.groups[item[0]][1] == group][:size], None
         self.queue = [item for item in self.queue if item not in job]
         for key, _ in job:

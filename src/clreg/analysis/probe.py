@@ -96,7 +96,7 @@ class Probes(Callback):
         if state["probes"] != ours:
             raise CheckpointError(f"the checkpoint holds the records of {', '.join(state['probes'])}, this run "
                                   f"has {', '.join(ours)}: resume with the same analyses")
-        self.earlier_seconds = state["elapsed"] - (time.perf_counter() - self.started)
+        self.started, self.earlier_seconds = time.perf_counter(), state["elapsed"]
         for probe, saved in zip(self.probes, state["records"]):
             probe.load_state_dict(saved)
 
