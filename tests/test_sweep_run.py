@@ -311,3 +311,31 @@ def test_every_sweep_run_keeps_its_step_log(reference):
     evaluations = [line["accuracy"] for line in lines if line.get("event") == "evaluation"]
     assert evaluations == row["result"]["accuracy_matrix"]
     assert max(line["step"] for line in lines) == row["result"]["loss_curve"]["step"][-1]
+
+
+def test_only_and_seeds_narrow_what_runs_not_what_is_reported(tmp_path, reference):
+    """--only runs one method's runs, identical to the whole sweep's; the store keeps the whole spec, so the
+    report lists every method. --seeds on a finished store asks for exactly the new seed's final runs."""
+    ref_store, _ = reference
+    store = tmp_path / "only.sqlite"
+    finish(sweep(write_spec(tmp_path), store, "--only", "finetune"))
+    ran = results_by_key(store)
+    expected = {k: v for k, v in results_by_key(ref_store).items() if
+                next(r for r in rows(ref_store) if r["key"] == k)["config"]["method"] == "finetune"}
+    assert len(ran) == 3 and ran == expected  # the validation run and two seeds on test
+    p = subprocess.run([*CLREG, "report", str(store)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "| si | searching |" in p.stdout and "| ewc | searching |" in p.stdout
+    p = subprocess.run([*CLREG, "sweep", str(write_spec(tmp_path)), "--store", str(ref_store), "--seeds", "3",
+                        "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "3 run(s) to start now" in p.stdout, p.stdout
+    assert p.stdout.count("seed 2") == 3 and "seed 0" not in p.stdout and "seed 1" not in p.stdout
+    p = subprocess.run([*CLREG, "sweep", str(write_spec(tmp_path)), "--store", str(ref_store), "--seeds", "1,",
+                        "--only", "si", "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "1 of 3 methods" in p.stdout, p.stdout  # the search moves to the first seed, 1:
+    assert "2 run(s) to start now: si c=1 b=32 seed 1, si c=10 b=32 seed 1" in p.stdout
+    for args, message in ((["--only", "sos"], "no method 'sos' in sweep 'grid'; its methods: si, ewc, finetune"),
+                          (["--seeds", "two"], "--seeds must be a count (3 means seeds 0, 1, 2)"),
+                          (["--seeds", "0,0"], "seeds must be a count >= 1 or a list of distinct integers >= 0")):
+        p = subprocess.run([*CLREG, "sweep", str(write_spec(tmp_path)), *args, "--dry-run"], capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 2 and message in p.stderr, p.stderr

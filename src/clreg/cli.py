@@ -214,6 +214,17 @@ def run(out: str | None, log_every: int | None, tensorboard: str | None, checkpo
         click.echo(f"results written to {out}, step log to {step_log_path(out)}", err=True)
 
 
+def _seeds_option(text: str | None) -> int | list[int] | None:
+    """--seeds as the sweep file writes seeds: '3' is a count, '0,4' a list (checked by the spec's rules)."""
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        _fail(f"--seeds must be a count (3 means seeds 0, 1, 2) or a comma-separated list of seeds, got {text!r}")
+    return values if "," in text else (values[0] if values else text)
+
+
 @cli.command()
 @click.argument("spec_file", metavar="SPEC.yaml")
 @click.option("--store", "store_path", default=None, help="results store (SQLite) [default: SPEC.sqlite beside the file]")
@@ -234,15 +245,19 @@ def run(out: str | None, log_every: int | None, tensorboard: str | None, checkpo
 @click.option("--vectorize", default=None, metavar="K|auto",
               help="train up to K runs that differ only in seed, c, re-init, lr or the measure's options as one "
                    "vectorised job (mlp, cifar-cnn); auto: as many as fit the device's memory (at most 64)")
+@click.option("--seeds", "seeds_text", default=None, metavar="N|S,S,...",
+              help="replaces the sweep file's seeds: a count (3 means 0, 1, 2) or a comma-separated list (5, is seed 5 alone)")
+@click.option("--only", multiple=True, metavar="LABEL",
+              help="run only this method of the sweep file (repeatable); the others keep their rows in reports")
 @click.option("--dry-run", is_flag=True, help="validate, show what is stored and what would run next, run nothing")
 def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | None, backend: str, address: str,
           data_dir: str | None, device: str | None, checkpoint_dir: str | None, stale_after: float, vectorize: str | None,
-          dry_run: bool) -> None:
+          seeds_text: str | None, only: tuple[str, ...], dry_run: bool) -> None:
     """Grid search over c (extended at the edges) and seeds, resumable: every run is kept in a results store."""
     from . import executors
     from .store import Store, StoreError
     from .sweep import SweepDriver, plan
-    from .sweepspec import SpecError, load_spec
+    from .sweepspec import SpecError, load_spec, select
 
     if workers < 1 or (threads is not None and threads < 1):
         _fail("--workers and --threads must be >= 1")
@@ -251,7 +266,8 @@ def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | N
         _fail("--vectorize runs its jobs locally; it does not combine with --backend ray")
     path = Path(store_path or Path(spec_file).with_suffix(".sqlite"))
     try:
-        spec = load_spec(spec_file)
+        spec = load_spec(spec_file, seeds=_seeds_option(seeds_text))
+        active = select(spec, only)
         store = Store(path, stale_after=stale_after) if path.exists() or not dry_run else None
     except (SpecError, StoreError) as err:
         _fail(str(err))
@@ -264,9 +280,9 @@ def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | N
             _fail(str(err))
     if dry_run:  # creates nothing
         check_sweep_data(spec, runtime)
-        wanted, _ = plan(spec, SweepDriver(spec, store, None).lookup if store else lambda key: None)
+        wanted, _ = plan(active, SweepDriver(spec, store, None).lookup if store else lambda key: None)
         held = store.counts() if store else {}
-        click.echo(f"{spec.name}: {len(spec.entries)} methods; store {path} holds {held or 'nothing'}; "
+        click.echo(f"{spec.name}: {len(active.entries)} of {len(spec.entries)} methods; store {path} holds {held or 'nothing'}; "
                    f"{len(wanted)} run(s) to start now: " + ", ".join(f"{c.method} c={c.c:g} b={c.batch_size} "
                                                                   f"seed {c.seed}" for c in wanted))
         return
@@ -285,9 +301,9 @@ def sweep(spec_file: str, store_path: str | None, workers: int, threads: int | N
         raise click.ClickException(str(err)) from None
     at_once = f"{executor.slots} run(s) at a time" if size is None else \
         f"vectorised jobs of up to {size} run(s), {workers} job(s) at a time"
-    click.echo(f"sweep {spec.name}: {len(spec.entries)} methods x {len(spec.seeds)} seeds on {spec.benchmark}, "
-               f"{at_once}, {executor.threads} thread(s) each; store {store.path}", err=True)
-    states = SweepDriver(spec, store, executor, log=lambda line: click.echo(line, err=True)).run()
+    click.echo(f"sweep {spec.name}: {len(active.entries)} of {len(spec.entries)} methods x {len(spec.seeds)} seeds "
+               f"on {spec.benchmark}, {at_once}, {executor.threads} thread(s) each; store {store.path}", err=True)
+    states = SweepDriver(spec, store, executor, log=lambda line: click.echo(line, err=True), only=only).run()
     executor.shutdown()
     from .report import entry_row, error_line, markdown
 

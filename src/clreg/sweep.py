@@ -17,7 +17,7 @@ from typing import Callable
 
 from .config import RunConfig
 from .store import FINISHED, Store
-from .sweepspec import Entry, Line, SweepSpec
+from .sweepspec import Entry, Line, SweepSpec, select
 
 MANTISSAS = (1, 2, 5)
 WAIT = "wait"  # lookup(): the run is in flight (here or in another worker)
@@ -152,11 +152,14 @@ def stored_lookup(store: Store) -> Lookup:
 
 class SweepDriver:
     """Runs a sweep on an executor, claiming runs in the store one by one and recording each result
-    as it arrives; Ctrl-C or an error hands the runs in flight back (status failed, retried next time)."""
+    as it arrives; Ctrl-C or an error hands the runs in flight back (status failed, retried next time).
+    `only` names the methods to run now (all when empty); the store keeps the whole spec, so that
+    `clreg report` still shows every row."""
 
     def __init__(self, spec: SweepSpec, store: Store, executor, log: Callable[[str], None] = print,
-                 poll: float = 5.0, heartbeat_every: float = 30.0):
+                 poll: float = 5.0, heartbeat_every: float = 30.0, only: tuple[str, ...] = ()):
         self.spec, self.store, self.executor, self.log = spec, store, executor, log
+        self.active = select(spec, only)  # the methods this invocation runs; the store keeps the whole spec
         self.poll, self.heartbeat_every = poll, heartbeat_every
         self.attempted: set[str] = set()
         self.in_flight: dict[str, RunConfig] = {}
@@ -196,7 +199,7 @@ class SweepDriver:
         beat.start()
         try:
             while True:
-                wanted, states = plan(self.spec, self.lookup)
+                wanted, states = plan(self.active, self.lookup)
                 self._submit(wanted)
                 if not self.in_flight:
                     if all(s.settled for s in states.values()):

@@ -20,7 +20,7 @@ of re-init) is one search line over c; the best (c, re-init, grid values) of all
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -110,8 +110,8 @@ class SweepSpec:
         return cls(**{**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}, "entries": entries})
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep file."""
+def load_spec(path: str | Path, seeds: int | list[int] | None = None) -> SweepSpec:
+    """Read and validate a sweep file; `seeds` (a count or a list, as in the file) replaces the file's seeds."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -119,7 +119,19 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise SpecError(f"cannot read sweep file {str(path)!r}: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise SpecError(f"sweep file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if seeds is not None and isinstance(data, dict):
+        data = {**data, "seeds": seeds}
     return parse_spec(data, default_name=path.stem)
+
+
+def select(spec: SweepSpec, labels: list[str] | tuple[str, ...]) -> SweepSpec:
+    """The sweep restricted to the methods named by `labels` (all of them when empty), in the file's order."""
+    known = [entry.label for entry in spec.entries]
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise SpecError(f"no method {', '.join(map(repr, unknown))} in sweep {spec.name!r}; its methods: "
+                        f"{', '.join(known)}")
+    return replace(spec, entries=[entry for entry in spec.entries if not labels or entry.label in labels])
 
 
 def _keys(where: str, data, allowed: tuple[str, ...]) -> dict:
