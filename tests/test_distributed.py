@@ -68,7 +68,7 @@ def worker(rank, method, folder):
             torch.save({"params": [p.detach() for p in reg.model.parameters()], "omega": reg.omega},
                        os.path.join(folder, "result.pt"))
         dist.barrier()  # both ranks done before either tears down
-        del net, reg  # DDP's reducer goes before its process group
+        del net, reg  # (DDP's C++ reducer still holds the group after this: tests/ddp_exit.py)
     finally:
         dist.destroy_process_group()
     leave()  # (tests/ddp_exit.py: why not a plain return)
