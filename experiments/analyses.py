@@ -44,7 +44,7 @@ def full_scale(data_dir: str | None, device: str) -> None:
     dirs = {kind: OUT / "permuted-mnist-full" / kind for kind in FULL_KINDS}
     config = RunConfig(seed=0, data_dir=data_dir, device=device, **FULL)
     results = analyze_together(FULL_KINDS, config, dirs, every=FULL_EVERY, progress=False,
-                               checkpoint=FULL_CHECKPOINT, resume=True)
+                               checkpoint=FULL_CHECKPOINT, resume=True, extend=True)
     for kind, data in results.items():
         record(data, dirs[kind] / f"{kind}.json")
         print((dirs[kind] / "summary.md").read_text(), flush=True)

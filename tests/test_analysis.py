@@ -1,5 +1,6 @@
 """The analyses: streamed statistics against numpy, SI's bias on a problem whose full gradient is known,
 side-by-side measures against the trained method's own, and the figures."""
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -93,6 +94,18 @@ def blobs(tmp_path):
     return f"arrays:{path}"
 
 
+@pytest.fixture
+def blobs8(tmp_path):
+    """Eight classes: four tasks of two."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(8, 6)) * 2
+    y_train, y_test = rng.integers(0, 8, 640), rng.integers(0, 8, 160)
+    path = tmp_path / "blobs8.npz"
+    np.savez(path, x_train=(centres[y_train] + rng.normal(size=(640, 6))).astype(np.float32), y_train=y_train,
+             x_test=(centres[y_test] + rng.normal(size=(160, 6))).astype(np.float32), y_test=y_test)
+    return f"arrays:{path}"
+
+
 def config(benchmark, **kw):
     return RunConfig(**{**dict(benchmark=benchmark, split_classes=2, method="si", c=0.0, epochs=2, batch_size=20,
                                hidden=[12], lr=1e-2, importance_samples=50), **kw})
@@ -162,7 +175,7 @@ def test_every_analysis_writes_its_data_figures_and_summary(blobs, tmp_path):
 
 def _records(data: dict) -> dict:
     """What an analysis measured, without its timings."""
-    return {k: v for k, v in data.items() if k not in ("wall_seconds", "timing", "analyses_on_this_run")}
+    return {k: v for k, v in data.items() if k not in ("wall_seconds", "timing", "analyses_on_this_run", "parts")}
 
 
 @pytest.mark.slow
@@ -209,3 +222,74 @@ def test_an_interrupted_analysis_resumes_to_the_same_records(blobs, tmp_path, mo
     with pytest.raises(ValueError, match="records of MeasuresProbe, BiasProbe, this run has BiasProbe"):
         analyze_together(("bias",), cfg, {"bias": tmp_path / "b"}, every=4, progress=False,
                          checkpoint=checkpoint, resume=True)
+
+
+@pytest.mark.slow
+def test_the_training_pass_gives_the_records_of_a_gradient_pass_of_its_own(blobs, tmp_path, monkeypatch):
+    cfg, kinds = config(blobs, c=0.5), ("measures", "bias", "noise")
+    reused = analyze_together(kinds, cfg, {k: tmp_path / "reused" / k for k in kinds}, every=3, scatter_points=100,
+                              progress=False)
+    start = Probes.on_run_start
+
+    def own_pass(self, trainer):
+        start(self, trainer)
+        assert self.reuse  # no dropout, float32: g_t is the training pass's gradient
+        self.reuse = False
+    monkeypatch.setattr(Probes, "on_run_start", own_pass)
+    separate = analyze_together(kinds, cfg, {k: tmp_path / "own" / k for k in kinds}, every=3, scatter_points=100,
+                                progress=False)
+    for kind in kinds:
+        assert _records(reused[kind]) == _records(separate[kind])
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_an_analysis_extended_elsewhere_records_what_one_run_records(blobs8, tmp_path, monkeypatch):
+    cfg, kinds = config(blobs8, c=0.5, epochs=1), ("measures", "bias", "noise")
+    reference = analyze_together(kinds, cfg, {k: tmp_path / "ref" / k for k in kinds}, every=4,
+                                 scatter_points=100, progress=False)
+    dirs = {k: tmp_path / "parts" / k for k in kinds}
+    original = MeasuresProbe.task_ended
+
+    def crash_in_task_3(self, trainer, task):
+        if task == 2:
+            raise KeyboardInterrupt
+        original(self, trainer, task)
+    monkeypatch.setattr(MeasuresProbe, "task_ended", crash_in_task_3)
+    with pytest.raises(KeyboardInterrupt):  # no checkpoint: only the JSON written after each task survives
+        analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False)
+    monkeypatch.setattr(MeasuresProbe, "task_ended", original)
+    partial = _json(dirs["bias"] / "bias.json")
+    assert partial["complete"] is False and partial["tasks_done"] == 2 and len(partial["tasks"]) == 2
+    assert partial["tasks"] == reference["bias"]["tasks"][:2]
+
+    started, task_started = [], BiasProbe.task_started
+    monkeypatch.setattr(BiasProbe, "task_started", lambda self, *a: (started.append(a[1]), task_started(self, *a)))
+    extended = analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False, extend=True)
+    assert started == [2, 3]  # tasks 1-2 were trained again without probes
+    for kind in kinds:
+        ours = _json(dirs[kind] / f"{kind}.json")
+        assert ours["complete"] and ours["replayed_tasks"] == 2 and ours["replay_max_accuracy_difference"] == 0.0
+        assert [p["first_task"] for p in ours["parts"]] == [0, 2]
+        theirs = _json(tmp_path / "ref" / kind / f"{kind}.json")
+        assert _records(ours) | {"figures": None} == _records(theirs) | {
+            "replayed_tasks": 2, "replay_max_accuracy_difference": 0.0, "figures": None}
+        if kind == "measures":  # the first part drew task 1 (and 2), the second tasks 3 and 4
+            assert {f for f in ours["figures"] if f.endswith("si-vs-sos.png")} == {
+                f"scatter-task{t}-si-vs-sos.png" for t in (1, 2, 3, 4)}
+        assert all((dirs[kind] / f).exists() for f in ours["figures"])
+        assert _records(json.loads(json.dumps(extended[kind]))) == _records(ours)  # (JSON's keys are strings)
+    assert analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False, extend=True) == \
+        {kind: _json(dirs[kind] / f"{kind}.json") for kind in kinds}  # complete: nothing is trained again
+
+    with pytest.raises(ValueError, match="another configuration: learning_rate 0.01 there, 0.02 here"):
+        analyze_together(kinds, config(blobs8, c=0.5, epochs=1, lr=0.02), dirs, every=4,
+                         scatter_points=100, progress=False, extend=True)
+    with pytest.raises(ValueError, match="other options: every 4 there, 5 here"):
+        analyze_together(kinds, cfg, dirs, every=5, scatter_points=100, progress=False, extend=True)
+    with pytest.raises(ValueError, match="bias, noise have earlier records, measures none"):
+        analyze_together(kinds, cfg, {**dirs, "measures": tmp_path / "empty"}, every=4, scatter_points=100,
+                         progress=False, extend=True)

@@ -1,8 +1,8 @@
 """What a training run tells the code watching it: the callback protocol of `clreg.train.Trainer`.
 
 A callback overrides the events it wants; every method is optional. Order within one task:
-on_run_start, then per task: on_task_start → (on_before_step → on_step) × steps → on_train_end → on_task_end (after consolidation)
-→ on_evaluation. A callback may end a task's steps early by setting `trainer.stop_task = True`.
+on_run_start, then per task: on_task_start → (on_before_step → on_after_backward → on_step) × steps → on_train_end
+→ on_task_end (after consolidation) → on_evaluation. A callback may end a task's steps early by setting `trainer.stop_task = True`.
 Values stay tensors on the training device: a callback that turns them into numbers decides how often
 the host waits for the device.
 """
@@ -55,6 +55,11 @@ class Callback:
 
     def on_before_step(self, trainer: "Trainer", batch: Batch) -> None:
         """The step on `batch` is about to be taken."""
+
+    def on_after_backward(self, trainer: "Trainer") -> None:
+        """The step's backward is done and the optimiser step comes next: each parameter's `.grad` holds the
+        gradient of the task loss on the step's minibatch (dropout as in training, averaged across processes),
+        without the penalty's (except under sos `split`, whose backward adds it). Read it; do not change it."""
 
     def wants_penalty(self, step: int) -> bool:
         """True to receive R(θ_t) with step `step` (counted from 1); evaluating it costs a pass over the

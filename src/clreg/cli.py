@@ -407,9 +407,12 @@ def _analysis_command(kind: str, doc: str, every_default: int):
                   help="attach this analysis to the same training run (repeatable); each analysis then writes "
                        "into OUT_DIR/KIND")
     @checkpoint_options("the run and the records so far")
+    @click.option("--extend", is_flag=True,
+                  help="where OUT_DIR holds the JSON of an unfinished analysis of this run (written after every "
+                       "task), train its tasks again without probes and record only the rest, appended to it")
     @click.option("--quiet", is_flag=True, help="no progress bars")
     def command(out_dir: str, every: int, large_samples: int | None, scatter_points: int, pairs: str,
-                also: tuple[str, ...], checkpoint: str | None, resume: bool, quiet: bool, **options):
+                also: tuple[str, ...], checkpoint: str | None, resume: bool, extend: bool, quiet: bool, **options):
         config = make_config(**options)
         if every < 1 or scatter_points < 1 or (large_samples is not None and large_samples < 1):
             _fail("--every, --scatter-points and --large-samples must be >= 1")
@@ -426,8 +429,8 @@ def _analysis_command(kind: str, doc: str, every_default: int):
         bench = load_data(config)
         try:
             analyze_together(kinds, config, dirs, every, large_samples, scatter_points, not quiet, bench, chosen,
-                             checkpoint, resume)
-        except CheckpointError as err:
+                             checkpoint, resume, extend)
+        except (CheckpointError, ValueError) as err:
             _fail(str(err))
         for k in kinds:
             click.echo((dirs[k] / "summary.md").read_text())

@@ -372,6 +372,8 @@ class Trainer:
     def apply_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor | None:
         """With the gradients in place: the step's loss checked, R(θ_t) taken where a callback asks for it,
         then ∇R, the optimiser and the measure's statistic. Returns R(θ_t) or None."""
+        for callback in self.callbacks:
+            callback.on_after_backward(self)
         self.check_finite(loss)
         penalty = self.penalty_if_wanted()
         self.reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass on the CPU

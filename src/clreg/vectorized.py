@@ -218,6 +218,8 @@ class VectorizedTrainer:
         stepped = {}
         for k in live:
             member = self.members[k]
+            for callback in member.callbacks:
+                callback.on_after_backward(member)
             try:
                 member.check_finite(losses[k].detach())
             except Diverged as err:

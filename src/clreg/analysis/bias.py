@@ -82,3 +82,6 @@ class BiasProbe(Probe):
 
     def load_state_dict(self, state: dict) -> None:  # noqa: D102
         self.tasks = state["tasks"]
+
+    def load_records(self, data: dict) -> None:  # noqa: D102
+        self.tasks = list(data["tasks"])

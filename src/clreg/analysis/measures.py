@@ -89,7 +89,8 @@ class MeasuresProbe(Probe):
         self.tasks.append({"task": task, "measures": names, "correlation": matrix,
                            "pairs": {f"{a} vs {b}": matrix[a][b] for a, b in self.pairs},
                            "slope_through_origin": slopes, "sums": totals, "parameters": correlation.n})
-        self.scatter = {t: v for t, v in self.scatter.items() if t == self.tasks[0]["task"]} | {task: points}
+        kept = min(self.scatter, default=task)  # the first task this run recorded, and the latest
+        self.scatter = {t: v for t, v in self.scatter.items() if t == kept} | {task: points}
 
     def state_dict(self) -> dict:  # noqa: D102
         return {"tasks": self.tasks, "scatter": {t: {name: torch.from_numpy(v) for name, v in points.items()}
@@ -98,6 +99,9 @@ class MeasuresProbe(Probe):
     def load_state_dict(self, state: dict) -> None:  # noqa: D102
         self.tasks = state["tasks"]
         self.scatter = {t: {name: v.numpy() for name, v in points.items()} for t, points in state["scatter"].items()}
+
+    def load_records(self, data: dict) -> None:  # noqa: D102
+        self.tasks = list(data["tasks"])  # their scatter samples stay with the earlier part
 
     def importances(self, trainer, task: int) -> dict[str, list[Tensor]]:
         """ω of every measure for the task just trained, at θ_end."""

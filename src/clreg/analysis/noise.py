@@ -41,6 +41,9 @@ class NoiseProbe(Probe):
     def load_state_dict(self, state: dict) -> None:  # noqa: D102
         self.records = state["records"]
 
+    def load_records(self, data: dict) -> None:  # noqa: D102
+        self.records = list(data["records"])
+
     def summary(self) -> dict:
         """Fraction of recorded steps whose ratio exceeds each threshold, overall and per task."""
         def fractions(rows):

@@ -41,6 +41,11 @@ class Probe:
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict`."""
 
+    def load_records(self, data: dict) -> None:
+        """Take the records of the tasks measured in an earlier part of this analysis, from its JSON `data`
+        (the tasks of this run come after them)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot extend earlier records")
+
 
 def trained_parameters(trainer: Trainer, task: int) -> list[Tensor]:
     """What training on `task` moves: the shared parameters, then those of the task's head (if any)."""
@@ -71,16 +76,19 @@ def full_gradient(trainer: Trainer, task: int, chunk: int = 5000) -> tuple[float
 class Probes(Callback):
     """Hands every step of a Trainer run to `probes`: g_t and g'_t (dropout off, task loss only) at θ_t,
     Δ_t after the step, and every k steps the training-set loss and gradient. Costs one extra pass per step
-    for g_t and one for g'_t, plus a pass over the training set at each checkpoint."""
+    for g'_t (and one for g_t where the training pass is not g_t itself: active dropout, bf16), plus a pass
+    over the training set at each checkpoint. Tasks before `first_task` are trained without probes (their
+    records come from elsewhere: see `analyze_together(extend=True)`); the run's trajectory is the same."""
 
     needs_independent_batch = True
 
-    def __init__(self, probes: list[Probe]):
-        self.probes = probes
+    def __init__(self, probes: list[Probe], first_task: int = 0):
+        self.probes, self.first_task = probes, first_task
         every = [p.full_gradient_every for p in probes if p.full_gradient_every > 0]
         self.every = min(every) if every else 0
         self.task = self.task_step = 0
         self.grads = self.other = self.before = None
+        self.reuse = False
         self.started, self.earlier_seconds = time.perf_counter(), 0.0
 
     def elapsed(self) -> float:
@@ -104,30 +112,51 @@ class Probes(Callback):
         self.started = time.perf_counter()
         if trainer.reg.split:
             raise ValueError("analyses take g'_t from an independent minibatch: run them without sos split")
+        # the training pass is g_t itself (task loss, dropout off, float32): read it instead of a pass of our own
+        self.reuse = not trainer.dropout and trainer.config.precision != "bf16"
+
+    def recording(self) -> bool:
+        """True while the current task is one this run records."""
+        return self.task >= self.first_task
 
     def on_task_start(self, trainer: Trainer, task: int, steps: int) -> None:  # noqa: D102
         self.task, self.task_step = task, 0
-        for probe in self.probes:
-            probe.task_started(trainer, task)
+        if self.recording():
+            for probe in self.probes:
+                probe.task_started(trainer, task)
 
     def on_before_step(self, trainer: Trainer, batch: Batch) -> None:  # noqa: D102
         self.task_step = batch.task_step
+        if not self.recording():
+            return
         params = trained_parameters(trainer, batch.task)
-        self.grads = trainer.reg.gradient(lambda: F.cross_entropy(batch.forward(batch.x), batch.y), params)
+        if not self.reuse:
+            self.grads = trainer.reg.gradient(lambda: F.cross_entropy(batch.forward(batch.x), batch.y), params)
         xi, yi = batch.independent
         self.other = trainer.reg.gradient(lambda: F.cross_entropy(batch.forward(xi), yi), params)
+
+    def on_after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+        if not self.recording():
+            return
+        params = trained_parameters(trainer, self.task)
+        if self.reuse:
+            self.grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
         if self.every and self.task_step % self.every == 0:
             self._checkpoint(trainer, self.grads)
         self.before = [p.detach().clone() for p in params]
 
     def on_step(self, trainer: Trainer, step: Step) -> None:  # noqa: D102
+        self.task_step = step.task_step  # steps taken: the end-of-task checkpoint's step
+        if not self.recording():
+            return
         params = trained_parameters(trainer, step.task)
         delta = torch._foreach_sub([p.detach() for p in params], self.before)
         for probe in self.probes:
             probe.stepped(trainer, self.grads, self.other, delta)
-        self.task_step = step.task_step  # steps taken: the end-of-task checkpoint's step
 
     def on_task_end(self, trainer: Trainer, task: int) -> None:  # noqa: D102
+        if not self.recording():
+            return
         if self.every:
             self._checkpoint(trainer, None)
         for probe in self.probes:

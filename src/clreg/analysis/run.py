@@ -1,6 +1,7 @@
 """`clreg analyze measures|bias|noise`: one training run with a probe; JSON data, PNG/SVG figures, a summary."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -9,7 +10,8 @@ import numpy as np
 from .. import metrics
 from ..config import RunConfig
 from ..device import describe
-from ..results import write_json
+from ..callbacks import Callback
+from ..results import machine, versions, write_json
 from ..train import Trainer, load_benchmark
 from . import plots
 from .bias import BiasProbe
@@ -23,20 +25,26 @@ KINDS = ("measures", "bias", "noise")
 def analyze(kind: str, config: RunConfig, out_dir: str | Path, every: int = 10, large_samples: int | None = None,
             scatter_points: int = 100_000, progress: bool = True, bench=None,
             pairs: tuple[tuple[str, str], ...] = PAIRS, checkpoint: str | Path | None = None,
-            resume: bool = False) -> dict:
+            resume: bool = False, extend: bool = False) -> dict:
     """Train `config` with the analysis `kind` attached; write `<kind>.json`, figures and `summary.md` into
-    `out_dir`; return the JSON data. `checkpoint`/`resume`: as `Trainer.run`, the probe's records included."""
+    `out_dir`; return the JSON data. `checkpoint`/`resume`/`extend`: as `analyze_together`."""
     return analyze_together((kind,), config, {kind: out_dir}, every, large_samples, scatter_points, progress,
-                            bench, pairs, checkpoint, resume)[kind]
+                            bench, pairs, checkpoint, resume, extend)[kind]
 
 
 def analyze_together(kinds: Sequence[str], config: RunConfig, out_dirs: dict[str, str | Path], every: int = 10,
                      large_samples: int | None = None, scatter_points: int = 100_000, progress: bool = True,
                      bench=None, pairs: tuple[tuple[str, str], ...] = PAIRS, checkpoint: str | Path | None = None,
-                     resume: bool = False) -> dict[str, dict]:
+                     resume: bool = False, extend: bool = False) -> dict[str, dict]:
     """Several analyses on one training run (one trajectory, as the paper computes them): each kind writes its
     JSON, figures and summary into `out_dirs[kind]`; returns each kind's data. The probes share the run's
-    extra passes (g_t, g'_t, and the training-set gradient every `every` steps)."""
+    extra passes (g_t, g'_t, and the training-set gradient every `every` steps).
+
+    Each JSON is written after every task too (`"complete": false`, the tasks so far), so that no finished
+    task's records are lost. `checkpoint`/`resume`: as `Trainer.run`, the records included. `extend`: where
+    `out_dirs` hold such partial JSON of this configuration (from a machine whose checkpoint is gone), their
+    tasks are trained again without probes (the same trajectory, at the cost of plain training) and only the
+    later tasks are recorded, appended to theirs."""
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds or len(set(kinds)) != len(kinds):
         raise ValueError(f"analyses must be distinct names from {', '.join(KINDS)}; got {', '.join(kinds) or 'none'}")
@@ -44,35 +52,128 @@ def analyze_together(kinds: Sequence[str], config: RunConfig, out_dirs: dict[str
                                                 config.seed, pairs),
               "bias": lambda: BiasProbe(every), "noise": lambda: NoiseProbe(every)}
     probes = {kind: makers[kind]() for kind in kinds}
+    options = {"every": every, "large_samples": large_samples, "scatter_points": scatter_points,
+               "pairs": [list(pair) for pair in pairs]}
+    out = {kind: Path(out_dirs[kind]) for kind in kinds}
+    earlier = earlier_parts(kinds, config, out, options) if extend else {}
+    if earlier and all(data["complete"] for data in earlier.values()):
+        return earlier  # nothing left to record
+    for kind, data in earlier.items():
+        probes[kind].load_records(data)
     bench = bench or load_benchmark(config)
-    watcher = Probes(list(probes.values()))
-    trainer = Trainer(config, bench, progress, [watcher])
+    first_task = next(iter(earlier.values()))["tasks_done"] if earlier else 0
+    watcher = Probes(list(probes.values()), first_task)
+    writer = _Writer(probes, watcher, config, out, options, list(kinds), earlier)
+    trainer = Trainer(config, bench, progress, [watcher, writer])
+    writer.trainer = trainer
     accuracy = trainer.run(checkpoint, resume)
-    shared = {"config": config.to_dict(), "device": describe(trainer.device), "benchmark": bench.describe(),
-              "accuracy_matrix": accuracy.tolist(),
-              **metrics.summary(accuracy), "wall_seconds": watcher.elapsed(), "timing": trainer.timing,
-              "analyses_on_this_run": list(kinds)}
-    results = {}
-    for kind, probe in probes.items():
-        out = Path(out_dirs[kind])
+    return {kind: writer.write(kind, accuracy, final=True) for kind in kinds}
+
+
+def earlier_parts(kinds: Sequence[str], config: RunConfig, out: dict[str, Path], options: dict) -> dict[str, dict]:
+    """The JSON each analysis already has in its directory (none: {}), checked to be of this configuration
+    and these options, and all with the same tasks recorded."""
+    found = {kind: json.loads((out[kind] / f"{kind}.json").read_text()) for kind in kinds
+             if (out[kind] / f"{kind}.json").exists()}
+    if not found:
+        return {}
+    missing = [kind for kind in kinds if kind not in found]
+    if missing:
+        raise ValueError(f"extend: {', '.join(found)} have earlier records, {', '.join(missing)} none; extend "
+                         "analyses that were recorded together, or start those afresh in another directory")
+    for kind, data in found.items():
+        if data.get("config") != config.to_dict():
+            raise ValueError(f"extend: {out[kind] / kind}.json was recorded with another configuration: "
+                             f"{_differences(data.get('config', {}), config.to_dict())}")
+        if data.get("options", options) != options:
+            raise ValueError(f"extend: {out[kind] / kind}.json was recorded with other options: "
+                             f"{_differences(data['options'], options)}")
+    done = {kind: data.get("tasks_done", len(data["accuracy_matrix"])) for kind, data in found.items()}
+    if len(set(done.values())) > 1:
+        raise ValueError("extend: the earlier records end at different tasks ("
+                         + ", ".join(f"{kind} after {n}" for kind, n in done.items()) + "): extend them one at a time")
+    for kind, data in found.items():
+        data.setdefault("tasks_done", done[kind])
+        data.setdefault("complete", done[kind] == len(data["accuracy_matrix"][0]))
+    return found
+
+
+def _differences(theirs: dict, ours: dict) -> str:
+    keys = sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k))
+    return ", ".join(f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in keys)
+
+
+class _Writer(Callback):
+    """Writes each analysis's JSON after every task (the records so far) and, at the end, with its figures."""
+
+    def __init__(self, probes: dict, watcher: Probes, config: RunConfig, out: dict[str, Path], options: dict,
+                 kinds: list[str], earlier: dict[str, dict]):
+        self.probes, self.watcher, self.config, self.out = probes, watcher, config, out
+        self.options, self.kinds, self.earlier = options, kinds, earlier
+        self.trainer: Trainer | None = None
+        self.rows: list[list[float]] = []
+
+    def on_evaluation(self, trainer: Trainer, task: int, accuracy: list[float]) -> None:  # noqa: D102
+        self.rows = [*self.rows[:task], accuracy]
+        if task >= self.watcher.first_task and task + 1 < trainer.bench.num_tasks:
+            for kind in self.kinds:
+                self.write(kind, np.array(self.rows), final=False)
+
+    def write(self, kind: str, accuracy: np.ndarray, final: bool) -> dict:
+        """Write `kind`'s JSON and figures (and, when `final`, summary.md) into its directory; return the data."""
+        trainer, probe, out = self.trainer, self.probes[kind], self.out[kind]
         out.mkdir(parents=True, exist_ok=True)
-        data = {"analysis": kind, **shared}
-        figures = {"measures": _measures, "bias": _bias, "noise": _noise}[kind](probe, data, out, every)
-        data["figures"] = [str(f.relative_to(out)) for f in figures]
+        done = len(accuracy) if not final else trainer.bench.num_tasks
+        part = {"first_task": self.watcher.first_task, "tasks_done": done, "wall_seconds": self.watcher.elapsed(),
+                "device": describe(trainer.device), "machine": machine(), "versions": versions()}
+        parts = [*self.earlier.get(kind, {}).get("parts", []), part]
+        data = {"analysis": kind, "config": self.config.to_dict(), "options": self.options,
+                "device": describe(trainer.device), "benchmark": trainer.bench.describe(),
+                "tasks_done": done, "complete": final, "accuracy_matrix": accuracy.tolist(),
+                **(metrics.summary(accuracy) if final else {}),
+                "wall_seconds": sum(p["wall_seconds"] for p in parts), "timing": trainer.timing,
+                "analyses_on_this_run": self.kinds, "parts": parts, **self._replay(kind, accuracy)}
+        RECORDS[kind](probe, data)
+        earlier = self.earlier.get(kind, {}).get("figures", [])  # an earlier part's figures stay beside ours
+        ours = [str(f.relative_to(out)) for f in FIGURES[kind](probe, data, out)]
+        data["figures"] = [*(f for f in earlier if f not in ours), *ours]
+        if final:
+            (out / "summary.md").write_text(summary(data))
         write_json(out / f"{kind}.json", data)
-        (out / "summary.md").write_text(summary(data))
-        results[kind] = data
-    return results
+        return data
+
+    def _replay(self, kind: str, accuracy: np.ndarray) -> dict:
+        """With earlier records: how closely the replayed tasks' accuracies match those recorded with them."""
+        earlier = self.earlier.get(kind)
+        if not earlier:
+            return {}
+        n = earlier["tasks_done"]
+        ours, theirs = np.asarray(accuracy[:n]), np.asarray(earlier["accuracy_matrix"][:n])
+        return {"replayed_tasks": n, "replay_max_accuracy_difference": float(np.abs(ours - theirs).max())}
 
 
 def _first_and_last(items: list) -> list:
     return items[:1] + items[-1:] if len(items) > 1 else items
 
 
-def _measures(probe: MeasuresProbe, data: dict, out: Path, every: int) -> list[Path]:
+def _measures_records(probe: MeasuresProbe, data: dict) -> None:
     data["tasks"] = probe.tasks
+
+
+def _bias_records(probe: BiasProbe, data: dict) -> None:
+    data["tasks"] = probe.tasks
+    data["ratio_si_to_siu"] = [t["ratio_si_to_siu"] for t in probe.tasks]
+    data["every"] = probe.full_gradient_every
+
+
+def _noise_records(probe: NoiseProbe, data: dict) -> None:
+    data["records"], data["summary"] = probe.records, probe.summary()
+
+
+def _measures(probe: MeasuresProbe, data: dict, out: Path) -> list[Path]:
     figures = []
-    for record in _first_and_last(probe.tasks):
+    recorded_here = [record for record in probe.tasks if record["task"] in probe.scatter]  # not earlier parts'
+    for record in _first_and_last(recorded_here):
         t, points = record["task"] + 1, probe.scatter[record["task"]]
         plotted = {name for pair in probe.pairs for name in pair}
         np.savez_compressed(out / f"scatter-task{t}.npz", **{k: v.astype(np.float32) for k, v in points.items()
@@ -90,17 +191,17 @@ def _measures(probe: MeasuresProbe, data: dict, out: Path, every: int) -> list[P
     return figures
 
 
-def _bias(probe: BiasProbe, data: dict, out: Path, every: int) -> list[Path]:
-    data["tasks"] = probe.tasks
-    data["ratio_si_to_siu"] = [t["ratio_si_to_siu"] for t in probe.tasks]
-    data["every"] = every
+def _bias(probe: BiasProbe, data: dict, out: Path) -> list[Path]:
     return [f for task in _first_and_last(probe.tasks)
-            for f in plots.bias_curves(task, every, out / f"bias-task{task['task'] + 1}")]
+            for f in plots.bias_curves(task, probe.full_gradient_every, out / f"bias-task{task['task'] + 1}")]
 
 
-def _noise(probe: NoiseProbe, data: dict, out: Path, every: int) -> list[Path]:
-    data["records"], data["summary"] = probe.records, probe.summary()
+def _noise(probe: NoiseProbe, data: dict, out: Path) -> list[Path]:
     return plots.noise_plot(probe.records, data["summary"], out / "noise")
+
+
+RECORDS = {"measures": _measures_records, "bias": _bias_records, "noise": _noise_records}
+FIGURES = {"measures": _measures, "bias": _bias, "noise": _noise}
 
 
 def summary(data: dict) -> str:
