@@ -213,3 +213,8 @@ def test_analyses_share_one_run_and_resume_from_the_cli(tmp_path):
                                                                                           rel=1e-6)
     other = clreg(*args, "--also", "noise", "--checkpoint", str(tmp_path / "a.pt"), "--resume")
     assert other.returncode == 2 and "resume with the same analyses" in other.stderr
+    extended = clreg(*args, "--also", "bias", "--every", "2", "--extend")  # complete: returned as it is
+    assert extended.returncode == 0, extended.stderr
+    assert json.loads((tmp_path / "out" / "bias" / "bias.json").read_text()) == bias
+    wrong = clreg(*args, "--also", "bias", "--every", "3", "--extend")
+    assert wrong.returncode == 2 and "recorded with other options: every 2 there, 3 here" in wrong.stderr

@@ -42,6 +42,7 @@ class BiasProbe(Probe):
         self.start_loss = None
 
     def stepped(self, trainer, grads, independent, delta) -> None:  # noqa: D102
+        delta = [d.double() for d in delta]  # widened once for the three sums
         sib = _dot(torch._foreach_sub(grads, independent), delta)  # computed on its own, not as si − siu
         self.sums = self.sums - torch.stack([_dot(grads, delta), _dot(independent, delta), sib])
         self.pending.append(self.sums)
