@@ -265,6 +265,8 @@ def test_an_analysis_extended_elsewhere_records_what_one_run_records(blobs8, tmp
     partial = _json(dirs["bias"] / "bias.json")
     assert partial["complete"] is False and partial["tasks_done"] == 2 and len(partial["tasks"]) == 2
     assert partial["tasks"] == reference["bias"]["tasks"][:2]
+    assert "unfinished: 2 of 4 tasks recorded" in (dirs["bias"] / "summary.md").read_text()
+    assert "| 2 |" in (dirs["measures"] / "summary.md").read_text()
 
     started, task_started = [], BiasProbe.task_started
     monkeypatch.setattr(BiasProbe, "task_started", lambda self, *a: (started.append(a[1]), task_started(self, *a)))

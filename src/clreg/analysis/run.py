@@ -120,7 +120,8 @@ class _Writer(Callback):
                 self.write(kind, np.array(self.rows), final=False)
 
     def write(self, kind: str, accuracy: np.ndarray, final: bool) -> dict:
-        """Write `kind`'s JSON and figures (and, when `final`, summary.md) into its directory; return the data."""
+        """Write `kind`'s JSON, figures and summary.md into its directory (`final`: the whole run); return the
+        data."""
         trainer, probe, out = self.trainer, self.probes[kind], self.out[kind]
         out.mkdir(parents=True, exist_ok=True)
         done = len(accuracy) if not final else trainer.bench.num_tasks
@@ -137,8 +138,7 @@ class _Writer(Callback):
         earlier = self.earlier.get(kind, {}).get("figures", [])  # an earlier part's figures stay beside ours
         ours = [str(f.relative_to(out)) for f in FIGURES[kind](probe, data, out)]
         data["figures"] = [*(f for f in earlier if f not in ours), *ours]
-        if final:
-            (out / "summary.md").write_text(summary(data))
+        (out / "summary.md").write_text(summary(data))
         write_json(out / f"{kind}.json", data)
         return data
 
@@ -210,8 +210,10 @@ def summary(data: dict) -> str:
     lines = [f"# clreg analyze {data['analysis']}", "",
              f"{data['benchmark']['name']}, {cfg['network']} {cfg['hidden']}, method {cfg['method']} c={cfg['c']}, "
              f"re-init {'on' if cfg['reinit'] else 'off'}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
-             f"seed {cfg['seed']}; average accuracy {100 * data['average_accuracy']:.2f}%; "
-             f"{data['wall_seconds']:.0f} s.", ""]
+             f"seed {cfg['seed']}; " + (f"average accuracy {100 * data['average_accuracy']:.2f}%; "
+                                         if data.get("complete", True) else
+                                         f"unfinished: {data['tasks_done']} of {len(data['accuracy_matrix'][0])} "
+                                         "tasks recorded; ") + f"{data['wall_seconds']:.0f} s.", ""]
     if data["analysis"] == "measures":
         pairs = list(data["tasks"][0]["pairs"])
         extra = [k for k in data["tasks"][0]["measures"] if "@" in k]
