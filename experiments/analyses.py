@@ -9,8 +9,10 @@ one whose JSON exists is not run again.
 
 With --full: measures and bias at the paper's full scale (P-MNIST, 2000,2000, 20 epochs, SI c = 0.2 with
 re-init), together on one run, the training-set gradient every 470 steps (10 per task), checkpointed after
-every task into runs/analyses-full.pt and resumed from it; results in .../permuted-mnist-full/<kind>/.
-About 2 h with 2 threads on the 2-core CPU VM.
+every task into runs/analyses-full.pt and resumed from it; results in .../permuted-mnist-full/<kind>/, written
+after every task. On a machine without that checkpoint it extends the committed JSON: the recorded tasks are
+trained again without probes (plain SI training), then the rest are recorded. About 18 min per recorded task
+and 4-5 min per replayed one with 2 threads on the 2-core CPU VM; minutes on a GPU.
 
     python experiments/analyses.py --full --data-dir ../shared/datasets [--device cuda]
 """

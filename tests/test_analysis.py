@@ -251,20 +251,29 @@ def test_an_analysis_extended_elsewhere_records_what_one_run_records(blobs8, tmp
     cfg, kinds = config(blobs8, c=0.5, epochs=1), ("measures", "bias", "noise")
     reference = analyze_together(kinds, cfg, {k: tmp_path / "ref" / k for k in kinds}, every=4,
                                  scatter_points=100, progress=False)
-    dirs = {k: tmp_path / "parts" / k for k in kinds}
+    dirs, checkpoint = {k: tmp_path / "parts" / k for k in kinds}, tmp_path / "run.pt"
     original = MeasuresProbe.task_ended
 
-    def crash_in_task_3(self, trainer, task):
-        if task == 2:
-            raise KeyboardInterrupt
-        original(self, trainer, task)
-    monkeypatch.setattr(MeasuresProbe, "task_ended", crash_in_task_3)
-    with pytest.raises(KeyboardInterrupt):  # no checkpoint: only the JSON written after each task survives
-        analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False)
+    def crash_in(crash_task):
+        def task_ended(self, trainer, task):
+            if task == crash_task:
+                raise KeyboardInterrupt
+            original(self, trainer, task)
+        monkeypatch.setattr(MeasuresProbe, "task_ended", task_ended)
+    crash_in(1)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False, checkpoint=checkpoint)
+    assert _json(dirs["bias"] / "bias.json")["tasks_done"] == 1
+    crash_in(2)
+    with pytest.raises(KeyboardInterrupt):  # resumed at task 2, stopped in task 3
+        analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False, checkpoint=checkpoint,
+                         resume=True)
     monkeypatch.setattr(MeasuresProbe, "task_ended", original)
+    checkpoint.unlink()  # a new machine: only the JSON written after each task is left
     partial = _json(dirs["bias"] / "bias.json")
     assert partial["complete"] is False and partial["tasks_done"] == 2 and len(partial["tasks"]) == 2
     assert partial["tasks"] == reference["bias"]["tasks"][:2]
+    assert partial["accuracy_matrix"] == reference["bias"]["accuracy_matrix"][:2]
     assert "unfinished: 2 of 4 tasks recorded" in (dirs["bias"] / "summary.md").read_text()
     assert "| 2 |" in (dirs["measures"] / "summary.md").read_text()
 
@@ -275,7 +284,7 @@ def test_an_analysis_extended_elsewhere_records_what_one_run_records(blobs8, tmp
     for kind in kinds:
         ours = _json(dirs[kind] / f"{kind}.json")
         assert ours["complete"] and ours["replayed_tasks"] == 2 and ours["replay_max_accuracy_difference"] == 0.0
-        assert [p["first_task"] for p in ours["parts"]] == [0, 2]
+        assert [p["first_task"] for p in ours["parts"]] == [0, 2]  # (the resumed run continued part 1)
         theirs = _json(tmp_path / "ref" / kind / f"{kind}.json")
         assert _records(ours) | {"figures": None} == _records(theirs) | {
             "replayed_tasks": 2, "replay_max_accuracy_difference": 0.0, "figures": None}

@@ -145,6 +145,7 @@ class Trainer:
         self.steps_done = 0
         self.current_task = 0
         self.revisit: dict | None = None
+        self.accuracy: np.ndarray | None = None  # A[k, j] of the run so far, set by run()
         for callback in self.callbacks:
             callback.on_run_start(self)
         if self.search is not None:
@@ -154,7 +155,7 @@ class Trainer:
         """Train on every task; return the accuracy matrix A[k, j]. With `checkpoint_path`, the state is
         saved after every task; with `resume` too, a run starts from that checkpoint when it exists."""
         k_total = self.bench.num_tasks
-        accuracy = np.zeros((k_total, k_total))
+        accuracy = self.accuracy = np.zeros((k_total, k_total))  # rows filled as tasks finish (callbacks read it)
         first = 0
         if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
             first = self.load_state_dict(checkpoint.load(checkpoint_path, self.config.canonical()), accuracy)

@@ -111,13 +111,11 @@ class _Writer(Callback):
         self.probes, self.watcher, self.config, self.out = probes, watcher, config, out
         self.options, self.kinds, self.earlier = options, kinds, earlier
         self.trainer: Trainer | None = None
-        self.rows: list[list[float]] = []
 
     def on_evaluation(self, trainer: Trainer, task: int, accuracy: list[float]) -> None:  # noqa: D102
-        self.rows = [*self.rows[:task], accuracy]
         if task >= self.watcher.first_task and task + 1 < trainer.bench.num_tasks:
             for kind in self.kinds:
-                self.write(kind, np.array(self.rows), final=False)
+                self.write(kind, trainer.accuracy[:task + 1], final=False)
 
     def write(self, kind: str, accuracy: np.ndarray, final: bool) -> dict:
         """Write `kind`'s JSON, figures and summary.md into its directory (`final`: the whole run); return the
