@@ -90,8 +90,10 @@ def test_cifar_network_with_dropout_equals_the_runs_alone(tmp_path, method):
 ], ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(f"{k}={x}" for k, x in v.items()) or "default")
 def test_the_stacked_step_agrees_with_each_runs_own_step(method, settings):
     """The GPU's one-step-for-all (clreg.stacked_step, forced here on the CPU): the runs alone to rounding. With
-    the AdamW decay applied before θ_t is kept for SI's Δ (a bug this test found), SI's parameters were 1e-2 off."""
-    assert_same_runs(digits(method, **settings), rtol=1e-4, atol=1e-5, omega_rtol=1e-3, stacked_step=True)
+    the AdamW decay applied before θ_t is kept for SI's Δ (a bug this test found), SI's parameters were 1e-2 off.
+    Adam divides by √v̂, which magnifies rounding where v̂ is small: on one machine one weight of 1024 (SIU) ends
+    2e-5 to 5e-5 from the run alone (by thread count), hence atol 1e-4, still two orders under that bug."""
+    assert_same_runs(digits(method, **settings), rtol=1e-4, atol=1e-4, omega_rtol=1e-3, stacked_step=True)
 
 
 def test_the_stacked_step_on_the_cifar_network_with_dropout(tmp_path):
