@@ -251,6 +251,10 @@ def test_an_analysis_extended_elsewhere_records_what_one_run_records(blobs8, tmp
     cfg, kinds = config(blobs8, c=0.5, epochs=1), ("measures", "bias", "noise")
     reference = analyze_together(kinds, cfg, {k: tmp_path / "ref" / k for k in kinds}, every=4,
                                  scatter_points=100, progress=False)
+    drawn = {f.name for f in (tmp_path / "ref" / "measures").glob("*.png")}
+    assert drawn == {f for f in reference["measures"]["figures"] if f.endswith(".png")}
+    tasks_drawn = {f.split("-")[1].removesuffix(".png") for f in drawn}
+    assert tasks_drawn == {"task1", "task4"}  # tasks 2-3, drawn after each task, are gone
     dirs, checkpoint = {k: tmp_path / "parts" / k for k in kinds}, tmp_path / "run.pt"
     original = MeasuresProbe.task_ended
 

@@ -104,13 +104,14 @@ def _differences(theirs: dict, ours: dict) -> str:
 
 
 class _Writer(Callback):
-    """Writes each analysis's JSON after every task (the records so far) and, at the end, with its figures."""
+    """Writes each analysis's JSON, figures and summary after every task (the records so far) and at the end."""
 
     def __init__(self, probes: dict, watcher: Probes, config: RunConfig, out: dict[str, Path], options: dict,
                  kinds: list[str], earlier: dict[str, dict]):
         self.probes, self.watcher, self.config, self.out = probes, watcher, config, out
         self.options, self.kinds, self.earlier = options, kinds, earlier
         self.trainer: Trainer | None = None
+        self.drawn: dict[str, list[str]] = {}  # each kind's figures of the last write
 
     def on_evaluation(self, trainer: Trainer, task: int, accuracy: list[float]) -> None:  # noqa: D102
         if task >= self.watcher.first_task and task + 1 < trainer.bench.num_tasks:
@@ -122,7 +123,7 @@ class _Writer(Callback):
         data."""
         trainer, probe, out = self.trainer, self.probes[kind], self.out[kind]
         out.mkdir(parents=True, exist_ok=True)
-        done = len(accuracy) if not final else trainer.bench.num_tasks
+        done = len(accuracy)  # the rows of the tasks trained so far
         part = {"first_task": self.watcher.first_task, "tasks_done": done, "wall_seconds": self.watcher.elapsed(),
                 "device": describe(trainer.device), "machine": machine(), "versions": versions()}
         parts = [*self.earlier.get(kind, {}).get("parts", []), part]
@@ -135,6 +136,9 @@ class _Writer(Callback):
         RECORDS[kind](probe, data)
         earlier = self.earlier.get(kind, {}).get("figures", [])  # an earlier part's figures stay beside ours
         ours = [str(f.relative_to(out)) for f in FIGURES[kind](probe, data, out)]
+        for stale in set(self.drawn.get(kind, [])) - set(ours) - set(earlier):  # the previous write's latest task
+            (out / stale).unlink(missing_ok=True)
+        self.drawn[kind] = ours
         data["figures"] = [*(f for f in earlier if f not in ours), *ours]
         (out / "summary.md").write_text(summary(data))
         write_json(out / f"{kind}.json", data)
