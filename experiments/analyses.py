@@ -12,7 +12,7 @@ re-init), together on one run, the training-set gradient every 470 steps (10 per
 every task into runs/analyses-full.pt and resumed from it; results in .../permuted-mnist-full/<kind>/, written
 after every task. On a machine without that checkpoint it extends the committed JSON: the recorded tasks are
 trained again without probes (plain SI training), then the rest are recorded. About 18 min per recorded task
-and 4-5 min per replayed one with 2 threads on the 2-core CPU VM; minutes on a GPU.
+and 6 min per replayed one with 2 threads on the 2-core CPU VM; minutes on a GPU.
 
     python experiments/analyses.py --full --data-dir ../shared/datasets [--device cuda]
 """
