@@ -283,15 +283,17 @@ def test_an_analysis_extended_elsewhere_records_what_one_run_records(blobs8, tmp
 
     started, task_started = [], BiasProbe.task_started
     monkeypatch.setattr(BiasProbe, "task_started", lambda self, *a: (started.append(a[1]), task_started(self, *a)))
-    extended = analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False, extend=True)
+    elsewhere = config(blobs8, c=0.5, epochs=1, data_dir=str(tmp_path))  # another machine's data directory
+    extended = analyze_together(kinds, elsewhere, dirs, every=4, scatter_points=100, progress=False, extend=True)
     assert started == [2, 3]  # tasks 1-2 were trained again without probes
     for kind in kinds:
         ours = _json(dirs[kind] / f"{kind}.json")
         assert ours["complete"] and ours["replayed_tasks"] == 2 and ours["replay_max_accuracy_difference"] == 0.0
         assert [p["first_task"] for p in ours["parts"]] == [0, 2]  # (the resumed run continued part 1)
         theirs = _json(tmp_path / "ref" / kind / f"{kind}.json")
-        assert _records(ours) | {"figures": None} == _records(theirs) | {
-            "replayed_tasks": 2, "replay_max_accuracy_difference": 0.0, "figures": None}
+        assert ours["config"] == elsewhere.to_dict()  # the last part's, data directory included
+        assert _records(ours) | {"figures": None, "config": None} == _records(theirs) | {
+            "replayed_tasks": 2, "replay_max_accuracy_difference": 0.0, "figures": None, "config": None}
         if kind == "measures":  # the first part drew task 1 (and 2), the second tasks 3 and 4
             assert {f for f in ours["figures"] if f.endswith("si-vs-sos.png")} == {
                 f"scatter-task{t}-si-vs-sos.png" for t in (1, 2, 3, 4)}
@@ -300,7 +302,7 @@ def test_an_analysis_extended_elsewhere_records_what_one_run_records(blobs8, tmp
     assert analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False, extend=True) == \
         {kind: _json(dirs[kind] / f"{kind}.json") for kind in kinds}  # complete: nothing is trained again
 
-    with pytest.raises(ValueError, match="another configuration: learning_rate 0.01 there, 0.02 here"):
+    with pytest.raises(ValueError, match="another configuration: lr 0.01 there, 0.02 here"):
         analyze_together(kinds, config(blobs8, c=0.5, epochs=1, lr=0.02), dirs, every=4,
                          scatter_points=100, progress=False, extend=True)
     with pytest.raises(ValueError, match="other options: every 4 there, 5 here"):

@@ -81,10 +81,11 @@ def earlier_parts(kinds: Sequence[str], config: RunConfig, out: dict[str, Path],
     if missing:
         raise ValueError(f"extend: {', '.join(found)} have earlier records, {', '.join(missing)} none; extend "
                          "analyses that were recorded together, or start those afresh in another directory")
-    for kind, data in found.items():
-        if data.get("config") != config.to_dict():
+    for kind, data in found.items():  # the settings that make the numbers; the data's path or the device may differ
+        theirs = RunConfig.from_dict(data["config"]).canonical() if "config" in data else {}
+        if theirs != config.canonical():
             raise ValueError(f"extend: {out[kind] / kind}.json was recorded with another configuration: "
-                             f"{_differences(data.get('config', {}), config.to_dict())}")
+                             f"{_differences(theirs, config.canonical())}")
         if data.get("options", options) != options:
             raise ValueError(f"extend: {out[kind] / kind}.json was recorded with other options: "
                              f"{_differences(data['options'], options)}")
