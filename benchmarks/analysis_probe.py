@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
-
-import torch
 
 from clreg.analysis.bias import BiasProbe
 from clreg.analysis.measures import MeasuresProbe
 from clreg.analysis.probe import Probes
 from clreg.callbacks import Callback
 from clreg.config import RunConfig
-from clreg.results import versions
+from clreg.results import machine, versions, write_json
 from clreg.train import Trainer, load_benchmark
 
 MODES = ("plain", "probes, g_t from the training pass", "probes, g_t in a pass of their own")
@@ -77,14 +74,11 @@ def main() -> None:
               "relative_to_plain": {mode: s / median["plain"] for mode, s in median.items()},
               "own_pass_over_training_pass": median[MODES[2]] / median[MODES[1]],
               "all_seconds_per_step": seconds, "steps": args.steps, "repeats": args.repeats,
-              "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
-              "versions": versions()}
+              "machine": machine(), "versions": versions()}
     print(json.dumps({k: result[k] for k in ("ms_per_step", "relative_to_plain", "own_pass_over_training_pass")},
                      indent=1))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

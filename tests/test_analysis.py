@@ -83,27 +83,25 @@ def test_streaming_state_stays_in_float64_on_the_inputs_device(monkeypatch, devi
     assert totals["siu"] == pytest.approx(siu[-1], rel=1e-12) and probe.pending == []
 
 
+def blob_file(path, classes: int, train: int, test: int, seed: int) -> str:
+    """Gaussian blobs in 6 dimensions, one per class, as an arrays: benchmark."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, 6)) * 2
+    y_train, y_test = rng.integers(0, classes, train), rng.integers(0, classes, test)
+    np.savez(path, x_train=(centres[y_train] + rng.normal(size=(train, 6))).astype(np.float32), y_train=y_train,
+             x_test=(centres[y_test] + rng.normal(size=(test, 6))).astype(np.float32), y_test=y_test)
+    return f"arrays:{path}"
+
+
 @pytest.fixture
 def blobs(tmp_path):
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(4, 6)) * 2
-    y_train, y_test = rng.integers(0, 4, 400), rng.integers(0, 4, 100)
-    path = tmp_path / "blobs.npz"
-    np.savez(path, x_train=(centres[y_train] + rng.normal(size=(400, 6))).astype(np.float32), y_train=y_train,
-             x_test=(centres[y_test] + rng.normal(size=(100, 6))).astype(np.float32), y_test=y_test)
-    return f"arrays:{path}"
+    return blob_file(tmp_path / "blobs.npz", 4, 400, 100, seed=0)
 
 
 @pytest.fixture
 def blobs8(tmp_path):
     """Eight classes: four tasks of two."""
-    rng = np.random.default_rng(1)
-    centres = rng.normal(size=(8, 6)) * 2
-    y_train, y_test = rng.integers(0, 8, 640), rng.integers(0, 8, 160)
-    path = tmp_path / "blobs8.npz"
-    np.savez(path, x_train=(centres[y_train] + rng.normal(size=(640, 6))).astype(np.float32), y_train=y_train,
-             x_test=(centres[y_test] + rng.normal(size=(160, 6))).astype(np.float32), y_test=y_test)
-    return f"arrays:{path}"
+    return blob_file(tmp_path / "blobs8.npz", 8, 640, 160, seed=1)
 
 
 def config(benchmark, **kw):
