@@ -267,13 +267,15 @@ def test_an_analysis_extended_elsewhere_records_what_one_run_records(blobs8, tmp
         analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False, checkpoint=checkpoint)
     assert _json(dirs["bias"] / "bias.json")["tasks_done"] == 1
     crash_in(2)
-    with pytest.raises(KeyboardInterrupt):  # resumed at task 2, stopped in task 3
-        analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False, checkpoint=checkpoint,
-                         resume=True)
+    with pytest.raises(KeyboardInterrupt):  # resumed at task 2, stopped in task 3; the checkpoint wins over
+        analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False,  # the JSON to extend
+                         checkpoint=checkpoint, resume=True, extend=True)
     monkeypatch.setattr(MeasuresProbe, "task_ended", original)
     checkpoint.unlink()  # a new machine: only the JSON written after each task is left
     partial = _json(dirs["bias"] / "bias.json")
     assert partial["complete"] is False and partial["tasks_done"] == 2 and len(partial["tasks"]) == 2
+    assert [p["first_task"] for p in partial["parts"]] == [0] and "replayed_tasks" not in partial
+    assert partial["wall_seconds"] == partial["parts"][0]["wall_seconds"]  # counted once
     assert partial["tasks"] == reference["bias"]["tasks"][:2]
     assert partial["accuracy_matrix"] == reference["bias"]["accuracy_matrix"][:2]
     assert "unfinished: 2 of 4 tasks recorded" in (dirs["bias"] / "summary.md").read_text()
@@ -282,12 +284,18 @@ def test_an_analysis_extended_elsewhere_records_what_one_run_records(blobs8, tmp
     started, task_started = [], BiasProbe.task_started
     monkeypatch.setattr(BiasProbe, "task_started", lambda self, *a: (started.append(a[1]), task_started(self, *a)))
     elsewhere = config(blobs8, c=0.5, epochs=1, data_dir=str(tmp_path))  # another machine's data directory
-    extended = analyze_together(kinds, elsewhere, dirs, every=4, scatter_points=100, progress=False, extend=True)
-    assert started == [2, 3]  # tasks 1-2 were trained again without probes
+    crash_in(3)
+    with pytest.raises(KeyboardInterrupt):  # extended with a checkpoint, stopped in task 4, resumed
+        analyze_together(kinds, elsewhere, dirs, every=4, scatter_points=100, progress=False,
+                         checkpoint=checkpoint, extend=True)
+    monkeypatch.setattr(MeasuresProbe, "task_ended", original)
+    extended = analyze_together(kinds, elsewhere, dirs, every=4, scatter_points=100, progress=False,
+                                checkpoint=checkpoint, resume=True, extend=True)
+    assert started == [2, 3, 3]  # tasks 1-2 were trained again without probes, task 4 again after the stop
     for kind in kinds:
         ours = _json(dirs[kind] / f"{kind}.json")
         assert ours["complete"] and ours["replayed_tasks"] == 2 and ours["replay_max_accuracy_difference"] == 0.0
-        assert [p["first_task"] for p in ours["parts"]] == [0, 2]  # (the resumed run continued part 1)
+        assert [p["first_task"] for p in ours["parts"]] == [0, 2]  # (each resumed run continued its part)
         theirs = _json(tmp_path / "ref" / kind / f"{kind}.json")
         assert ours["config"] == elsewhere.to_dict()  # the last part's, data directory included
         assert _records(ours) | {"figures": None, "config": None} == _records(theirs) | {

@@ -96,7 +96,8 @@ class Probes(Callback):
         return self.earlier_seconds + time.perf_counter() - self.started
 
     def state_dict(self) -> dict:  # noqa: D102
-        return {"elapsed": self.elapsed(), "probes": [type(probe).__name__ for probe in self.probes],
+        return {"elapsed": self.elapsed(), "first_task": self.first_task,
+                "probes": [type(probe).__name__ for probe in self.probes],
                 "records": [probe.state_dict() for probe in self.probes]}
 
     def load_state_dict(self, state: dict) -> None:  # noqa: D102
@@ -105,6 +106,7 @@ class Probes(Callback):
             raise CheckpointError(f"the checkpoint holds the records of {', '.join(state['probes'])}, this run "
                                   f"has {', '.join(ours)}: resume with the same analyses")
         self.started, self.earlier_seconds = time.perf_counter(), state["elapsed"]
+        self.first_task = state.get("first_task", 0)  # checkpoints before clreg 0.1's extend recorded every task
         for probe, saved in zip(self.probes, state["records"]):
             probe.load_state_dict(saved)
 

@@ -44,7 +44,8 @@ def analyze_together(kinds: Sequence[str], config: RunConfig, out_dirs: dict[str
     task's records are lost. `checkpoint`/`resume`: as `Trainer.run`, the records included. `extend`: where
     `out_dirs` hold such partial JSON of this configuration (from a machine whose checkpoint is gone), their
     tasks are trained again without probes (the same trajectory, at the cost of plain training) and only the
-    later tasks are recorded, appended to theirs."""
+    later tasks are recorded, appended to theirs. A checkpoint to resume from wins over the JSON: it holds
+    the records, and the earlier parts the run extended, itself."""
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds or len(set(kinds)) != len(kinds):
         raise ValueError(f"analyses must be distinct names from {', '.join(KINDS)}; got {', '.join(kinds) or 'none'}")
@@ -55,7 +56,9 @@ def analyze_together(kinds: Sequence[str], config: RunConfig, out_dirs: dict[str
     options = {"every": every, "large_samples": large_samples, "scatter_points": scatter_points,
                "pairs": [list(pair) for pair in pairs]}
     out = {kind: Path(out_dirs[kind]) for kind in kinds}
-    earlier = earlier_parts(kinds, config, out, options) if extend else {}
+    resuming = resume and checkpoint is not None and Path(checkpoint).exists()
+    # a checkpoint holds the records, and the earlier parts it extended, itself: the JSON is only read without one
+    earlier = earlier_parts(kinds, config, out, options) if extend and not resuming else {}
     if earlier and all(data["complete"] for data in earlier.values()):
         return earlier  # nothing left to record
     for kind, data in earlier.items():
@@ -113,6 +116,14 @@ class _Writer(Callback):
         self.options, self.kinds, self.earlier = options, kinds, earlier
         self.trainer: Trainer | None = None
         self.drawn: dict[str, list[str]] = {}  # each kind's figures of the last write
+
+    def state_dict(self) -> dict:  # noqa: D102
+        kept = ("parts", "figures", "tasks_done", "accuracy_matrix")  # what later writes take from earlier parts
+        return {"earlier": {kind: {k: data[k] for k in kept if k in data} for kind, data in self.earlier.items()},
+                "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        self.earlier, self.drawn = state["earlier"], state["drawn"]
 
     def on_evaluation(self, trainer: Trainer, task: int, accuracy: list[float]) -> None:  # noqa: D102
         if task >= self.watcher.first_task and task + 1 < trainer.bench.num_tasks:
