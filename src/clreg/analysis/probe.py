@@ -106,7 +106,7 @@ class Probes(Callback):
             raise CheckpointError(f"the checkpoint holds the records of {', '.join(state['probes'])}, this run "
                                   f"has {', '.join(ours)}: resume with the same analyses")
         self.started, self.earlier_seconds = time.perf_counter(), state["elapsed"]
-        self.first_task = state.get("first_task", 0)  # checkpoints before clreg 0.1's extend recorded every task
+        self.first_task = state.get("first_task", 0)  # older checkpoints lack it: they recorded every task
         for probe, saved in zip(self.probes, state["records"]):
             probe.load_state_dict(saved)
 
