@@ -8,7 +8,8 @@ one whose JSON exists is not run again.
     python experiments/analyses.py --data-dir ../shared/datasets
 
 With --full: measures and bias at the paper's full scale (P-MNIST, 2000,2000, 20 epochs, SI c = 0.2 with
-re-init), together on one run, the training-set gradient every 470 steps (10 per task), checkpointed after
+re-init), together on one run, the training-set gradient every 470 steps (10 per task), the bias's running
+sums kept every 10 steps and at each epoch's end (exact there; every step would be 3 MB), checkpointed after
 every task into runs/analyses-full.pt and resumed from it; results in .../permuted-mnist-full/<kind>/, written
 after every task. On a machine without that checkpoint it extends the committed JSON: the recorded tasks are
 trained again without probes (plain SI training), then the rest are recorded. About 18 min per recorded task
@@ -20,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from clreg.analysis import analyze, analyze_together
 from clreg.config import RunConfig
-from clreg.results import machine, versions, write_json
+from clreg.results import provenance, write_json
 
 OUT = Path(__file__).parent / "results" / "analyses"
 SETTINGS = {
@@ -38,15 +38,22 @@ OPTIONS = {  # per benchmark and analysis: steps between full gradients; the lar
     "split-cifar10": {"measures": dict(), "bias": dict(every=100), "noise": dict(every=100)},
 }
 FULL = dict(benchmark="permuted-mnist", tasks=10, hidden=[2000, 2000], epochs=20, method="si", c=0.2, reinit=True)
-FULL_KINDS, FULL_EVERY, FULL_CHECKPOINT = ("measures", "bias"), 470, Path("runs") / "analyses-full.pt"
+FULL_KINDS, FULL_EVERY, FULL_RECORD_EVERY = ("measures", "bias"), 470, 10
+FULL_CHECKPOINT = Path("runs") / "analyses-full.pt"
 
 
 def full_scale(data_dir: str | None, device: str) -> None:
     """Measures and bias at full scale on one run, resumable."""
     dirs = {kind: OUT / "permuted-mnist-full" / kind for kind in FULL_KINDS}
+    paths = [dirs[kind] / f"{kind}.json" for kind in FULL_KINDS]
+    if all(p.exists() and json.loads(p.read_text())["complete"] for p in paths):
+        for path in paths:  # finished: its JSON keeps the command and machine that made it
+            print((path.parent / "summary.md").read_text(), flush=True)
+        return
     config = RunConfig(seed=0, data_dir=data_dir, device=device, **FULL)
     results = analyze_together(FULL_KINDS, config, dirs, every=FULL_EVERY, progress=False,
-                               checkpoint=FULL_CHECKPOINT, resume=True, extend=True)
+                               checkpoint=FULL_CHECKPOINT, resume=True, extend=True,
+                               record_every=FULL_RECORD_EVERY)
     for kind, data in results.items():
         record(data, dirs[kind] / f"{kind}.json")
         print((dirs[kind] / "summary.md").read_text(), flush=True)
@@ -54,7 +61,7 @@ def full_scale(data_dir: str | None, device: str) -> None:
 
 def record(data: dict, path: Path) -> None:
     """Rewrite an analysis's JSON with the software, the machine and the command that made it."""
-    data.update(versions=versions(), machine=machine(), command=" ".join([sys.executable, *sys.argv]))
+    data.update(provenance())
     write_json(path, data)
 
 

@@ -15,15 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
 from clreg.analysis import analyze
+from clreg.analysis.bias import recorded_steps
 from clreg.analysis.plots import pyplot, save
 from clreg.config import RunConfig
-from clreg.results import machine, versions, write_json
+from clreg.results import provenance, write_json
 
 OUT = Path(__file__).parent / "results" / "bias-ratio-scale"
 FULL = Path(__file__).parent / "results" / "analyses" / "permuted-mnist-full" / "bias" / "bias.json"
@@ -44,7 +44,7 @@ def run_one(width: int, epochs: int, seed: int, data_dir: str | None) -> dict:
         config = RunConfig(benchmark="permuted-mnist", tasks=1, hidden=[width, width], epochs=epochs,
                            method="si", c=5.0, reinit=True, seed=seed, data_dir=data_dir)
         data = analyze("bias", config, out, every=EVERY, progress=False)
-        data.update(versions=versions(), machine=machine(), command=" ".join([sys.executable, *sys.argv]))
+        data.update(provenance())
         write_json(path, data)
     return read(path)
 
@@ -53,8 +53,9 @@ def read(path: Path) -> dict:
     """Task 1's sums from a bias JSON, and Σ SI / Σ SIU at the end of each epoch."""
     data = json.loads(path.read_text())
     task, epochs = data["tasks"][0], data["config"]["epochs"]
-    steps = len(task["si"])
-    ends = [round(steps * (e + 1) / epochs) - 1 for e in range(epochs)]  # each epoch's last step
+    index = {step: i for i, step in enumerate(recorded_steps(task))}  # every epoch's end is recorded
+    steps = max(index)
+    ends = [index[round(steps * (e + 1) / epochs)] for e in range(epochs)]  # each epoch's last step
     return {"steps": steps, **{k: task["totals"][k] for k in ("si", "siu", "sib")},
             "loss_decrease": task["loss_decrease"], "ratio": task["ratio_si_to_siu"],
             "ratio_per_epoch": [task["si"][i] / task["siu"][i] for i in ends],
@@ -107,7 +108,7 @@ def main() -> None:
         print(width, epochs, seed, f"{rows[width, epochs][-1]['ratio']:.3f}", flush=True)
     rows[2000, 20] = [read(FULL)]
     write_json(OUT / "summary.json", {"rows": [{"width": w, "epochs": e, "runs": runs} for (w, e), runs in rows.items()],
-                                      "command": " ".join([sys.executable, *sys.argv]), "machine": machine()})
+                                      **provenance()})
     (OUT / "summary.md").write_text(table(rows))
     figure(rows, OUT / "ratio-per-epoch")
     print(table(rows))

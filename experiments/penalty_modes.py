@@ -41,7 +41,7 @@ def one(args: tuple) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     from clreg.config import RunConfig
-    from clreg.results import machine, versions, write_json
+    from clreg.results import provenance, write_json
     from clreg.train import run
 
     reinit, _ = METHODS[method]
@@ -49,7 +49,7 @@ def one(args: tuple) -> dict:
     config = RunConfig(method=method, c=c, reinit=reinit, seed=seed, evaluate_on=evaluate_on, data_dir=data_dir,
                        penalty=mode, proxy_every=117 if final else 0, revisit=final and mode == "debiased", **SCALE)
     result = run(config, progress=False)
-    result.update(versions=versions(), machine=machine(), command=" ".join([sys.executable, *sys.argv]))
+    result.update(provenance())
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, result)
     return result

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from clreg.config import RunConfig
-from clreg.results import machine, versions, write_json
+from clreg.results import machine, provenance, versions, write_json
 from clreg.train import run
 
 OUT = Path(__file__).parent / "results" / "pmnist-reduced"
@@ -50,7 +50,7 @@ def one(method: str, c: float, reinit: bool, data_dir: str, evaluate_on: str, pa
         return json.loads(path.read_text())
     config = RunConfig(method=method, c=c, reinit=reinit, evaluate_on=evaluate_on, data_dir=data_dir, **SCALE)
     result = run(config, progress=False)
-    result.update(versions=versions(), machine=machine(), command=" ".join([sys.executable, *sys.argv]))
+    result.update(provenance())
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, result)
     return result

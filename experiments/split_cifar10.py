@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from clreg.config import RunConfig
-from clreg.results import machine, versions, write_json
+from clreg.results import machine, provenance, versions, write_json
 from clreg.train import run
 
 OUT = Path(__file__).parent / "results" / "split-cifar10"
@@ -30,8 +30,7 @@ def one(method: str, reinit: bool, data_dir: str | None) -> dict:
         return json.loads(path.read_text())
     start = time.perf_counter()
     result = run(RunConfig(method=method, c=c, reinit=reinit, data_dir=data_dir, **SCALE), progress=False)
-    result.update(wall_seconds=time.perf_counter() - start, versions=versions(), machine=machine(),
-                  command=" ".join([sys.executable, *sys.argv]))
+    result.update(wall_seconds=time.perf_counter() - start, **provenance())
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, result)
     return result

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from clreg.analysis import ScatterSample, StreamingCorrelation, analyze, analyze_together, slope_through_origin
 from clreg.analysis import stats
-from clreg.analysis.bias import BiasProbe
+from clreg.analysis.bias import BiasProbe, thin_record
 from clreg.analysis.measures import MeasuresProbe, measure_names, parse_pairs
 from clreg.analysis.probe import Probes, full_gradient
+from clreg.callbacks import Callback
 from clreg.benchmarks import build_benchmark
 from clreg.config import RunConfig
 from clreg.train import Trainer
@@ -67,7 +68,7 @@ def test_streaming_state_stays_in_float64_on_the_inputs_device(monkeypatch, devi
 
     probe = BiasProbe(every=2)
     params = [t.clone() for t in tensors[0]]
-    probe.task_started(SimpleNamespace(reg=SimpleNamespace(params=params)), 0)
+    probe.task_started(SimpleNamespace(reg=SimpleNamespace(params=params), steps_per_epoch=lambda task: 4), 0)
     steps = [[[torch.tensor(rng.normal(size=s), dtype=torch.float64, device=device) for s in shapes]
               for _ in range(3)] for _ in range(4)]  # per step: g_t, g'_t, Δ_t
     for grads, independent, delta in steps:
@@ -78,6 +79,7 @@ def test_streaming_state_stays_in_float64_on_the_inputs_device(monkeypatch, devi
     si = np.cumsum([-dot(g, d) for g, _, d in steps])
     siu = np.cumsum([-dot(u, d) for _, u, d in steps])
     totals = probe.flush()
+    assert probe.current["steps"] == [1, 2, 3, 4]
     np.testing.assert_allclose(probe.current["si"], si, rtol=1e-12)
     np.testing.assert_allclose(probe.current["sib"], si - siu, rtol=1e-9)
     assert totals["siu"] == pytest.approx(siu[-1], rel=1e-12) and probe.pending == []
@@ -135,6 +137,48 @@ def test_full_gradient_path_integral_is_the_loss_decrease_to_first_order(blobs, 
         assert abs(trapezoid - decrease) < 0.2 * abs(path - decrease)  # error O(lr³)
         s = task["totals"]
         assert s["si"] - s["siu"] == pytest.approx(s["sib"], rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_the_bias_record_every_r_steps_is_the_full_record_at_those_steps(blobs, tmp_path):
+    """Tasks of 8 and 9 steps per epoch, 2 epochs: r = 3 keeps every third step and each epoch's last."""
+    cfg = config(blobs, c=0.5)
+    full = analyze("bias", cfg, tmp_path / "full", every=5, progress=False)
+    thinned = analyze("bias", cfg, tmp_path / "thin", every=5, progress=False, record_every=3)
+    kept = [[3, 6, 8, 9, 12, 15, 16], [3, 6, 9, 12, 15, 18]]
+    for ours, theirs, steps in zip(thinned["tasks"], full["tasks"], kept):
+        assert ours["steps"] == steps and theirs["steps"] == list(range(1, steps[-1] + 1))
+        at = [theirs["steps"].index(step) for step in ours["steps"]]
+        for name in ("si", "siu", "sib"):  # the same trajectory: the very numbers of those steps
+            assert ours[name] == [theirs[name][i] for i in at] and ours[name][-1] == ours["totals"][name]
+        assert ours["checkpoints"] == theirs["checkpoints"] and thin_record(theirs, 3, theirs["steps_per_epoch"]) == ours
+    assert thinned["options"]["record_every"] == 3
+
+    path = tmp_path / "full" / "bias.json"  # a record from before the option: every step, and so record_every 1
+    older = json.loads(path.read_text())
+    del older["options"]["record_every"]
+    for task in older["tasks"]:
+        del task["steps"], task["steps_per_epoch"]
+    path.write_text(json.dumps(older))
+    assert analyze("bias", cfg, tmp_path / "full", every=5, progress=False, extend=True) == older
+    assert thin_record(older["tasks"][0], 3, 8) == thinned["tasks"][0]
+    with pytest.raises(ValueError, match="other options: record_every 1 there, 3 here"):
+        analyze("bias", cfg, tmp_path / "full", every=5, progress=False, extend=True, record_every=3)
+    with pytest.raises(ValueError, match="recorded every r >= 1 steps, got 0"):
+        BiasProbe(every=5, record_every=0)
+
+
+def test_a_task_ended_early_records_its_last_step(blobs):
+    class StopAfter(Callback):
+        def on_step(self, trainer, step):
+            trainer.stop_task = step.task_step == 7
+
+    cfg = config(blobs)
+    probe = BiasProbe(every=100, record_every=5)
+    Trainer(cfg, build_benchmark(cfg.benchmark, None, 0, "test", split_classes=2), progress=False,
+            callbacks=[Probes([probe]), StopAfter()]).run()
+    for task in probe.tasks:
+        assert task["steps"] == [5, 7] and task["si"][-1] == task["totals"]["si"]
 
 
 def test_side_by_side_si_equals_the_trained_method(blobs):

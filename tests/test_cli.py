@@ -142,6 +142,7 @@ def test_run_writes_json(tmp_path, mnist_dir):
         assert key in data
     assert set(data["timing"]) >= {"train_seconds", "importance_seconds"}
     assert set(data["versions"]) >= {"python", "torch", "clreg", "git_revision"}
+    assert data["command"].startswith("clreg run --method sos --c 1") and data["machine"]["cpu_count"] >= 1
     a = data["accuracy_matrix"]
     assert len(a) == 2 and all(0 <= v <= 1 for row in a for v in row) and a[1][1] > 0.8
     assert "after \\ on" in result.stdout and "average accuracy" in result.stdout
@@ -204,7 +205,8 @@ def test_analyses_share_one_run_and_resume_from_the_cli(tmp_path):
             "--out-dir", str(tmp_path / "out")]
     refused = clreg(*args, "--resume")
     assert refused.returncode == 2 and "--resume needs --checkpoint FILE" in refused.stderr
-    result = clreg(*args, "--also", "bias", "--every", "2", "--checkpoint", str(tmp_path / "a.pt"))
+    bias_args = ["--also", "bias", "--every", "2", "--record-every", "2"]
+    result = clreg(*args, *bias_args, "--checkpoint", str(tmp_path / "a.pt"))
     assert result.returncode == 0, result.stderr
     assert "# clreg analyze measures" in result.stdout and "# clreg analyze bias" in result.stdout
     measures = json.loads((tmp_path / "out" / "measures" / "measures.json").read_text())
@@ -216,8 +218,11 @@ def test_analyses_share_one_run_and_resume_from_the_cli(tmp_path):
                                                                                           rel=1e-6)
     other = clreg(*args, "--also", "noise", "--checkpoint", str(tmp_path / "a.pt"), "--resume")
     assert other.returncode == 2 and "resume with the same analyses" in other.stderr
-    extended = clreg(*args, "--also", "bias", "--every", "2", "--extend")  # complete: returned as it is
+    assert bias["options"]["record_every"] == 2 and all(
+        step % 2 == 0 or step % task["steps_per_epoch"] == 0 for task in bias["tasks"] for step in task["steps"])
+    extended = clreg(*args, *bias_args, "--extend")  # complete: returned as it is
     assert extended.returncode == 0, extended.stderr
     assert json.loads((tmp_path / "out" / "bias" / "bias.json").read_text()) == bias
     wrong = clreg(*args, "--also", "bias", "--every", "3", "--extend")
-    assert wrong.returncode == 2 and "recorded with other options: every 2 there, 3 here" in wrong.stderr
+    assert wrong.returncode == 2 and "with other options: every 2 there, 3 here, record_every 2 there, 1 here" \
+        in wrong.stderr

@@ -70,8 +70,9 @@ def test_sigkill_mid_sweep_then_rerun(tmp_path, reference):
     store = tmp_path / "s.sqlite"
     process = sweep(write_spec(tmp_path), store, start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline:
-        if store.exists() and sum(r["status"] == "done" for r in rows(store)) >= 3:
+    while time.time() < deadline:  # kill only while a run is in flight: between two runs none is "running"
+        status = [r["status"] for r in rows(store)] if store.exists() else []
+        if status.count("done") >= 3 and "running" in status:
             break
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)

@@ -14,7 +14,7 @@ from .device import check_combination, resolve_device
 from .analysis.measures import PAIRS, parse_pairs
 from .analysis.run import KINDS
 from .options import Option
-from .results import check_writable, machine, versions, write_json
+from .results import check_writable, provenance, write_json
 from .progress import LongRunWarning
 from .steplog import JsonLines, StepLog, TensorBoard, step_log_path
 
@@ -196,7 +196,7 @@ def run(out: str | None, log_every: int | None, tensorboard: str | None, checkpo
         raise click.ClickException(str(err)) from None
     except ValueError as err:
         _fail(str(err))
-    result.update(versions=versions(), machine=machine(), command=" ".join(["clreg", *sys.argv[1:]]), processes=nproc)
+    result.update(provenance(" ".join(["clreg", *sys.argv[1:]])), processes=nproc)
     click.echo(format_matrix(result["accuracy_matrix"]))
     click.echo(f"average accuracy {100 * result['average_accuracy']:.2f}%  "
                f"forgetting {100 * result['mean_forgetting']:.2f}%  BWT {100 * result['bwt']:.2f}%  "
@@ -397,6 +397,9 @@ def _analysis_command(kind: str, doc: str, every_default: int):
     @click.option("--out-dir", required=True, help="directory for the JSON, figures and summary.md")
     @click.option("--every", type=int, default=every_default, show_default=True,
                   help="steps between full training-set gradients (bias, noise)")
+    @click.option("--record-every", type=int, default=1, show_default=True,
+                  help="bias: keep the running sums every this many steps (and at each epoch's end), exact there; "
+                       "1 keeps every step")
     @click.option("--large-samples", type=int, default=None,
                   help="measures: also Fisher and AF on this many samples, to correlate with --samples")
     @click.option("--scatter-points", type=int, default=100_000, show_default=True,
@@ -411,11 +414,12 @@ def _analysis_command(kind: str, doc: str, every_default: int):
                   help="where OUT_DIR holds the JSON of an unfinished analysis of this run (written after every "
                        "task), train its tasks again without probes and record only the rest, appended to it")
     @click.option("--quiet", is_flag=True, help="no progress bars")
-    def command(out_dir: str, every: int, large_samples: int | None, scatter_points: int, pairs: str,
-                also: tuple[str, ...], checkpoint: str | None, resume: bool, extend: bool, quiet: bool, **options):
+    def command(out_dir: str, every: int, record_every: int, large_samples: int | None, scatter_points: int,
+                pairs: str, also: tuple[str, ...], checkpoint: str | None, resume: bool, extend: bool, quiet: bool,
+                **options):
         config = make_config(**options)
-        if every < 1 or scatter_points < 1 or (large_samples is not None and large_samples < 1):
-            _fail("--every, --scatter-points and --large-samples must be >= 1")
+        if min(every, record_every, scatter_points, large_samples or 1) < 1:
+            _fail("--every, --record-every, --scatter-points and --large-samples must be >= 1")
         check_resume(checkpoint, resume)
         try:
             chosen = parse_pairs(pairs, large_samples)
@@ -429,7 +433,7 @@ def _analysis_command(kind: str, doc: str, every_default: int):
         bench = load_data(config)
         try:
             analyze_together(kinds, config, dirs, every, large_samples, scatter_points, not quiet, bench, chosen,
-                             checkpoint, resume, extend)
+                             checkpoint, resume, extend, record_every)
         except (CheckpointError, ValueError) as err:
             _fail(str(err))
         for k in kinds:

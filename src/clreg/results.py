@@ -45,6 +45,13 @@ def machine() -> dict:
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
+def provenance(command: str | None = None) -> dict:
+    """What made a result: the software's versions, the machine and the command (by default this process's
+    own command line)."""
+    return {"versions": versions(), "machine": machine(),
+            "command": command or " ".join([sys.executable, *sys.argv])}
+
+
 def ensure_directory(directory: str | Path, what: str = "output") -> None:
     """Create `directory` (and its parents) if missing; ValueError saying why if it cannot be."""
     directory = Path(directory)

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .bias import recorded_steps
+
 
 def pyplot():
     """matplotlib.pyplot with the file-only Agg backend."""
@@ -65,7 +67,7 @@ def bias_curves(task: dict, every: int, stem: Path) -> list[Path]:
     """Running sums of SI, SIU and SIB against the full-gradient path integral and the actual loss decrease."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    steps = np.arange(1, len(task["si"]) + 1)
+    steps = recorded_steps(task)
     for name, label in (("si", "SI: Σ −g_t·Δ_t (same batch)"), ("siu", "SIU: Σ −g'_t·Δ_t (independent batch)"),
                         ("sib", "SIB: Σ −(g_t − g'_t)·Δ_t (bias only)")):
         ax.plot(steps, task[name], label=label, lw=1)

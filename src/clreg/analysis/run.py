@@ -20,22 +20,23 @@ from .noise import NoiseProbe
 from .probe import Probes
 
 KINDS = ("measures", "bias", "noise")
+OPTIONS_ADDED = {"record_every": 1}  # options added after records were committed: the value those records imply
 
 
 def analyze(kind: str, config: RunConfig, out_dir: str | Path, every: int = 10, large_samples: int | None = None,
             scatter_points: int = 100_000, progress: bool = True, bench=None,
             pairs: tuple[tuple[str, str], ...] = PAIRS, checkpoint: str | Path | None = None,
-            resume: bool = False, extend: bool = False) -> dict:
+            resume: bool = False, extend: bool = False, record_every: int = 1) -> dict:
     """Train `config` with the analysis `kind` attached; write `<kind>.json`, figures and `summary.md` into
-    `out_dir`; return the JSON data. `checkpoint`/`resume`/`extend`: as `analyze_together`."""
+    `out_dir`; return the JSON data. `checkpoint`/`resume`/`extend`/`record_every`: as `analyze_together`."""
     return analyze_together((kind,), config, {kind: out_dir}, every, large_samples, scatter_points, progress,
-                            bench, pairs, checkpoint, resume, extend)[kind]
+                            bench, pairs, checkpoint, resume, extend, record_every)[kind]
 
 
 def analyze_together(kinds: Sequence[str], config: RunConfig, out_dirs: dict[str, str | Path], every: int = 10,
                      large_samples: int | None = None, scatter_points: int = 100_000, progress: bool = True,
                      bench=None, pairs: tuple[tuple[str, str], ...] = PAIRS, checkpoint: str | Path | None = None,
-                     resume: bool = False, extend: bool = False) -> dict[str, dict]:
+                     resume: bool = False, extend: bool = False, record_every: int = 1) -> dict[str, dict]:
     """Several analyses on one training run (one trajectory, as the paper computes them): each kind writes its
     JSON, figures and summary into `out_dirs[kind]`; returns each kind's data. The probes share the run's
     extra passes (g_t, g'_t, and the training-set gradient every `every` steps).
@@ -45,16 +46,17 @@ def analyze_together(kinds: Sequence[str], config: RunConfig, out_dirs: dict[str
     `out_dirs` hold such partial JSON of this configuration (from a machine whose checkpoint is gone), their
     tasks are trained again without probes (the same trajectory, at the cost of plain training) and only the
     later tasks are recorded, appended to theirs. A checkpoint to resume from wins over the JSON: it holds
-    the records, and the earlier parts the run extended, itself."""
+    the records, and the earlier parts the run extended, itself. `record_every`: bias keeps its running sums
+    every this many steps (and at each epoch's end), exact at those steps; 1 keeps every step."""
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds or len(set(kinds)) != len(kinds):
         raise ValueError(f"analyses must be distinct names from {', '.join(KINDS)}; got {', '.join(kinds) or 'none'}")
     makers = {"measures": lambda: MeasuresProbe(config.damping, config.samples, large_samples, scatter_points,
                                                 config.seed, pairs),
-              "bias": lambda: BiasProbe(every), "noise": lambda: NoiseProbe(every)}
+              "bias": lambda: BiasProbe(every, record_every), "noise": lambda: NoiseProbe(every)}
     probes = {kind: makers[kind]() for kind in kinds}
     options = {"every": every, "large_samples": large_samples, "scatter_points": scatter_points,
-               "pairs": [list(pair) for pair in pairs]}
+               "pairs": [list(pair) for pair in pairs], "record_every": record_every}
     out = {kind: Path(out_dirs[kind]) for kind in kinds}
     resuming = resume and checkpoint is not None and Path(checkpoint).exists()
     # a checkpoint holds the records, and the earlier parts it extended, itself: the JSON is only read without one
@@ -89,9 +91,10 @@ def earlier_parts(kinds: Sequence[str], config: RunConfig, out: dict[str, Path],
         if theirs != config.canonical():
             raise ValueError(f"extend: {out[kind] / kind}.json was recorded with another configuration: "
                              f"{_differences(theirs, config.canonical())}")
-        if data.get("options", options) != options:
+        theirs = {**OPTIONS_ADDED, **data.get("options", options)}
+        if theirs != options:
             raise ValueError(f"extend: {out[kind] / kind}.json was recorded with other options: "
-                             f"{_differences(data['options'], options)}")
+                             f"{_differences(theirs, options)}")
     done = {kind: data.get("tasks_done", len(data["accuracy_matrix"])) for kind, data in found.items()}
     if len(set(done.values())) > 1:
         raise ValueError("extend: the earlier records end at different tasks ("
