@@ -39,9 +39,20 @@ def versions() -> dict:
             "git_revision": git_revision()}
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo), or None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def machine() -> dict:
-    """What the numbers were measured on."""
+    """What the numbers were measured on. The CPU's vector instructions pick torch's kernels, and with them
+    the rounding: runs that differ only there part trajectories after a few hundred steps."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
