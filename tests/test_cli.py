@@ -218,6 +218,7 @@ def test_analyses_share_one_run_and_resume_from_the_cli(tmp_path):
                                                                                           rel=1e-6)
     other = clreg(*args, "--also", "noise", "--checkpoint", str(tmp_path / "a.pt"), "--resume")
     assert other.returncode == 2 and "resume with the same analyses" in other.stderr
+    assert "analyze measures --benchmark arrays:" in bias["parts"][0]["command"]  # each part names its command
     assert bias["options"]["record_every"] == 2 and all(
         step % 2 == 0 or step % task["steps_per_epoch"] == 0 for task in bias["tasks"] for step in task["steps"])
     extended = clreg(*args, *bias_args, "--extend")  # complete: returned as it is

@@ -11,7 +11,7 @@ from .. import metrics
 from ..config import RunConfig
 from ..device import describe
 from ..callbacks import Callback
-from ..results import machine, versions, write_json
+from ..results import provenance, write_json
 from ..train import Trainer, load_benchmark
 from . import plots
 from .bias import BiasProbe
@@ -140,7 +140,7 @@ class _Writer(Callback):
         out.mkdir(parents=True, exist_ok=True)
         done = len(accuracy)  # the rows of the tasks trained so far
         part = {"first_task": self.watcher.first_task, "tasks_done": done, "wall_seconds": self.watcher.elapsed(),
-                "device": describe(trainer.device), "machine": machine(), "versions": versions()}
+                "device": describe(trainer.device), **provenance()}
         parts = [*self.earlier.get(kind, {}).get("parts", []), part]
         data = {"analysis": kind, "config": self.config.to_dict(), "options": self.options,
                 "device": describe(trainer.device), "benchmark": trainer.bench.describe(),
