@@ -25,7 +25,6 @@ from pathlib import Path
 
 from clreg.analysis import analyze, analyze_together
 from clreg.config import RunConfig
-from clreg.results import provenance, write_json
 
 OUT = Path(__file__).parent / "results" / "analyses"
 SETTINGS = {
@@ -47,22 +46,14 @@ def full_scale(data_dir: str | None, device: str) -> None:
     dirs = {kind: OUT / "permuted-mnist-full" / kind for kind in FULL_KINDS}
     paths = [dirs[kind] / f"{kind}.json" for kind in FULL_KINDS]
     if all(p.exists() and json.loads(p.read_text())["complete"] for p in paths):
-        for path in paths:  # finished: its JSON keeps the command and machine that made it
+        for path in paths:  # finished: not run again (a leftover checkpoint, resumed, would write it anew)
             print((path.parent / "summary.md").read_text(), flush=True)
         return
     config = RunConfig(seed=0, data_dir=data_dir, device=device, **FULL)
-    results = analyze_together(FULL_KINDS, config, dirs, every=FULL_EVERY, progress=False,
-                               checkpoint=FULL_CHECKPOINT, resume=True, extend=True,
-                               record_every=FULL_RECORD_EVERY)
-    for kind, data in results.items():
-        record(data, dirs[kind] / f"{kind}.json")
+    analyze_together(FULL_KINDS, config, dirs, every=FULL_EVERY, progress=False, checkpoint=FULL_CHECKPOINT,
+                     resume=True, extend=True, record_every=FULL_RECORD_EVERY)
+    for kind in FULL_KINDS:
         print((dirs[kind] / "summary.md").read_text(), flush=True)
-
-
-def record(data: dict, path: Path) -> None:
-    """Rewrite an analysis's JSON with the software, the machine and the command that made it."""
-    data.update(provenance())
-    write_json(path, data)
 
 
 def main() -> None:
@@ -82,7 +73,6 @@ def main() -> None:
                 continue
             config = RunConfig(seed=0, data_dir=args.data_dir, **SETTINGS[name])
             data = analyze(kind, config, out, progress=False, **OPTIONS[name][kind])
-            record(data, out / f"{kind}.json")
             print(f"{name} {kind}: {data['wall_seconds']:.0f} s", flush=True)
             print((out / "summary.md").read_text(), flush=True)
     print(json.dumps({"done": True}))

@@ -13,6 +13,7 @@ from clreg.analysis import stats
 from clreg.analysis.bias import BiasProbe, thin_record
 from clreg.analysis.measures import MeasuresProbe, measure_names, parse_pairs
 from clreg.analysis.probe import Probes, full_gradient
+from clreg.checkpoint import CheckpointError
 from clreg.callbacks import Callback
 from clreg.benchmarks import build_benchmark
 from clreg.config import RunConfig
@@ -250,6 +251,9 @@ def test_an_interrupted_analysis_resumes_to_the_same_records(blobs, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False, checkpoint=checkpoint)
     monkeypatch.setattr(MeasuresProbe, "task_ended", original)
+    with pytest.raises(CheckpointError, match="other options: every 4 there, 5 here, record_every 1 there, 2 here"):
+        analyze_together(kinds, cfg, dirs, every=5, scatter_points=100, progress=False, checkpoint=checkpoint,
+                         resume=True, record_every=2)
     started, task_started = [], BiasProbe.task_started
     monkeypatch.setattr(BiasProbe, "task_started", lambda self, *a: (started.append(a[1]), task_started(self, *a)))
     resumed = analyze_together(kinds, cfg, dirs, every=4, scatter_points=100, progress=False,

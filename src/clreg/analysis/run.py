@@ -11,6 +11,7 @@ from .. import metrics
 from ..config import RunConfig
 from ..device import describe
 from ..callbacks import Callback
+from ..checkpoint import CheckpointError
 from ..results import provenance, write_json
 from ..train import Trainer, load_benchmark
 from . import plots
@@ -123,9 +124,13 @@ class _Writer(Callback):
     def state_dict(self) -> dict:  # noqa: D102
         kept = ("parts", "figures", "tasks_done", "accuracy_matrix")  # what later writes take from earlier parts
         return {"earlier": {kind: {k: data[k] for k in kept if k in data} for kind, data in self.earlier.items()},
-                "drawn": self.drawn}
+                "drawn": self.drawn, "options": self.options}
 
     def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        theirs = {**OPTIONS_ADDED, **state.get("options", self.options)}  # older checkpoints lack them
+        if theirs != self.options:  # the records so far were taken with those: the rest must be too
+            raise CheckpointError(f"the checkpoint's records were taken with other options: "
+                                  f"{_differences(theirs, self.options)}; resume with the same ones")
         self.earlier, self.drawn = state["earlier"], state["drawn"]
 
     def on_evaluation(self, trainer: Trainer, task: int, accuracy: list[float]) -> None:  # noqa: D102
@@ -139,15 +144,16 @@ class _Writer(Callback):
         trainer, probe, out = self.trainer, self.probes[kind], self.out[kind]
         out.mkdir(parents=True, exist_ok=True)
         done = len(accuracy)  # the rows of the tasks trained so far
+        made_by = provenance()  # this process's: the JSON's own, and its part's
         part = {"first_task": self.watcher.first_task, "tasks_done": done, "wall_seconds": self.watcher.elapsed(),
-                "device": describe(trainer.device), **provenance()}
+                "device": describe(trainer.device), **made_by}
         parts = [*self.earlier.get(kind, {}).get("parts", []), part]
         data = {"analysis": kind, "config": self.config.to_dict(), "options": self.options,
                 "device": describe(trainer.device), "benchmark": trainer.bench.describe(),
                 "tasks_done": done, "complete": final, "accuracy_matrix": accuracy.tolist(),
                 **(metrics.summary(accuracy) if final else {}),
                 "wall_seconds": sum(p["wall_seconds"] for p in parts), "timing": trainer.timing,
-                "analyses_on_this_run": self.kinds, "parts": parts, **self._replay(kind, accuracy)}
+                "analyses_on_this_run": self.kinds, "parts": parts, **made_by, **self._replay(kind, accuracy)}
         RECORDS[kind](probe, data)
         earlier = self.earlier.get(kind, {}).get("figures", [])  # an earlier part's figures stay beside ours
         ours = [str(f.relative_to(out)) for f in FIGURES[kind](probe, data, out)]
