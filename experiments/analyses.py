@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from clreg.analysis import analyze, analyze_together
-from clreg.config import RunConfig
+from clreg.train.config import RunConfig
 
 OUT = Path(__file__).parent / "results" / "analyses"
 SETTINGS = {

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from clreg.benchmarks import derive_seed
-from clreg.config import RunConfig
+from clreg.train.config import RunConfig
 from clreg.importance import TaskSample, create
-from clreg.models import task_forward
-from clreg.results import machine, versions, write_json
-from clreg.train import Trainer, load_benchmark
+from clreg.models.build import task_forward
+from clreg.core.records import machine, versions, write_json
+from clreg.train.loop import Trainer, load_benchmark
 
 OUT = Path(__file__).parent / "results" / "bf16"
 TRAJECTORY = ["si", "siu", "sib", "sos"]

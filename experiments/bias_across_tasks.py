@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 
 from clreg.analysis import analyze
-from clreg.config import RunConfig
-from clreg.results import provenance, write_json
+from clreg.train.config import RunConfig
+from clreg.core.records import provenance, write_json
 
 RESULTS = Path(__file__).parent / "results"
 OUT = RESULTS / "bias-across-tasks"

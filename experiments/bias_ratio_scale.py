@@ -22,8 +22,8 @@ import torch
 from clreg.analysis import analyze
 from clreg.analysis.bias import recorded_steps
 from clreg.analysis.plots import pyplot, save
-from clreg.config import RunConfig
-from clreg.results import provenance, write_json
+from clreg.train.config import RunConfig
+from clreg.core.records import provenance, write_json
 
 OUT = Path(__file__).parent / "results" / "bias-ratio-scale"
 FULL = Path(__file__).parent / "results" / "analyses" / "permuted-mnist-full" / "bias" / "bias.json"

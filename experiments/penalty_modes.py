@@ -40,9 +40,9 @@ def one(args: tuple) -> dict:
     path = Path(path)
     if path.exists():
         return json.loads(path.read_text())
-    from clreg.config import RunConfig
-    from clreg.results import provenance, write_json
-    from clreg.train import run
+    from clreg.train.config import RunConfig
+    from clreg.core.records import provenance, write_json
+    from clreg.train.loop import run
 
     reinit, _ = METHODS[method]
     final = evaluate_on == "test"
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    from clreg.results import machine, versions, write_json
+    from clreg.core.records import machine, versions, write_json
 
     with ProcessPoolExecutor(args.workers, initializer=_single_thread) as pool:
         chosen = select(pool, args.data_dir)

@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from clreg.config import RunConfig
-from clreg.results import machine, provenance, versions, write_json
-from clreg.train import run
+from clreg.train.config import RunConfig
+from clreg.core.records import machine, provenance, versions, write_json
+from clreg.train.loop import run
 
 OUT = Path(__file__).parent / "results" / "pmnist-reduced"
 SPEC_VALUES = {  # method: (c, reinit) from SPEC §5 (P-MNIST column)

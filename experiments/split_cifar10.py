@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from clreg.config import RunConfig
-from clreg.results import machine, provenance, versions, write_json
-from clreg.train import run
+from clreg.train.config import RunConfig
+from clreg.core.records import machine, provenance, versions, write_json
+from clreg.train.loop import run
 
 OUT = Path(__file__).parent / "results" / "split-cifar10"
 SPEC_VALUES = {"finetune": 0.0, "si": 5.0, "sos": 500.0, "mas": 200.0, "ewc": 5e4}  # SPEC §5, Split CIFAR

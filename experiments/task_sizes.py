@@ -14,11 +14,11 @@ import argparse
 
 import numpy as np
 
-from clreg.metrics import mean_and_stderr
-from clreg.results import write_json
-from clreg.store import Store
-from clreg.sweep import plan, stored_lookup
-from clreg.sweepspec import load_spec
+from clreg.train.metrics import mean_and_stderr
+from clreg.core.records import write_json
+from clreg.sweeps.store import Store
+from clreg.sweeps.plan import plan, stored_lookup
+from clreg.sweeps.spec import load_spec
 
 
 def row(label: str, state) -> dict:

@@ -13,11 +13,11 @@ from clreg.analysis import stats
 from clreg.analysis.bias import BiasProbe, thin_record
 from clreg.analysis.measures import MeasuresProbe, measure_names, parse_pairs
 from clreg.analysis.probe import Probes, full_gradient
-from clreg.checkpoint import CheckpointError
-from clreg.callbacks import Callback
+from clreg.train.checkpoint import CheckpointError
+from clreg.train.callbacks import Callback
 from clreg.benchmarks import build_benchmark
-from clreg.config import RunConfig
-from clreg.train import Trainer
+from clreg.train.config import RunConfig
+from clreg.train.loop import Trainer
 
 
 def test_streaming_correlation_equals_numpy(monkeypatch):

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from clreg.benchmarks import build_benchmark
-from clreg.config import RunConfig
+from clreg.train.config import RunConfig
 from clreg.data import DataFileError, load_arrays
-from clreg.train import run
+from clreg.train.loop import run
 
 
 def make(tmp_path, name="data.npz", n=60, classes=4, **overrides):

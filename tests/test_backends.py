@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import clreg
-from clreg import fused, native
+from clreg.core import fused
+from clreg.core import native
 
 STEPS = 6
 METHODS = [("si", {}), ("siu", {}), ("sib", {}), ("sos", {}), ("sos", {"alpha": 1.0}), ("sos", {"alpha": 0.3})]

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-CLREG = [sys.executable, "-c", "from clreg.cli import main; main()"]
+CLREG = [sys.executable, "-c", "from clreg.cli.commands import main; main()"]
 
 
 HANG = 900  # seconds: a guard against a hung command, not a speed check (the demo takes 2 min on a loaded VM)
@@ -84,7 +84,7 @@ MEASURE_WITH_AN_OPTION = """
 import sys, torch
 from clreg import importance
 from clreg.importance import ImportanceMeasure
-from clreg.options import Option
+from clreg.core.options import Option
 
 @importance.register
 class Scaled(ImportanceMeasure):
@@ -98,8 +98,8 @@ class Scaled(ImportanceMeasure):
     def task_importance(self, params, sample):
         return [self.scale * p.detach() ** 2 for p in params]
 
-from clreg.config import RunConfig
-from clreg.cli import main
+from clreg.train.config import RunConfig
+from clreg.cli.commands import main
 a, b = RunConfig(method="scaled"), RunConfig(method="scaled", scale=2)
 print("KEYS", a.key() != b.key(), a.canonical()["scale"], b.measure_options())
 main()

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import clreg
-from clreg import importance, train
+from clreg import importance
+from clreg.train import loop as train
 from clreg.benchmarks import permuted_digits
-from clreg.config import RunConfig
+from clreg.train.config import RunConfig
 from clreg.importance import TaskSample
 from test_device import assert_all
 
@@ -135,7 +136,7 @@ def test_bf16_and_tf32_runs_on_the_gpu():
 def test_a_vectorised_job_on_cuda_agrees_with_the_runs_alone(method):
     """On CUDA the stacked Linear is one batched product (cuBLAS rounds it differently from single ones), so
     the vectorised runs agree with the runs alone to rounding: parameters after one short task sequence."""
-    from clreg.vectorized import VectorizedTrainer
+    from clreg.vectorized.trainer import VectorizedTrainer
 
     configs = [RunConfig(benchmark="permuted-digits", method=method, tasks=2, hidden=[32, 32], epochs=1, batch_size=32,
                          device="cuda", seed=seed, c=c) for seed, c in ((0, 0.5), (1, 2.0), (2, 1.0))]

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import clreg
-from clreg import train
+from clreg.train import guard as guard_module, loop as train
 from clreg.benchmarks import Split, permuted_digits
-from clreg.config import RunConfig
-from clreg import device as device_module
-from clreg.device import check_combination, least_busy, resolve_device, single_device, worker_devices
+from clreg.train.config import RunConfig
+from clreg.core import device as device_module
+from clreg.core.device import check_combination, resolve_device, single_device
+from clreg.sweeps.scheduling import least_busy, worker_devices
 from test_cli import clreg as clreg_cli
 
 ALL_METHODS = sorted(clreg.importance.REGISTRY)
@@ -124,9 +125,9 @@ def test_shared_parameters_on_two_devices_are_refused():
 
 @pytest.mark.parametrize("every", [1, 7, 50])
 def test_the_divergence_guard_names_the_first_bad_step(every):
-    guard = train.DivergenceGuard(torch.device("cpu"), every)
+    guard = guard_module.DivergenceGuard(torch.device("cpu"), every)
     losses = [1.0] * 11 + [float("nan"), float("inf"), 2.0]
-    with pytest.raises(train.Diverged, match=r"became nan at step 12 \(task 3\)"):
+    with pytest.raises(guard_module.Diverged, match=r"became nan at step 12 \(task 3\)"):
         for step, value in enumerate(losses, start=1):
             guard.record(torch.tensor(value), step, task=2)
         guard.check(len(losses), task=2)

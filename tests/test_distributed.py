@@ -90,7 +90,7 @@ def test_two_processes_equal_one(tmp_path, method):
 
 
 def small_config(method, **overrides):
-    from clreg.config import RunConfig
+    from clreg.train.config import RunConfig
 
     settings = dict(benchmark="permuted-digits", method=method, c=10.0, tasks=2, epochs=2, batch_size=31,
                     hidden=(20,), samples=50, device="cpu")
@@ -102,8 +102,8 @@ def small_config(method, **overrides):
 def test_the_trainer_in_two_processes_equals_one(method):
     """`clreg run --nproc 2`'s engine: the accuracy matrix and the loss curve of one process, with batches of
     31 split 15/16 (the weighting makes the averaged gradient the whole batch's mean)."""
-    from clreg.parallel import launch
-    from clreg.train import run
+    from clreg.train.nproc import launch
+    from clreg.train.loop import run
 
     config = small_config(method)
     one = run(config, progress=False)

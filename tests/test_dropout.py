@@ -5,9 +5,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from clreg import Regularizer
-from clreg.config import RunConfig
-from clreg.models import build_model, task_forward
-from clreg.optim import make_optimizer
+from clreg.train.config import RunConfig
+from clreg.models.build import build_model, task_forward
+from clreg.train.optim import make_optimizer
 
 
 def cnn():
@@ -60,7 +60,7 @@ def count_forwards(model):
                                                    ("mas", 0.5, 1)])
 def test_the_extra_pass_is_paid_only_with_dropout_and_only_where_g_t_is_read(method, dropout, passes):
     from clreg.benchmarks import permuted_digits
-    from clreg.train import Trainer
+    from clreg.train.loop import Trainer
 
     bench = permuted_digits(num_tasks=1)
     trainer = Trainer(RunConfig(benchmark="permuted-digits", method=method, tasks=1, epochs=1, batch_size=32,
@@ -91,7 +91,7 @@ def test_split_sos_with_dropout_is_refused_with_the_alternative():
 def test_fused_step_with_dropout_equals_the_unfused_path(method, options, monkeypatch):
     import copy
 
-    from clreg import fused
+    from clreg.core import fused
 
     model = mlp_with_dropout()
     reg = Regularizer(model, method, c=0.3, **options)

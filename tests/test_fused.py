@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import clreg
-from clreg import fused, native
+from clreg.core import fused
+from clreg.core import native
 
 pytestmark = pytest.mark.skipif(native.load() is None, reason="no C compiler: the fused step is unavailable")
 

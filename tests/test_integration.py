@@ -2,8 +2,8 @@
 import pytest
 
 from clreg.benchmarks import permuted_mnist
-from clreg.config import RunConfig
-from clreg.train import run
+from clreg.train.config import RunConfig
+from clreg.train.loop import run
 
 pytestmark = pytest.mark.slow  # real training end to end: minutes
 SCALE = dict(tasks=3, epochs=1, hidden=[100, 100], batch_size=256, seed=0, reinit=False)

@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-from clreg.callbacks import Callback
-from clreg.config import RunConfig, read_run_file
-from clreg.steplog import JsonLines, StepLog
-from clreg.train import Trainer, load_benchmark, run
+from clreg.train.callbacks import Callback
+from clreg.train.config import RunConfig, read_run_file
+from clreg.train.steplog import JsonLines, StepLog
+from clreg.train.loop import Trainer, load_benchmark, run
 
-CLREG = [sys.executable, "-c", "from clreg.cli import main; main()"]
+CLREG = [sys.executable, "-c", "from clreg.cli.commands import main; main()"]
 SMALL = dict(benchmark="permuted-digits", tasks=3, epochs=2, hidden=[32], batch_size=64, device="cpu", c=1.0)
 
 
@@ -133,7 +133,7 @@ def test_tensorboard_event_files(tmp_path):
 
 
 def test_tensorboard_missing_is_one_clear_error(tmp_path):
-    code = "import sys; sys.modules['torch.utils.tensorboard'] = None; from clreg.cli import main; main()"
+    code = "import sys; sys.modules['torch.utils.tensorboard'] = None; from clreg.cli.commands import main; main()"
     p = subprocess.run([sys.executable, "-c", code, "run", "--benchmark", "permuted-digits", "--tensorboard",
                         str(tmp_path / "tb")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--tensorboard needs the tensorboard package: pip install 'clreg[tensorboard]'" in p.stderr

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from clreg import metrics
+from clreg.train import metrics
 
 A = np.array([[0.9, 0.1, 0.2],
               [0.8, 0.95, 0.1],

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from clreg import Regularizer
 from clreg.importance import TaskSample
-from clreg.models import CifarNet, MultiHead, build_model, task_forward
+from clreg.models.build import CifarNet, MultiHead, build_model, task_forward
 from reference import naive_measure
 
 

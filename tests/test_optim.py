@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import clreg
-from clreg import fused, native
-from clreg.config import RunConfig
-from clreg.optim import lr_factor, make_optimizer, make_schedule
-from clreg.train import Trainer, load_benchmark
+from clreg.core import fused
+from clreg.core import native
+from clreg.train.config import RunConfig
+from clreg.train.optim import lr_factor, make_optimizer, make_schedule
+from clreg.train.loop import Trainer, load_benchmark
 
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
 

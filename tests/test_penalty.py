@@ -2,7 +2,9 @@
 import torch
 from torch import nn
 
-from clreg import QuadraticPenalty, Regularizer
+from clreg import QuadraticPenalty
+
+from clreg import Regularizer
 
 
 def test_analytic_gradient_equals_autograd_of_r():

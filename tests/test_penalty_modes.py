@@ -3,7 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from clreg import QuadraticPenalty, Regularizer
+from clreg import QuadraticPenalty
+
+from clreg import Regularizer
 
 C = 0.7
 

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-import clreg.train
-from clreg.callbacks import Callback
-from clreg.config import RunConfig
-from clreg.train import Trainer, load_benchmark
+import clreg.train.loop
+import clreg.train.plateau
+from clreg.train.callbacks import Callback
+from clreg.train.config import RunConfig
+from clreg.train.loop import Trainer, load_benchmark
 
 # epoch:      1    2    3    4    5    6    7    8    9   10   11   12   13   14   15   16
 SCRIPT = [0.50, 0.60, 0.70, 0.65, 0.69, 0.70, 0.60, 0.68, 0.66, 0.62, 0.61, 0.60, 0.69, 0.70, 0.64, 0.90]
@@ -36,8 +37,11 @@ def test_plateau_decays_stops_and_keeps_the_best_epoch(tmp_path, monkeypatch):
                        method="si", c=1.0, lr=0.01, lr_schedule="plateau", lr_patience=3, stop_patience=5,
                        lr_gamma=0.5, device="cpu")
     scripted = iter(SCRIPT)
-    monkeypatch.setattr(clreg.train, "evaluate", lambda model, bench, task, split="evaluation": next(scripted)
-                        if split == "validation" else 0.5)
+    def evaluate(model, bench, task, split="evaluation"):
+        return next(scripted) if split == "validation" else 0.5
+
+    for module in (clreg.train.loop, clreg.train.plateau):  # each evaluates through its own import
+        monkeypatch.setattr(module, "evaluate", evaluate)
     witness = Witness()
     trainer = Trainer(config, load_benchmark(config), progress=False, callbacks=[witness])
     trainer.train_task(0)

@@ -27,8 +27,8 @@ def test_writing_a_measure_example_registers_and_runs():
 
     measure = next(block for block in python_blocks(LIBRARY) if "@importance.register" in block)
     script = measure + """
-from clreg.config import RunConfig
-from clreg.train import Trainer, load_benchmark
+from clreg.train.config import RunConfig
+from clreg.train.loop import Trainer, load_benchmark
 config = RunConfig(benchmark="permuted-digits", method="grad-squared", gs_power=2, c=1.0, tasks=2, epochs=1,
                    device="cpu")
 trainer = Trainer(config, load_benchmark(config), progress=False)

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 import clreg
-from clreg.config import RunConfig
-from clreg.models import MultiHead, task_forward
-from clreg.results import check_writable
-from clreg.store import Store
-from clreg.train import Trainer, load_benchmark
+from clreg.train.config import RunConfig
+from clreg.models.build import MultiHead, task_forward
+from clreg.core.records import check_writable
+from clreg.sweeps.store import Store
+from clreg.train.loop import Trainer, load_benchmark
 
-CLREG = [sys.executable, "-c", "from clreg.cli import main; main()"]
+CLREG = [sys.executable, "-c", "from clreg.cli.commands import main; main()"]
 
 
 def clreg_run(*args):

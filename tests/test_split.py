@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from clreg.benchmarks import build_benchmark, split_cifar10, split_cifar10_100, split_mnist
-from clreg.config import RunConfig
+from clreg.train.config import RunConfig
 from clreg.data import cifar
-from clreg.train import Trainer, index_stream, run
+from clreg.train.loop import Trainer, index_stream, run
 from test_cifar import REAL, write_binary, write_python
 
 HAS_CIFAR10 = (REAL / "cifar10" / "cifar-10-batches-bin").is_dir()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from clreg.store import Store, StoreError
+from clreg.sweeps.store import Store, StoreError
 
 
 def test_claim_finish_and_no_second_claim(tmp_path):
@@ -43,7 +43,7 @@ def test_failed_runs_are_retried_and_diverged_are_final(tmp_path):
 
 def test_run_of_a_dead_process_is_taken_over(tmp_path):
     path = tmp_path / "s.sqlite"
-    code = f"from clreg.store import Store; Store({str(path)!r}).claim('k', {{}})"
+    code = f"from clreg.sweeps.store import Store; Store({str(path)!r}).claim('k', {{}})"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)  # claims, then exits: owner dead
     store = Store(path)
     row = store.get("k")
@@ -131,8 +131,8 @@ def _result_file(path, **config):
 
 
 def test_import_keys_runs_by_their_config_and_keeps_finished_rows(tmp_path):
-    from clreg.config import RunConfig
-    from clreg.store_import import import_files
+    from clreg.train.config import RunConfig
+    from clreg.sweeps.importing import import_files
 
     store = Store(tmp_path / "s.sqlite")
     config = RunConfig.from_dict({"benchmark": "permuted-digits", "method": "si", "c": 1})
@@ -172,7 +172,7 @@ def test_import_keys_runs_by_their_config_and_keeps_finished_rows(tmp_path):
     ('{"runs": [3]}', "run 0: a run must be an object with a 'config' object"),
 ])
 def test_bad_import_files_import_nothing(tmp_path, content, message):
-    from clreg.store_import import ImportFileError, import_files
+    from clreg.sweeps.importing import ImportFileError, import_files
 
     good = _result_file(tmp_path / "good.json")
     bad = tmp_path / "bad.json"

@@ -5,10 +5,10 @@ import time
 import pytest
 import yaml
 
-from clreg.config import RunConfig
-from clreg.store import Store
-from clreg.sweep import WAIT, SweepDriver, edge_extension, lattice_neighbour, plan
-from clreg.sweepspec import Line, SpecError, load_spec, parse_spec
+from clreg.train.config import RunConfig
+from clreg.sweeps.store import Store
+from clreg.sweeps.plan import WAIT, SweepDriver, edge_extension, lattice_neighbour, plan
+from clreg.sweeps.spec import Line, SpecError, load_spec, parse_spec
 
 BASE = {"benchmark": "permuted-digits", "settings": {"tasks": 2, "epochs": 1, "hidden": [8]}, "seeds": [0, 1, 2]}
 

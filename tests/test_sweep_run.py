@@ -13,17 +13,17 @@ import pytest
 import torch
 import yaml
 
-from clreg.callbacks import Callback
-from clreg.checkpoint import CheckpointError
-from clreg.config import RunConfig
-from clreg.metrics import mean_and_stderr
-from clreg.report import write_report
-from clreg.store import Store
-from clreg.steplog import JsonLines, StepLog
-from clreg.train import Trainer, load_benchmark
+from clreg.train.callbacks import Callback
+from clreg.train.checkpoint import CheckpointError
+from clreg.train.config import RunConfig
+from clreg.train.metrics import mean_and_stderr
+from clreg.sweeps.report import write_report
+from clreg.sweeps.store import Store
+from clreg.train.steplog import JsonLines, StepLog
+from clreg.train.loop import Trainer, load_benchmark
 
 pytestmark = pytest.mark.slow  # real training end to end: minutes
-CLREG = [sys.executable, "-c", "from clreg.cli import main; main()"]
+CLREG = [sys.executable, "-c", "from clreg.cli.commands import main; main()"]
 SETTINGS = {"tasks": 3, "epochs": 2, "batch_size": 32, "hidden": [64], "lr": 0.001}
 SPEC = {"benchmark": "permuted-digits", "settings": SETTINGS, "seeds": 2,
         "search": {"max_extensions": 1},
@@ -196,7 +196,7 @@ def test_checkpoints_with_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": 1, "config": {}, "payload": Interrupt()}, path)
     with pytest.raises(CheckpointError, match="cannot be read safely"):
-        from clreg import checkpoint
+        from clreg.train import checkpoint
         checkpoint.load(path, {})
 
 
@@ -259,7 +259,7 @@ def test_dry_run_creates_nothing_and_missing_ray_says_how_to_install(tmp_path):
     assert p.returncode == 0 and "holds nothing; 7 run(s) to start now: si c=1 b=32 seed 0" in p.stdout  # finetune's
     # final seeds with its search: it has nothing to choose
     assert not (tmp_path / "grid.sqlite").exists()
-    no_ray = [sys.executable, "-c", "import sys; sys.modules['ray'] = None; from clreg.cli import main; main()"]
+    no_ray = [sys.executable, "-c", "import sys; sys.modules['ray'] = None; from clreg.cli.commands import main; main()"]
     p = subprocess.run([*no_ray, "sweep", str(spec), "--backend", "ray"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "the ray backend needs Ray: pip install 'clreg[ray]'" in p.stderr
 

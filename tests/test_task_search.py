@@ -1,15 +1,16 @@
-"""De Lange et al.'s per-task search (clreg.task_search): the learning rate chosen on validation by plain
+"""De Lange et al.'s per-task search (clreg.train.task_search): the learning rate chosen on validation by plain
 runs, the penalty strength halved until the margin holds, every attempt started from the same state, and the
 accepted attempt equal to the same schedule of learning rates and strengths trained directly."""
 import numpy as np
 import pytest
 import torch
 
-import clreg.train
-from clreg.callbacks import Callback
-from clreg.config import RunConfig
-from clreg.penalty import QuadraticPenalty
-from clreg.train import Trainer, load_benchmark
+import clreg.train.loop
+import clreg.train.task_search
+from clreg.train.callbacks import Callback
+from clreg.train.config import RunConfig
+from clreg.core.penalty import QuadraticPenalty
+from clreg.train.loop import Trainer, load_benchmark
 
 
 def data_file(tmp_path):
@@ -47,8 +48,11 @@ class Witness(Callback):
 
 def scripted(monkeypatch, accuracies):
     values = iter(accuracies)
-    monkeypatch.setattr(clreg.train, "evaluate", lambda model, bench, task, split="evaluation": next(values)
-                        if split == "validation" else 0.5)
+    def evaluate(model, bench, task, split="evaluation"):
+        return next(values) if split == "validation" else 0.5
+
+    for module in (clreg.train.loop, clreg.train.task_search):  # each evaluates through its own import
+        monkeypatch.setattr(module, "evaluate", evaluate)
 
 
 def test_search_picks_the_rate_then_halves_the_strength_until_the_margin_holds(tmp_path, monkeypatch):
@@ -108,7 +112,7 @@ def test_accepted_attempts_equal_the_same_schedule_trained_directly(tmp_path):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         for a, b in zip(searched.reg.omega.values(), direct.reg.omega.values()):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-        final = [clreg.train.evaluate(direct.model, direct.bench, j) for j in range(2)]
+        final = [clreg.train.loop.evaluate(direct.model, direct.bench, j) for j in range(2)]
         assert matrix[-1].tolist() == final
 
 
@@ -125,7 +129,7 @@ def test_a_diverging_rate_scores_nothing(tmp_path):
 def test_a_resumed_search_continues_identically(tmp_path):
     path = data_file(tmp_path)
     cfg = config(path, tasks=3, c=10.0, stability_margin=0.0)  # strengths decay at tasks 2 and 3
-    whole = clreg.train.run(cfg, progress=False)
+    whole = clreg.train.loop.run(cfg, progress=False)
 
     class Interrupt(Callback):
         def on_task_start(self, trainer, task, steps):
@@ -134,8 +138,8 @@ def test_a_resumed_search_continues_identically(tmp_path):
 
     checkpoint = tmp_path / "run.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        clreg.train.run(cfg, progress=False, checkpoint_path=checkpoint, callbacks=[Interrupt()])
-    resumed = clreg.train.run(cfg, progress=False, checkpoint_path=checkpoint, resume=True)
+        clreg.train.loop.run(cfg, progress=False, checkpoint_path=checkpoint, callbacks=[Interrupt()])
+    resumed = clreg.train.loop.run(cfg, progress=False, checkpoint_path=checkpoint, resume=True)
     assert resumed["accuracy_matrix"] == whole["accuracy_matrix"]
     assert resumed["search"] == whole["search"] and whole["search"][1]["strength"] < 1
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from clreg.benchmarks import permuted_digits
-from clreg.config import RunConfig
-from clreg.train import Trainer, load_benchmark, run
+from clreg.train.config import RunConfig
+from clreg.train.loop import Trainer, load_benchmark, run
 
 SMALL = dict(benchmark="permuted-digits", tasks=2, epochs=2, batch_size=32, hidden=[20])
 

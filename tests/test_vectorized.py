@@ -1,4 +1,4 @@
-"""Vectorised jobs (clreg.vectorized): K runs trained as one equal the same runs trained alone."""
+"""Vectorised jobs (clreg.vectorized.trainer): K runs trained as one equal the same runs trained alone."""
 import json
 import sqlite3
 import subprocess
@@ -9,13 +9,14 @@ import pytest
 import torch
 import yaml
 
-from clreg.config import RunConfig
-from clreg.executors import VectorizedExecutor
-from clreg.callbacks import Callback
-from clreg.train import Diverged, Trainer, load_benchmark
-from clreg.vectorized import FREE, VectorizedTrainer, fitting_size, group_key, run_bytes, why_not
+from clreg.train.config import RunConfig
+from clreg.sweeps.executors import VectorizedExecutor
+from clreg.train.callbacks import Callback
+from clreg.train.guard import Diverged
+from clreg.train.loop import Trainer, load_benchmark
+from clreg.vectorized.trainer import FREE, VectorizedTrainer, fitting_size, group_key, run_bytes, why_not
 
-CLREG = [sys.executable, "-c", "from clreg.cli import main; main()"]
+CLREG = [sys.executable, "-c", "from clreg.cli.commands import main; main()"]
 # three runs differing in seed, c, re-init and learning rate
 MEMBERS = [dict(seed=0, c=0.5, reinit=True), dict(seed=1, c=2.0, reinit=False, lr=2e-3), dict(seed=2, c=1.0, reinit=True)]
 
@@ -89,7 +90,7 @@ def test_cifar_network_with_dropout_equals_the_runs_alone(tmp_path, method):
     ("si", {"optimizer": "adamw", "weight_decay": 0.01}), ("mas", {"weight_decay": 0.001, "prior": 0.01}),
 ], ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(f"{k}={x}" for k, x in v.items()) or "default")
 def test_the_stacked_step_agrees_with_each_runs_own_step(method, settings):
-    """The GPU's one-step-for-all (clreg.stacked_step, forced here on the CPU): the runs alone to rounding. With
+    """The GPU's one-step-for-all (clreg.vectorized.step, forced here on the CPU): the runs alone to rounding. With
     the AdamW decay applied before θ_t is kept for SI's Δ (a bug this test found), SI's parameters were 1e-2 off.
     Adam divides by √v̂, which magnifies rounding where v̂ is small: on one machine one weight of 1024 (SIU) ends
     2e-5 to 5e-5 from the run alone (by thread count), hence atol 1e-4, still two orders under that bug."""

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from clreg.config import RunConfig
-from clreg.models import MultiHead, build_model
-from clreg.train import Trainer, load_benchmark
-from clreg.vgg import CONFIGS, POOL
+from clreg.train.config import RunConfig
+from clreg.models.build import MultiHead, build_model
+from clreg.train.loop import Trainer, load_benchmark
+from clreg.models.vgg import CONFIGS, POOL
 
 # their definitions (Mattdl/CLsurvey, src/models/VGGSlim.py) on 64×64×3 with a 10-way head
 EXPECTED = {"vgg-small": 614_090, "vgg-base": 3_510_858, "vgg-wide": 8_963_466, "vgg-deep": 6_646_154}
@@ -90,7 +90,7 @@ def test_their_whole_protocol_on_generated_tiny_imagenet(tmp_path):
     pytest.importorskip("PIL")
     from test_datasets import write_tiny_imagenet
 
-    from clreg.train import run
+    from clreg.train.loop import run
 
     write_tiny_imagenet(tmp_path, classes=20, per_class=5, val_per_class=1)
     config = RunConfig(benchmark="split-tiny-imagenet", network="vgg-small", method="mas", c=1.0, tasks=2, epochs=2,

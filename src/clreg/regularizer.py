@@ -18,11 +18,15 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from . import distributed, fused, importance
-from .device import single_device
-from .importance import ImportanceMeasure, TaskSample, batch
-from .importance.batch import Inputs
-from .penalty import QuadraticPenalty
+from clreg.distributed import collectives as distributed
+
+from clreg.core import fused
+
+from clreg import importance
+from clreg.core.device import single_device
+from clreg.importance import ImportanceMeasure, TaskSample, inputs as model_inputs
+from clreg.importance.inputs import Inputs
+from clreg.core.penalty import QuadraticPenalty
 
 ParamFilter = Callable[[str, nn.Parameter], bool]
 
@@ -75,7 +79,7 @@ class Regularizer:
         strength = c if self.measure.regularizes else 0.0
         self.penalty_term = QuadraticPenalty(self.params, strength, decay=decay, prior=prior, mode=penalty,
                                              keep_tasks=keep_tasks)
-        self.memory_budget = memory_budget  # bytes for the per-sample engine (None: by device, clreg.device)
+        self.memory_budget = memory_budget  # bytes for the per-sample engine (None: by device, clreg.core.device)
         self.last_importance: dict[str, Tensor] | None = None
         self._task_grads: list[Tensor] | None = None
         self._independent: list[Tensor] | None = None
@@ -109,7 +113,7 @@ class Regularizer:
     def strength(self) -> float:
         """s, a factor on the whole penalty in force (1 by default): training minimises L + s·R(θ). Ω, the
         anchors and c are not touched, so s can be lowered for one task and raised again (De Lange et al.'s
-        stability decay lowers it task by task: clreg.task_search)."""
+        stability decay lowers it task by task: clreg.train.task_search)."""
         return self.penalty_term.strength
 
     @strength.setter
@@ -226,7 +230,7 @@ class Regularizer:
         backward already put it there), `optimizer.step()`, then the measure's step statistic.
 
         For `torch.optim.Adam`/`AdamW` on float32 CPU tensors the three are one fused native pass over the
-        parameters (`clreg.fused`); `.grad` then keeps the task-loss gradient. Everywhere else (CUDA, other
+        parameters (`clreg.core.fused`); `.grad` then keeps the task-loss gradient. Everywhere else (CUDA, other
         dtypes and optimisers) the three run one after the other on `torch._foreach` kernels, with the same
         numbers.
         """
@@ -360,11 +364,11 @@ class Regularizer:
             return None
         sample = None
         if inputs is not None:
-            batch.check_inputs(inputs)
+            model_inputs.check_inputs(inputs)
             if forward is None and self.measure.needs_sample and isinstance(inputs, Tensor):
                 _check_single_input(self.model)
             labels = None if labels is None else labels.to(self.device)
-            sample = TaskSample(self.model, batch.to_device(inputs, self.device), labels, forward, self.memory_budget,
+            sample = TaskSample(self.model, model_inputs.to_device(inputs, self.device), labels, forward, self.memory_budget,
                                 self.group)
         elif self.measure.needs_sample:
             raise ValueError(f"method {self.measure.name!r} measures importance on data: "
@@ -385,4 +389,4 @@ def _check_single_input(model: nn.Module) -> None:
     if len(required) > 1:
         raise ValueError(f"{type(model).__name__}.forward takes ({', '.join(required)}), so the sample's logits "
                          f"cannot be model(x): pass forward=, e.g. reg.end_task(x, forward=lambda x: model(x, task)) "
-                         f"(clreg.models.task_forward(model, task) does this for a MultiHead)")
+                         f"(clreg.models.build.task_forward(model, task) does this for a MultiHead)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .probe import Probe, trained_parameters
+from clreg.analysis.probe import Probe, trained_parameters
 
 SUMS = ("si", "siu", "sib")
 

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import importance
-from ..benchmarks import derive_seed
-from ..importance import TaskSample
-from ..importance.trajectory import SecondOrderSynapses
-from ..models import task_forward
-from .probe import Probe
-from .stats import ScatterSample, StreamingCorrelation, slope_through_origin
+from clreg import importance
+from clreg.benchmarks import derive_seed
+from clreg.importance import TaskSample
+from clreg.importance.trajectory import SecondOrderSynapses
+from clreg.models.build import task_forward
+from clreg.analysis.probe import Probe
+from clreg.analysis.stats import ScatterSample, StreamingCorrelation, slope_through_origin
 
 PATH_MEASURES = ("si", "siu", "sib")  # g_t, g'_t, g_t − g'_t in the path integral
 SENSITIVITY = ("fisher", "sqrt-fisher", "af", "mas", "masx", "mas-logits", "masx-logits")

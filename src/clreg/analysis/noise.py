@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .probe import Probe
+from clreg.analysis.probe import Probe
 
 THRESHOLDS = (0.1, 1.0, 10.0, 100.0)
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .bias import recorded_steps
+from clreg.analysis.bias import recorded_steps
 
 
 def pyplot():

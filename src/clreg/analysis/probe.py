@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..callbacks import Batch, Callback, Step
-from ..checkpoint import CheckpointError
-from ..models import MultiHead, task_forward
-from ..train import Trainer
+from clreg.train.callbacks import Batch, Callback, Step
+from clreg.train.checkpoint import CheckpointError
+from clreg.models.build import MultiHead, task_forward
+from clreg.train.loop import Trainer
 
 
 class Probe:

@@ -7,18 +7,18 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import metrics
-from ..config import RunConfig
-from ..device import describe
-from ..callbacks import Callback
-from ..checkpoint import CheckpointError
-from ..results import provenance, write_json
-from ..train import Trainer, load_benchmark
-from . import plots
-from .bias import BiasProbe
-from .measures import PAIRS, MeasuresProbe
-from .noise import NoiseProbe
-from .probe import Probes
+from clreg.train import metrics
+from clreg.train.config import RunConfig
+from clreg.core.device import describe
+from clreg.train.callbacks import Callback
+from clreg.train.checkpoint import CheckpointError
+from clreg.core.records import provenance, write_json
+from clreg.train.loop import Trainer, load_benchmark
+from clreg.analysis import plots
+from clreg.analysis.bias import BiasProbe
+from clreg.analysis.measures import PAIRS, MeasuresProbe
+from clreg.analysis.noise import NoiseProbe
+from clreg.analysis.probe import Probes
 
 KINDS = ("measures", "bias", "noise")
 OPTIONS_ADDED = {"record_every": 1}  # options added after records were committed: the value those records imply

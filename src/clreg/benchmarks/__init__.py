@@ -4,11 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .arrays import arrays_benchmark
-from .base import EVALUATE_ON, Split, check_evaluate_on, derive_seed
-from .permuted import PermutedBenchmark, permuted_digits, permuted_fashion_mnist, permuted_mnist
-from .split import SplitBenchmark, TaskData, split_cifar10, split_cifar10_100, split_mnist
-from .tiny_imagenet import split_tiny_imagenet
+from clreg.benchmarks.arrays import arrays_benchmark
+from clreg.benchmarks.base import EVALUATE_ON, Split, check_evaluate_on, derive_seed
+from clreg.benchmarks.permuted import PermutedBenchmark, permuted_digits, permuted_fashion_mnist, permuted_mnist
+from clreg.benchmarks.split import SplitBenchmark, TaskData, split_cifar10, split_cifar10_100, split_mnist
+from clreg.benchmarks.tiny_imagenet import split_tiny_imagenet
 
 Benchmark = PermutedBenchmark | SplitBenchmark
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.arrays import UserArrays, load_arrays
-from ..data.idx import DataFileError
-from .base import HOLDOUT, Split, check_evaluate_on
-from .permuted import PermutedBenchmark, permuted_split
-from .split import SplitBenchmark, TaskData, class_tasks
+from clreg.data.arrays import UserArrays, load_arrays
+from clreg.data.idx import DataFileError
+from clreg.benchmarks.base import HOLDOUT, Split, check_evaluate_on
+from clreg.benchmarks.permuted import PermutedBenchmark, permuted_split
+from clreg.benchmarks.split import SplitBenchmark, TaskData, class_tasks
 
 
 def arrays_benchmark(path: str, num_tasks: int | None, seed: int, evaluate_on: str, split_classes: int | None,

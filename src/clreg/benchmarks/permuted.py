@@ -7,8 +7,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from ..data import ImageDataset, load_digits, load_fashion_mnist, load_mnist
-from .base import HOLDOUT, Split, check_evaluate_on, derive_seed
+from clreg.data import ImageDataset, load_digits, load_fashion_mnist, load_mnist
+from clreg.benchmarks.base import HOLDOUT, Split, check_evaluate_on, derive_seed
 
 
 class PermutedBenchmark:

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import load_mnist
-from ..data.cifar import load_cifar10, load_cifar100
-from .base import HOLDOUT, Split, check_evaluate_on, check_task_count
+from clreg.data import load_mnist
+from clreg.data.cifar import load_cifar10, load_cifar100
+from clreg.benchmarks.base import HOLDOUT, Split, check_evaluate_on, check_task_count
 
 
 @dataclass

@@ -2,7 +2,7 @@
 class order (their survey order if tiny-imagenet-200/classes.txt gives it), 10 per task by default (20
 tasks) or `--split-classes K` (their code uses 20: 10 tasks); per task a fixed random 80/20 split of the
 training images into train/validation; the labelled validation images are the test set. Their networks
-are clreg.vgg's, their schedule `--lr-schedule plateau`.
+are clreg.models.vgg's, their schedule `--lr-schedule plateau`.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.tiny_imagenet import load_tiny_imagenet
-from .base import Split, check_evaluate_on, check_task_count, derive_seed
-from .split import SplitBenchmark, TaskData
+from clreg.data.tiny_imagenet import load_tiny_imagenet
+from clreg.benchmarks.base import Split, check_evaluate_on, check_task_count, derive_seed
+from clreg.benchmarks.split import SplitBenchmark, TaskData
 
 CLASSES, CLASSES_PER_TASK, VALIDATION = 200, 10, 0.2
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .idx import DataFileError
+from clreg.data.idx import DataFileError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL = ("task_train", "task_test")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .fetch import RemoteFile, cached_arrays, download_archive, search_roots
-from .idx import DataFileError
-from .mnist import ImageDataset
+from clreg.data.fetch import RemoteFile, cached_arrays, download_archive, search_roots
+from clreg.data.idx import DataFileError
+from clreg.data.dataset import ImageDataset
 
 RECORD = 1 + 3 * 32 * 32  # binary version: one label byte, then the R, G and B planes
 CIFAR10_BINARY = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mnist import ImageDataset
+from clreg.data.dataset import ImageDataset
 
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:

@@ -5,17 +5,15 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
-from .idx import DataFileError
-
-if TYPE_CHECKING:  # mnist imports fetch
-    from .mnist import ImageDataset
+from clreg.core.cache import ENV_CACHE_DIR, cache_dir  # noqa: F401 (ENV_CACHE_DIR: clreg.data's)
+from clreg.data.dataset import ImageDataset
+from clreg.data.idx import DataFileError
 
 ENV_DATA_DIR = "CLREG_DATA_DIR"
-ENV_CACHE_DIR = "CLREG_CACHE_DIR"
 
 
 @dataclass(frozen=True)
@@ -25,13 +23,6 @@ class RemoteFile:
     name: str
     md5: str
     mirrors: tuple[str, ...]
-
-
-def cache_dir() -> Path:
-    """$CLREG_CACHE_DIR, else the platform's user cache directory for clreg."""
-    import pooch
-
-    return Path(os.environ.get(ENV_CACHE_DIR) or pooch.os_cache("clreg"))
 
 
 def search_roots(data_dir: str | Path | None) -> list[Path]:
@@ -100,10 +91,9 @@ def download_archive(dataset: str, remote: RemoteFile) -> Path:
     return cache_dir() / dataset
 
 
-def cached_arrays(key: str, files: list[Path], build: Callable[[], "ImageDataset"]) -> "ImageDataset":
+def cached_arrays(key: str, files: list[Path], build: Callable[[], ImageDataset]) -> ImageDataset:
     """The decoded arrays from `<cache>/arrays/` if they were built from these very files (path, size and
     modification time), else `build()`, cached atomically as an .npz for the next load."""
-    from .mnist import ImageDataset
 
     stamp = hashlib.sha256(repr([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
                            .encode()).hexdigest()[:16]

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
-from .fetch import RemoteFile, locate
-from .idx import DataFileError, parse_idx, read_bytes
+from clreg.data.dataset import ImageDataset
+from clreg.data.fetch import RemoteFile, locate
+from clreg.data.idx import DataFileError, parse_idx, read_bytes
 
 MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 # md5 of each .gz as served by the mirrors, and of its decompressed content (what is verified locally)
@@ -18,16 +17,6 @@ FILES = {
     "test_images": ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
     "test_labels": ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
 }
-
-
-@dataclass
-class ImageDataset:
-    """Images as uint8 arrays (n, ...) and integer labels, for a train and a test split."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
 
 
 FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .fetch import RemoteFile, cached_arrays, download_archive, search_roots
-from .idx import DataFileError
-from .mnist import ImageDataset
+from clreg.data.fetch import RemoteFile, cached_arrays, download_archive, search_roots
+from clreg.data.idx import DataFileError
+from clreg.data.dataset import ImageDataset
 
 ARCHIVE = RemoteFile("tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de", ("http://cs231n.stanford.edu/",))
 FOLDER = "tiny-imagenet/tiny-imagenet-200"

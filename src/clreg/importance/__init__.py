@@ -4,13 +4,13 @@ from __future__ import annotations
 import inspect
 from importlib.metadata import entry_points
 
-from ..options import Option, merge
-from .base import ImportanceMeasure, TaskSample
-from .sensitivity import (L2, AbsoluteFisher, FineTune, Fisher, L2Constant, MaxMemoryAwareSynapses,
+from clreg.core.options import Option, merge
+from clreg.importance.base import ImportanceMeasure, TaskSample
+from clreg.importance.sensitivity import (L2, AbsoluteFisher, FineTune, Fisher, L2Constant, MaxMemoryAwareSynapses,
                           MaxMemoryAwareSynapsesLogits, MemoryAwareSynapses, MemoryAwareSynapsesLogits,
                           SqrtFisher, WeightMagnitude)
-from .statistic import StepStatistic
-from .trajectory import (SecondOrderSynapses, SynapticIntelligence, SynapticIntelligenceBias,
+from clreg.core.statistic import StepStatistic
+from clreg.importance.trajectory import (SecondOrderSynapses, SynapticIntelligence, SynapticIntelligenceBias,
                          SynapticIntelligenceUnbiased, TrajectoryMeasure, auto_alpha)
 
 REGISTRY: dict[str, type[ImportanceMeasure]] = {}
@@ -19,7 +19,7 @@ ENTRY_POINTS = "clreg.measures"  # other packages register measures under this e
 
 def register(cls: type[ImportanceMeasure]) -> type[ImportanceMeasure]:
     """Add a measure under `cls.name` (usable as a class decorator). Its declared `settings` become run
-    settings, flags and `clreg methods` lines; register before `clreg.config` is imported (entry points
+    settings, flags and `clreg methods` lines; register before `clreg.train.config` is imported (entry points
     in the clreg.measures group are loaded when clreg.importance is)."""
     if not cls.name or cls.name in REGISTRY:
         raise ValueError(f"a measure needs a name not yet registered, got {cls.name!r} ({cls.__name__})")

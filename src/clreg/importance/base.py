@@ -7,8 +7,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..options import Option
-from .batch import Inputs
+from clreg.core.options import Option
+from clreg.importance.inputs import Inputs
 
 
 @dataclass
@@ -19,7 +19,7 @@ class TaskSample:
     inputs: Inputs  # a tensor, or a dict of tensors with a common sample dimension
     labels: Tensor | None = None
     forward: Callable[[Inputs], Tensor] | None = None  # default: model(inputs), model(**inputs) for a dict
-    memory_budget: int | None = None  # bytes the per-sample engine may use (None: by device, clreg.device)
+    memory_budget: int | None = None  # bytes the per-sample engine may use (None: by device, clreg.core.device)
     group: object = None  # the torch.distributed process group whose ranks each hold a share of the sample
 
 

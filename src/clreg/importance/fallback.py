@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import batch
-from .batch import Inputs
+from clreg.importance import inputs as model_inputs
+from clreg.importance.inputs import Inputs
 
 
 class FallbackGradients:
@@ -59,7 +59,7 @@ class FallbackGradients:
 
         def contracted(params: list[Tensor], xi: Inputs, vi: Tensor) -> Tensor:
             replaced = {"model." + n: p for group, p in zip(names, params) for n in group}
-            out = functional_call(wrapper, replaced, (batch.one(xi),), tie_weights=False)
+            out = functional_call(wrapper, replaced, (model_inputs.one(xi),), tie_weights=False)
             return (out[0] * vi).sum()
 
         sums = [torch.zeros_like(p) for p in values]
@@ -78,7 +78,7 @@ class FallbackGradients:
         sums = [torch.zeros_like(p) for p in params]
         for i in range(v.shape[1]):
             with torch.enable_grad():
-                out = self.forward(batch.take(x, i, i + 1))[0]
+                out = self.forward(model_inputs.take(x, i, i + 1))[0]
             for k in range(v.shape[0]):
                 grads = torch.autograd.grad(out, params, v[k, i], retain_graph=k + 1 < v.shape[0], allow_unused=True)
                 for total, g in zip(sums, grads):

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..device import memory_budget as device_budget
-from . import batch
-from .batch import Inputs
-from .fallback import FallbackGradients
+from clreg.core.device import memory_budget as device_budget
+from clreg.importance import inputs as model_inputs
+from clreg.importance.inputs import Inputs
+from clreg.importance.fallback import FallbackGradients
 
 # (logits (n, C), labels (n,) or None) -> cotangents (K, n, C) and weights (K, n)
 Cotangents = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]]
@@ -201,7 +201,7 @@ def _probe(layers: list[_Layer], fallback: dict[int, str], forward: Callable[[In
         for layer in layers:
             layer.calls, layer.input = 0, None
         with torch.enable_grad():
-            forward(batch.take(inputs, 0, size))
+            forward(model_inputs.take(inputs, 0, size))
         for layer in layers:
             good[id(layer)] &= layer.calls == 1 and layer.input.shape[0] == size
     kept = []
@@ -228,7 +228,7 @@ def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Inputs
     """
     if power not in ("square", "abs"):
         raise ValueError(f"power must be 'square' or 'abs', got {power!r}")
-    n = batch.check_inputs(inputs)
+    n = model_inputs.check_inputs(inputs)
     if n == 0:
         raise ValueError("per_sample_statistics needs at least one sample")
     forward = forward or _default_forward(model, inputs)
@@ -238,11 +238,11 @@ def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Inputs
         layers = _probe(layers, fallback, forward, inputs, n)
         functional = FallbackGradients(model, forward, fallback, params, lambda g: _power(g, power), totals)
         accumulator = _Accumulator(layers, functional, forward, power, totals)
-        accumulator.run(batch.take(inputs, 0, 1), None if labels is None else labels[:1], cotangents)  # sizes layers
+        accumulator.run(model_inputs.take(inputs, 0, 1), None if labels is None else labels[:1], cotangents)  # sizes layers
         chunk = _chunk_size(accumulator, params, fallback, memory_budget or device_budget(params[0].device))
         for start in range(1, n, chunk):
             stop = start + chunk
-            accumulator.run(batch.take(inputs, start, stop), None if labels is None else labels[start:stop],
+            accumulator.run(model_inputs.take(inputs, start, stop), None if labels is None else labels[start:stop],
                             cotangents)
     finally:
         for layer in layers:

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import distributed
-from ..options import Option
-from . import batch
-from .base import ImportanceMeasure, TaskSample
-from .persample import per_sample_statistics
+from clreg.distributed import collectives as distributed
+from clreg.core.options import Option
+from clreg.importance import inputs as model_inputs
+from clreg.importance.base import ImportanceMeasure, TaskSample
+from clreg.importance.persample import per_sample_statistics
 
 
 class SensitivityMeasure(ImportanceMeasure):
@@ -31,7 +31,7 @@ class SensitivityMeasure(ImportanceMeasure):
         return omega
 
     def task_importance(self, params: list[Tensor], sample: TaskSample | None) -> list[Tensor]:  # noqa: D102
-        if sample is None or batch.check_inputs(sample.inputs) == 0:
+        if sample is None or model_inputs.check_inputs(sample.inputs) == 0:
             raise ValueError(f"method {self.name!r} needs a non-empty data sample at task end")
         was_training = sample.model.training
         sample.model.eval()
@@ -41,7 +41,7 @@ class SensitivityMeasure(ImportanceMeasure):
                                            memory_budget=sample.memory_budget)
         finally:
             sample.model.train(was_training)
-        count = distributed.sum_(totals, batch.check_inputs(sample.inputs), sample.group)  # each rank's share
+        count = distributed.sum_(totals, model_inputs.check_inputs(sample.inputs), sample.group)  # each rank's share
         torch._foreach_div_(totals, float(count))
         return self.finish(totals)
 

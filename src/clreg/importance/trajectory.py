@@ -11,9 +11,9 @@ import math
 import torch
 from torch import Tensor
 
-from ..options import Option, number_or
-from .base import ImportanceMeasure, TaskSample, clone_all, zeros_like_all
-from .statistic import StepStatistic
+from clreg.core.options import Option, number_or
+from clreg.importance.base import ImportanceMeasure, TaskSample, clone_all, zeros_like_all
+from clreg.core.statistic import StepStatistic
 
 
 class TrajectoryMeasure(ImportanceMeasure):

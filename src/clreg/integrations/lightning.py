@@ -23,8 +23,8 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("clreg.integrations.lightning needs PyTorch Lightning: pip install 'clreg[lightning]'") from err
 
-from ..regularizer import Regularizer, has_active_dropout
-from .samples import Cycle, end_task
+from clreg.regularizer import Regularizer, has_active_dropout
+from clreg.integrations.samples import Cycle, end_task
 
 LossFn = Callable[[Any, Any], Tensor]  # (module, batch) -> the task loss of that batch
 

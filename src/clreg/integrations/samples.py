@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..importance.batch import Inputs
-from ..regularizer import Regularizer
+from clreg.importance.inputs import Inputs
+from clreg.regularizer import Regularizer
 
 LABEL_KEYS = ("labels", "label", "label_ids")  # where dict batches keep their labels (Hugging Face's names)
 

@@ -25,9 +25,9 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("clreg.integrations.transformers needs transformers: pip install 'clreg[transformers]'") from err
 
-from ..importance.batch import to_device
-from ..regularizer import Regularizer, has_active_dropout
-from .samples import Cycle, end_task
+from clreg.importance.inputs import to_device
+from clreg.regularizer import Regularizer, has_active_dropout
+from clreg.integrations.samples import Cycle, end_task
 
 STATE_FILE = "clreg_regularizer.pt"  # in each checkpoint folder the Trainer writes
 LossFn = Callable[[nn.Module, Mapping[str, Tensor]], Tensor]  # (model, batch) -> the task loss of that batch

@@ -1,0 +1,104 @@
+"""What the fused training step costs per step, next to the memory traffic it cannot avoid.
+
+On the parameter shapes of the 784-W-W-10 MLP, times one optimiser step of: torch's own fused Adam,
+clreg's fused kernel doing Adam only, Adam + penalty gradient, Adam + penalty + SI's path integral,
+and Adam + penalty + SOS's second moment; and, as the floor, plain copies over the same bytes. The
+extra arrays are what bound SI and SOS: the penalty reads θ* and 2P, the statistic reads and writes
+its state, i.e. four more passes over the parameters than Adam's seven. Then the whole
+`Regularizer.step(optimizer)` for SI and SOS on both backends: the native kernel, and the foreach path
+that every other device and dtype takes (penalty gradient, torch's fused Adam, the statistic's foreach update).
+
+    python perf/step_kernel.py --out perf/results/step_kernel.json
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+import clreg
+from clreg.core import fused
+from clreg.core import native
+from clreg.importance import StepStatistic
+from clreg.core.records import machine, versions, write_json
+
+
+def timed(fn, seconds: float = 2.0) -> float:
+    """Median milliseconds of fn() over repeated calls for about `seconds`."""
+    fn()
+    times, deadline = [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def measure(width: int) -> dict:
+    shapes = [(width, 784), (width,), (width, width), (width,), (10, width), (10,)]
+    params = [torch.nn.Parameter(torch.randn(s) * 0.05) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape) * 1e-3
+    numel = sum(p.numel() for p in params)
+    anchor = [p.detach().clone() for p in params]
+    twice_precision = [torch.rand(p.shape) for p in params]
+    state = [torch.zeros(p.shape) for p in params]
+    torch_adam = torch.optim.Adam(params, lr=1e-6, fused=True)
+    clreg_adam = torch.optim.Adam(params, lr=1e-6)
+    clreg_adam.step()  # create the state
+    path, moment = StepStatistic("path"), StepStatistic("moment", decay=0.999)
+    with_penalty = {p: (a, tp, None, None) for p, a, tp in zip(params, anchor, twice_precision)}
+    with_state = {p: (a, tp, s, None) for p, a, tp, s in zip(params, anchor, twice_precision, state)}
+    source, target = torch.randn(numel), torch.empty(numel)
+    row = {
+        "parameters": numel,
+        "torch_fused_adam_ms": timed(torch_adam.step),
+        "clreg_adam_ms": timed(lambda: fused.adam_step(clreg_adam, {}, 0, None, 0.0, 0.0)),
+        "clreg_adam_penalty_ms": timed(lambda: fused.adam_step(clreg_adam, with_penalty, 1, None, 0.0, 0.0)),
+        "clreg_adam_penalty_si_ms": timed(lambda: fused.adam_step(clreg_adam, with_state, 1, path, 1.0, 0.0)),
+        "clreg_adam_penalty_sos_ms": timed(lambda: fused.adam_step(clreg_adam, with_state, 1, moment, 1.0, 0.0)),
+        "copy_one_array_ms": timed(lambda: target.copy_(source)),
+    }
+    for method in ("si", "sos"):
+        for backend in ("native", "foreach"):
+            row[f"regularizer_step_{method}_{backend}_ms"] = regularizer_step_ms(params, method, backend == "native")
+    row["si_extra_ms"] = row["clreg_adam_penalty_si_ms"] - row["clreg_adam_ms"]
+    row["si_extra_bytes"] = 4 * 4 * numel  # θ*, 2P and the statistic read, the statistic written
+    return row
+
+
+def regularizer_step_ms(params: list[torch.nn.Parameter], method: str, native_kernel: bool) -> float:
+    """Median ms of `Regularizer.step(Adam)` with an active penalty, on the native kernel or the foreach path."""
+    reg = clreg.Regularizer(torch.nn.ParameterList(params), method, c=1.0)
+    reg.penalty_term.consolidate([torch.rand(p.shape) for p in params], params)
+    optimizer = torch.optim.Adam(params, lr=1e-6, fused=True)
+    supported = fused.supported
+    fused.supported = supported if native_kernel else (lambda optimizer: False)
+    try:
+        return timed(lambda: reg.step(optimizer))
+    finally:
+        fused.supported = supported
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", default="2000,400")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if native.load() is None:
+        sys.exit("the fused kernel is unavailable here (no C compiler?)")
+    results = {}
+    for width in (int(w) for w in args.widths.split(",")):
+        row = results[str(width)] = measure(width)
+        print(f"width {width} ({row['parameters'] / 1e6:.2f}M parameters): " + ", ".join(
+            f"{k[:-3]} {v:.2f} ms" for k, v in row.items() if k.endswith("_ms")), flush=True)
+    if args.out:
+        write_json(args.out, {"benchmark": "step_kernel", "results": results, "machine": machine(),
+                              "versions": versions(), "command": " ".join(["python", *sys.argv])})
+
+
+if __name__ == "__main__":
+    main()

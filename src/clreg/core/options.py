@@ -1,0 +1,147 @@
+"""Declared settings. Each part of clreg that a run configures (the run itself, the optimiser and its
+schedule, each importance measure) lists its settings once, as `Option`s. Everything else is derived
+from those declarations: the run config's fields and value checks (`clreg.train.config`), the command-line
+flags (`clreg.cli.commands`), the normalisation of run keys, and the option list of `clreg methods`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its name in run files, sweep files and the store, how to read and check a value, its
+    default and help, and the keyword argument of the part that takes it."""
+
+    name: str
+    type: Callable[[Any], Any]  # int, float, bool, str, or a parser raising ValueError
+    default: Any
+    help: str
+    flag: str | None = None  # command-line flag; default --name with - for _
+    choices: tuple | None = None
+    minimum: float | None = None
+    above: bool = False  # the minimum is exclusive
+    maximum: float | None = None
+    check: Callable[[Any], None] | None = None  # further check, raising ValueError("must be ...")
+    argument: str | None = None  # keyword of the measure/optimiser that takes it; default name
+    in_key: bool = True  # part of a run's identity (False: where data is read, which device)
+    key_when_default: bool = True  # False for settings added after runs were stored: keyed only when set
+    default_text: str | None = None  # the [default: ...] shown when the default is resolved elsewhere
+
+    @property
+    def cli_flag(self) -> str:
+        """The command-line flag, e.g. --batch-size."""
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def keyword(self) -> str:
+        """The keyword argument of the part that takes this setting."""
+        return self.argument or self.name
+
+    @property
+    def shown_default(self) -> str:
+        """The default as shown in help texts and `clreg methods`."""
+        if self.default_text is not None:
+            return self.default_text
+        if self.type is bool:
+            return "on" if self.default else "off"
+        return str(self.default)
+
+    def parse(self, value: Any) -> Any:
+        """`value` (from the command line, YAML or JSON) as this setting's type, checked; ValueError
+        ("must be ...") otherwise. None stands for the default where the default is None."""
+        if value is None:
+            if self.default is None:
+                return None
+            raise ValueError(f"must be set (default {self.shown_default}), got None")
+        value = _convert(self.type, value)
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+        if self.minimum is not None and (value <= self.minimum if self.above else value < self.minimum):
+            raise ValueError(f"must be {'>' if self.above else '>='} {self.minimum:g}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"must be <= {self.maximum:g}, got {value}")
+        if self.check is not None:
+            self.check(value)
+        return value
+
+    def key_value(self, value: Any) -> Any:
+        """The value as it enters a run key: numbers normalised (1 and 1.0 alike)."""
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+
+def _convert(kind: Callable[[Any], Any], value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "on", "yes", "1")
+        raise ValueError(f"must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or \
+                (isinstance(value, str) and not value.strip().lstrip("+-").isdigit()):
+            raise ValueError(f"must be an integer, got {value!r}")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number, got {value!r}") from None
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be text, got {value!r}")
+        return value
+    return kind(value)
+
+
+def number_or(word: str) -> Callable[[Any], float | str]:
+    """A parser for a number or one keyword (SOS's alpha: a number or 'auto')."""
+    def parse(value: Any) -> float | str:
+        if value == word:
+            return word
+        try:
+            return _convert(float, value)
+        except ValueError:
+            raise ValueError(f"must be a number or {word!r}, got {value!r}") from None
+    parse.__name__ = f"number_or_{word}"
+    return parse
+
+
+def positive_ints(example: str) -> Callable[[Any], list[int]]:
+    """A parser for a list of integers >= 1, given as a list or as text separated by commas (`example`)."""
+    return _positive_list(int, "integers", example)
+
+
+def positive_floats(example: str) -> Callable[[Any], list[float]]:
+    """A parser for a list of numbers > 0, given as a list or as text separated by commas (`example`)."""
+    return _positive_list(float, "numbers", example)
+
+
+def _positive_list(kind: type, words: str, example: str) -> Callable[[Any], list]:
+    def parse(value: Any) -> list:
+        items = value.split(",") if isinstance(value, str) else value
+        try:
+            numbers = [_convert(kind, v.strip() if isinstance(v, str) else v) for v in items
+                       if not (kind is int and isinstance(v, float))]
+        except (TypeError, ValueError):
+            numbers = []
+        if not isinstance(items, (list, tuple)) or not numbers or len(numbers) != len(items) or min(numbers) <= 0:
+            raise ValueError(f"must be positive {words} separated by commas (e.g. {example}), got {value!r}")
+        return numbers
+    parse.__name__ = f"positive_{kind.__name__}s"
+    return parse
+
+
+def merge(*groups: tuple[Option, ...]) -> tuple[Option, ...]:
+    """Options of several parts, each name once; a name declared twice must be the same declaration."""
+    seen: dict[str, Option] = {}
+    for group in groups:
+        for option in group:
+            if option.name in seen and seen[option.name] != option:
+                raise ValueError(f"setting {option.name!r} is declared twice, differently")
+            seen.setdefault(option.name, option)
+    return tuple(seen.values())
