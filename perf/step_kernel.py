@@ -5,8 +5,9 @@ clreg's fused kernel doing Adam only, Adam + penalty gradient, Adam + penalty + 
 and Adam + penalty + SOS's second moment; and, as the floor, plain copies over the same bytes. The
 extra arrays are what bound SI and SOS: the penalty reads θ* and 2P, the statistic reads and writes
 its state, i.e. four more passes over the parameters than Adam's seven. Then the whole
-`Regularizer.step(optimizer)` for SI and SOS on both backends: the native kernel, and the foreach path
-that every other device and dtype takes (penalty gradient, torch's fused Adam, the statistic's foreach update).
+`Regularizer.step(optimizer)` for SI and SOS on each backend of clreg.core.step: the native kernel, the same
+formula under torch.compile (is compiling the one definition as fast as the hand-written kernel?), the
+optimiser's own step between the formulas ("torch"), and the formula run eagerly, one operation at a time.
 
     python perf/step_kernel.py --out perf/results/step_kernel.json
 """
@@ -20,6 +21,7 @@ import time
 import torch
 
 import clreg
+from clreg.core.step import BACKENDS
 from clreg.core import fused
 from clreg.core import native
 from clreg.importance import StepStatistic
@@ -63,38 +65,42 @@ def measure(width: int) -> dict:
         "copy_one_array_ms": timed(lambda: target.copy_(source)),
     }
     for method in ("si", "sos"):
-        for backend in ("native", "foreach"):
-            row[f"regularizer_step_{method}_{backend}_ms"] = regularizer_step_ms(params, method, backend == "native")
+        for backend in BACKENDS:
+            row[f"regularizer_step_{method}_{backend}_ms"] = regularizer_step_ms(params, method, backend)
+        row[f"compiled_over_native_{method}"] = row[f"regularizer_step_{method}_compiled_ms"] / \
+            row[f"regularizer_step_{method}_native_ms"]
     row["si_extra_ms"] = row["clreg_adam_penalty_si_ms"] - row["clreg_adam_ms"]
     row["si_extra_bytes"] = 4 * 4 * numel  # θ*, 2P and the statistic read, the statistic written
     return row
 
 
-def regularizer_step_ms(params: list[torch.nn.Parameter], method: str, native_kernel: bool) -> float:
-    """Median ms of `Regularizer.step(Adam)` with an active penalty, on the native kernel or the foreach path."""
+def regularizer_step_ms(params: list[torch.nn.Parameter], method: str, backend: str) -> float:
+    """Median ms of `Regularizer.step(Adam)` with an active penalty on one backend of clreg.core.step."""
     reg = clreg.Regularizer(torch.nn.ParameterList(params), method, c=1.0)
     reg.penalty_term.consolidate([torch.rand(p.shape) for p in params], params)
     optimizer = torch.optim.Adam(params, lr=1e-6, fused=True)
-    supported = fused.supported
-    fused.supported = supported if native_kernel else (lambda optimizer: False)
-    try:
-        return timed(lambda: reg.step(optimizer))
-    finally:
-        fused.supported = supported
+    if backend == "compiled":
+        for _ in range(3):  # compiles once per tensor rank and setting: not part of a step's cost
+            reg.step(optimizer, backend=backend)
+    return timed(lambda: reg.step(optimizer, backend=backend))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="2000,400")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads [default: torch's]")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if native.load() is None:
         sys.exit("the fused kernel is unavailable here (no C compiler?)")
     results = {}
     for width in (int(w) for w in args.widths.split(",")):
         row = results[str(width)] = measure(width)
         print(f"width {width} ({row['parameters'] / 1e6:.2f}M parameters): " + ", ".join(
-            f"{k[:-3]} {v:.2f} ms" for k, v in row.items() if k.endswith("_ms")), flush=True)
+            f"{k[:-3]} {v:.2f} ms" for k, v in row.items() if k.endswith("_ms")) + ", " + ", ".join(
+            f"{k} {v:.2f}" for k, v in row.items() if k.startswith("compiled_over")), flush=True)
     if args.out:
         write_json(args.out, {"benchmark": "step_kernel", "results": results, "machine": machine(),
                               "versions": versions(), "command": " ".join(["python", *sys.argv])})

@@ -27,16 +27,24 @@ def test_writing_a_measure_example_registers_and_runs():
 
     measure = next(block for block in python_blocks(LIBRARY) if "@importance.register" in block)
     script = measure + """
+from types import SimpleNamespace
 from clreg.train.config import RunConfig
 from clreg.train.loop import Trainer, load_benchmark
-config = RunConfig(benchmark="permuted-digits", method="grad-squared", gs_power=2, c=1.0, tasks=2, epochs=1,
+config = RunConfig(benchmark="permuted-digits", method="grad-squared", gs_power=3, c=1.0, tasks=2, epochs=1,
                    device="cpu")
 trainer = Trainer(config, load_benchmark(config), progress=False)
 trainer.run()
 print("OMEGA", all(float(o.sum()) > 0 for o in trainer.reg.omega.values()), config.canonical()["gs_power"])
+# p = 3, where (g^2)^p = g^6 and g^(2^p) = g^8 differ: against g^6 written out
+torch.manual_seed(0)
+model, x = torch.nn.Linear(3, 2).double(), torch.randn(5, 3, dtype=torch.double)
+omega = GradientSquared(power=3).task_importance(list(model.parameters()), SimpleNamespace(forward=None, model=model,
+                                                                                           inputs=x))
+grads = torch.autograd.grad(torch.logsumexp(model(x), 1).mean(), list(model.parameters()))
+print("POWER", all(torch.allclose(o, g ** 6, rtol=1e-12, atol=0) for o, g in zip(omega, grads)))
 """
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0 and "OMEGA True 2.0" in p.stdout, p.stderr
+    assert p.returncode == 0 and "OMEGA True 3.0" in p.stdout and "POWER True" in p.stdout, p.stdout + p.stderr
 
 
 def test_links_between_pages_resolve():

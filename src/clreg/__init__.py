@@ -15,3 +15,5 @@ moved.install()
 __version__ = "0.1.0"
 __all__ = ["Regularizer", "QuadraticPenalty", "ImportanceMeasure", "Callback", "create_measure", "method_names",
            "importance", "metrics"]
+
+importance.load_plugins()  # last, with clreg whole: a plugin may import it

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from clreg.distributed import collectives as distributed
 
-from clreg.core import fused
+from clreg.core import fused, optimizers, step as step_backends
 
 from clreg import importance
 from clreg.core.device import single_device
@@ -69,7 +69,7 @@ class Regularizer:
     def __init__(self, model: nn.Module, method: str | ImportanceMeasure = "si", c: float = 1.0, *,
                  heads: Iterable[str] = (), shared: ParamFilter | None = None, decay: float = 1.0,
                  prior: float = 0.0, penalty: str = "online", keep_tasks: bool = False,
-                 memory_budget: int | None = None, process_group=None, **options):
+                 memory_budget: int | None = None, process_group=None, step_backend: str | None = None, **options):
         model = distributed.unwrap(model)
         self.model = model
         self.group = process_group  # torch.distributed group (None: the default one, where initialised)
@@ -80,6 +80,9 @@ class Regularizer:
         self.penalty_term = QuadraticPenalty(self.params, strength, decay=decay, prior=prior, mode=penalty,
                                              keep_tasks=keep_tasks)
         self.memory_budget = memory_budget  # bytes for the per-sample engine (None: by device, clreg.core.device)
+        if step_backend is not None and step_backend not in step_backends.BACKENDS:
+            raise ValueError(f"a step backend is one of {', '.join(step_backends.BACKENDS)}, got {step_backend!r}")
+        self.step_backend = step_backend  # `step`'s backend when it is not given one (None: chosen per step)
         self.last_importance: dict[str, Tensor] | None = None
         self._task_grads: list[Tensor] | None = None
         self._independent: list[Tensor] | None = None
@@ -225,21 +228,24 @@ class Regularizer:
         the measure's statistics stay where they were, and this step's ∇R is discarded."""
         self._step_done()
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
+    def step(self, optimizer: torch.optim.Optimizer, backend: str | None = None) -> None:
         """Finish a training step after `loss.backward()`: add ∇R to the gradient (unless the penalty's
         backward already put it there), `optimizer.step()`, then the measure's step statistic.
 
-        For `torch.optim.Adam`/`AdamW` on float32 CPU tensors the three are one fused native pass over the
-        parameters (`clreg.core.fused`); `.grad` then keeps the task-loss gradient. Everywhere else (CUDA, other
-        dtypes and optimisers) the three run one after the other on `torch._foreach` kernels, with the same
-        numbers.
+        The three are one regularised step (clreg.core.step), run by a backend: "native" (one fused C pass; the
+        default for `torch.optim.Adam`/`AdamW` on float32 CPU tensors), "eager" or "compiled" (clreg's formula
+        for a registered optimiser, clreg.core.optimizers: Adam, AdamW, SGD), or "torch" (the optimiser's own
+        `step()` between the penalty and the statistic: any optimiser; the default where "native" does not
+        apply). All give the same numbers to float rounding; "native" and "eager" the same bits. On the
+        formula backends `.grad` keeps the task-loss gradient.
         """
         statistic = self._statistic()
         try:
             if statistic is not None:
                 self._check_step_inputs(statistic)
-            if self._fusable(optimizer, statistic):
-                self._fused_step(optimizer, statistic)
+            backend = self._backend(optimizer, statistic, backend or self.step_backend)
+            if backend != "torch":
+                self._formula_step(optimizer, statistic, backend)
                 return
             if statistic is not None and statistic.needs_step and self._before_at != self.measure.steps:
                 self._snapshot()  # θ_t, for Δ_t
@@ -286,24 +292,34 @@ class Regularizer:
         if statistic.needs_independent_gradient and self._independent is None:
             raise ValueError(f"method {self.measure.name!r} needs before_step(independent_loss=...) every step")
 
-    def _fusable(self, optimizer: torch.optim.Optimizer, statistic) -> bool:
-        """True if the native fused step can stand in for the three calls with the same numbers."""
-        if not fused.supported(optimizer):
-            return False
+    def _backend(self, optimizer: torch.optim.Optimizer, statistic, asked: str | None) -> str:
+        """The backend that runs this step (see `step`): `asked`, else "native" where it applies, else "torch"."""
+        if asked is not None and asked not in step_backends.BACKENDS:
+            raise ValueError(f"a step backend is one of {', '.join(step_backends.BACKENDS)}, got {asked!r}")
+        entry = optimizers.lookup(optimizer)
         scale = self.penalty_term.gradient_scale
-        if scale is not None and not (isinstance(scale, float) and scale == 1.0):
-            return False  # the penalty's backward was scaled (loss scaling): take it out in Python
-        if statistic is None:
-            return True
-        in_optimizer = {p for group in optimizer.param_groups for p in group["params"]}
-        return all(p in in_optimizer for p in self.params)  # else a shared parameter has no fused statistic
+        formula = entry is not None and (scale is None or (isinstance(scale, float) and scale == 1.0))
+        if statistic is not None:  # the formulas step only the optimiser's parameters: every shared one must be there
+            in_optimizer = {p for group in optimizer.param_groups for p in group["params"]}
+            formula = formula and all(p in in_optimizer for p in self.params)
+        if asked in ("eager", "compiled", "native") and not formula:
+            raise ValueError(f"the {asked!r} step backend needs a registered optimiser "
+                             f"({', '.join(e.name for e in optimizers.UPDATES.values())}) over every regularised "
+                             f"parameter and an unscaled penalty gradient; {type(optimizer).__name__} here: use 'torch'")
+        if asked == "native" and not fused.supported(optimizer, statistic):
+            raise ValueError("the 'native' step backend runs Adam and AdamW on contiguous float32 CPU tensors, "
+                             "with the C kernel built (CLREG_NATIVE unset)")
+        if asked is not None:
+            return asked
+        return "native" if formula and fused.supported(optimizer, statistic) else "torch"
 
     @torch.no_grad()
-    def _fused_step(self, optimizer: torch.optim.Optimizer, statistic) -> None:
+    def _formula_step(self, optimizer: torch.optim.Optimizer, statistic, backend: str) -> None:
         grads = self._grads()  # raises for a missing gradient
         term = self.penalty_term
-        penalty = (2 if term.in_grad else 1) if term.active else 0
-        anchors = term.centre if penalty else [None] * len(grads)
+        penalty = (step_backends.PENALTY_IN_GRAD if term.in_grad else step_backends.ADD_PENALTY) if term.active \
+            else step_backends.NO_PENALTY
+        centres = term.centre if penalty else [None] * len(grads)
         precisions = term.twice_precision() if penalty else [None] * len(grads)
         states = self.measure.state if statistic else [None] * len(grads)
         weights = (statistic.task_weight, statistic.independent_weight) if statistic else (0.0, 0.0)
@@ -316,8 +332,12 @@ class Regularizer:
             weights = (0.0, 1.0)
         elif self._independent is not None:
             others = self._independent
-        regularized = dict(zip(self.params, zip(anchors, precisions, states, others)))
-        fused.adam_step(optimizer, regularized, penalty, statistic, *weights)
+        regularized = dict(zip(self.params, zip(centres, precisions, states, others)))
+        if backend == "native":
+            fused.adam_step(optimizer, regularized, penalty, statistic, *weights)
+        else:
+            step_backends.optimizer_step(optimizers.lookup(optimizer), optimizer, regularized, penalty, statistic,
+                                         *weights, compiled=backend == "compiled")
         if statistic is not None:
             self.measure.steps += 1
             self._before_at = None  # θ_t is not kept on this path

@@ -12,14 +12,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from clreg import importance
 from clreg.analysis.probe import Probe, trained_parameters
+from clreg.core import formulas
 
 SUMS = ("si", "siu", "sib")
+# each sum's u = a·g_t + b·g'_t: the measures' own declarations (clreg.importance.trajectory)
+STATISTICS = {name: importance.measure_class(name)().step_statistic() for name in SUMS}
 
 
-def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    """Σ a·b over both lists in float64, as a 0-dim tensor on their device (summed in list order, no host sync)."""
-    return sum(torch.dot(x.reshape(-1).double(), y.reshape(-1).double()) for x, y in zip(a, b))
+def path_sum(u: list[Tensor], delta: list[Tensor]) -> Tensor:
+    """Σ over all parameters of one step of the path integral, −u ⊙ Δ (clreg.core.formulas.path from s = 0), in
+    float64, as a 0-dim tensor on their device (summed in list order, no host sync)."""
+    zero = torch.zeros((), dtype=torch.float64, device=u[0].device)
+    return sum(formulas.path(zero, x.double(), d.double()).sum() for x, d in zip(u, delta))
 
 
 def recorded(step: int, record_every: int, steps_per_epoch: int) -> bool:
@@ -72,8 +78,9 @@ class BiasProbe(Probe):
 
     def stepped(self, trainer, grads, independent, delta) -> None:  # noqa: D102
         delta = [d.double() for d in delta]  # widened once for the three sums
-        sib = _dot(torch._foreach_sub(grads, independent), delta)  # computed on its own, not as si − siu
-        self.sums = self.sums - torch.stack([_dot(grads, delta), _dot(independent, delta), sib])
+        # each sum from its own u (SIB's g − g' computed as such, not as si − siu)
+        self.sums = self.sums + torch.stack([path_sum(STATISTICS[name].combine(grads, independent), delta)
+                                             for name in SUMS])
         self.step += 1
         if recorded(self.step, self.record_every, self.per_epoch):
             self.pending.append((self.step, self.sums))
@@ -94,7 +101,7 @@ class BiasProbe(Probe):
             self.start_loss = loss
         else:
             moved = torch._foreach_sub(theta, self.last[0])
-            start_term, end_term = (-torch.stack([_dot(self.last[1], moved), _dot(full, moved)])).tolist()
+            start_term, end_term = torch.stack([path_sum(self.last[1], moved), path_sum(full, moved)]).tolist()
             self.full_path += start_term  # as SI sums it: the gradient where each stretch starts
             self.trapezoid += 0.5 * (start_term + end_term)  # exact for a quadratic loss
         self.last = (theta, [g.clone() for g in full])

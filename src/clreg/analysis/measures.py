@@ -14,7 +14,7 @@ from torch import Tensor
 from clreg import importance
 from clreg.benchmarks import derive_seed
 from clreg.importance import TaskSample
-from clreg.importance.trajectory import SecondOrderSynapses
+from clreg.importance.trajectory import SecondOrderSynapses, path_importance
 from clreg.models.build import task_forward
 from clreg.analysis.probe import Probe
 from clreg.analysis.stats import ScatterSample, StreamingCorrelation, slope_through_origin
@@ -47,10 +47,9 @@ def path_variants(name: str, path: list[Tensor], start: list[Tensor], params: li
                   ) -> dict[str, list[Tensor]]:
     """SPEC §2's SI-type importance and its variants from one path integral s: `name` (rescaled by
     (θ_end − θ_start)² + ξ, clipped at 0: the method), `-noclip`, `-raw` (s clipped), `-raw-noclip` (s)."""
-    denominator = [(p.detach() - s0).square_() + xi for p, s0 in zip(params, start)]
-    rescaled = [s / d for s, d in zip(path, denominator)]
-    return {name: [r.clamp_min(0) for r in rescaled], f"{name}-noclip": rescaled,
-            f"{name}-raw": [s.clamp_min(0) for s in path], f"{name}-raw-noclip": [s.clone() for s in path]}
+    return {f"{name}{suffix}": path_importance(path, start, params, xi, rescale, clip)
+            for suffix, rescale, clip in (("", True, True), ("-noclip", True, False), ("-raw", False, True),
+                                          ("-raw-noclip", False, False))}
 
 
 class MeasuresProbe(Probe):

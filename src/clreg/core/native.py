@@ -27,8 +27,8 @@ class StepOptions(ctypes.Structure):
     """Mirror of `clreg_step_options` in fused_step.c (same field order and types)."""
 
     _fields_ = [(name, ctypes.c_double) for name in (
-        "lr", "beta1", "beta2", "eps", "weight_decay", "bias_correction1", "bias_correction2_sqrt",
-        "task_weight", "other_weight", "decay")] + [
+        "weight_decay", "decay_factor", "one_minus_beta1", "beta2", "one_minus_beta2", "step_size",
+        "inverse_bias_correction2_sqrt", "eps", "task_weight", "other_weight", "decay", "one_minus_decay")] + [
         (name, ctypes.c_int64) for name in ("decoupled", "penalty", "statistic", "threads")]
 
 

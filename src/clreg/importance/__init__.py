@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from importlib.metadata import entry_points
 
 from clreg.core.options import Option, merge
@@ -20,7 +21,7 @@ ENTRY_POINTS = "clreg.measures"  # other packages register measures under this e
 def register(cls: type[ImportanceMeasure]) -> type[ImportanceMeasure]:
     """Add a measure under `cls.name` (usable as a class decorator). Its declared `settings` become run
     settings, flags and `clreg methods` lines; register before `clreg.train.config` is imported (entry points
-    in the clreg.measures group are loaded when clreg.importance is)."""
+    in the clreg.measures group are loaded when clreg is: `load_plugins`)."""
     if not cls.name or cls.name in REGISTRY:
         raise ValueError(f"a measure needs a name not yet registered, got {cls.name!r} ({cls.__name__})")
     REGISTRY[cls.name] = cls
@@ -31,9 +32,22 @@ for _cls in (SynapticIntelligence, SynapticIntelligenceUnbiased, SynapticIntelli
              Fisher, SqrtFisher, AbsoluteFisher, MemoryAwareSynapses, MemoryAwareSynapsesLogits,
              MaxMemoryAwareSynapses, MaxMemoryAwareSynapsesLogits, WeightMagnitude, L2, L2Constant, FineTune):
     register(_cls)
-for _entry in entry_points(group=ENTRY_POINTS):
-    register(_entry.load())
 ALIASES = {"ewc": "fisher"}
+
+
+def load_plugins() -> None:
+    """Register the measures of the clreg.measures entry-point group (`import clreg` calls this once, when clreg
+    and clreg.importance are whole, so a plugin may import either). A plugin that registers itself with the
+    decorator on load counts as registered; one that fails to load or to register is skipped with a warning
+    naming it, and takes nothing else down."""
+    for entry in entry_points(group=ENTRY_POINTS):
+        try:
+            cls = entry.load()
+            if REGISTRY.get(getattr(cls, "name", None)) is not cls:
+                register(cls)
+        except Exception as error:  # noqa: BLE001 (any failure of a third party's code)
+            warnings.warn(f"clreg: skipped the measure plugin {entry.name!r} ({entry.value}): "
+                          f"{type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
 
 
 def method_names() -> list[str]:

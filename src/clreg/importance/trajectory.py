@@ -85,17 +85,24 @@ class SynapticIntelligence(TrajectoryMeasure):
     def step_statistic(self) -> StepStatistic:  # noqa: D102
         return StepStatistic("path", *self.weights)
 
-    @torch.no_grad()
     def task_importance(self, params: list[Tensor], sample: TaskSample | None) -> list[Tensor]:  # noqa: D102
-        omega = [s.clone() for s in self.state]
-        if self.rescale:
-            moved = torch._foreach_sub([p.detach() for p in params], self.start)
-            denominator = torch._foreach_mul(moved, moved)
-            torch._foreach_add_(denominator, self.xi)
-            torch._foreach_div_(omega, denominator)
-        if self.clip:
-            torch._foreach_clamp_min_(omega, 0.0)
-        return omega
+        return path_importance(self.state, self.start, params, self.xi, self.rescale, self.clip)
+
+
+@torch.no_grad()
+def path_importance(path: list[Tensor], start: list[Tensor], params: list[Tensor], xi: float, rescale: bool = True,
+                    clip: bool = True) -> list[Tensor]:
+    """SI's ω from its path integral s (docs/algorithms.md §2): s / ((θ_end − θ_start)² + ξ) where `rescale`, then
+    clipped at 0 where `clip` (new tensors)."""
+    omega = [s.clone() for s in path]
+    if rescale:
+        moved = torch._foreach_sub([p.detach() for p in params], start)
+        denominator = torch._foreach_mul(moved, moved)
+        torch._foreach_add_(denominator, xi)
+        torch._foreach_div_(omega, denominator)
+    if clip:
+        torch._foreach_clamp_min_(omega, 0.0)
+    return omega
 
 
 class SynapticIntelligenceUnbiased(SynapticIntelligence):

@@ -107,31 +107,36 @@ class Trainer:
     def run(self, checkpoint_path: str | Path | None = None, resume: bool = False) -> np.ndarray:
         """Train on every task; return the accuracy matrix A[k, j]. With `checkpoint_path`, the state is
         saved after every task; with `resume` too, a run starts from that checkpoint when it exists."""
-        k_total = self.bench.num_tasks
-        accuracy = self.accuracy = np.zeros((k_total, k_total))  # rows filled as tasks finish (callbacks read it)
-        first = 0
-        if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-            first = self.load_state_dict(checkpoint.load(checkpoint_path, self.config.canonical()), accuracy)
+        first = self.start(checkpoint_path if resume else None)
         with precision_scope(self.device, self.config.precision):
-            self._train_tasks(first, accuracy, checkpoint_path)
-        return accuracy
-
-    def _train_tasks(self, first: int, accuracy: np.ndarray, checkpoint_path: str | Path | None) -> None:
-        k_total = self.bench.num_tasks
-        for task in range(first, k_total):
-            if self.search is not None:
-                self.search.train(self, task)
-            else:
-                self.train_task(task)
-            start = time.perf_counter()
-            accuracy[task] = [evaluate(self.model, self.bench, j) for j in range(k_total)]
-            self.timing["evaluation_seconds"] += time.perf_counter() - start
-            for callback in self.callbacks:
-                callback.on_evaluation(self, task, accuracy[task].tolist())
-            if checkpoint_path is not None and distributed.rank() == 0:  # (every process holds the same state)
-                checkpoint.save(checkpoint_path, self.state_dict(accuracy[:task + 1]))
+            for task in range(first, self.bench.num_tasks):
+                if self.search is not None:
+                    self.search.train(self, task)
+                else:
+                    self.train_task(task)
+                self.record_task(task, checkpoint_path)
         if self.config.revisit:
-            self.revisit_first_task(accuracy[-1].tolist())
+            self.revisit_first_task(self.accuracy[-1].tolist())
+        return self.accuracy
+
+    def start(self, resume_from: str | Path | None = None) -> int:
+        """Before the first task: an empty accuracy matrix, filled from the checkpoint at `resume_from` where it
+        exists; returns the first task to train."""
+        k_total = self.bench.num_tasks
+        self.accuracy = np.zeros((k_total, k_total))  # rows filled as tasks finish (callbacks read it)
+        if resume_from is not None and Path(resume_from).exists():
+            return self.load_state_dict(checkpoint.load(resume_from, self.config.canonical()), self.accuracy)
+        return 0
+
+    def record_task(self, task: int, checkpoint_path: str | Path | None = None) -> None:
+        """After task `task`: its row of the accuracy matrix, on_evaluation, and the checkpoint where asked."""
+        start = time.perf_counter()
+        self.accuracy[task] = [evaluate(self.model, self.bench, j) for j in range(self.bench.num_tasks)]
+        self.timing["evaluation_seconds"] += time.perf_counter() - start
+        for callback in self.callbacks:
+            callback.on_evaluation(self, task, self.accuracy[task].tolist())
+        if checkpoint_path is not None and distributed.rank() == 0:  # (every process holds the same state)
+            checkpoint.save(checkpoint_path, self.state_dict(self.accuracy[:task + 1]))
 
     def state_dict(self, accuracy: np.ndarray) -> dict:
         """Everything a resumed run needs after the tasks whose accuracy rows are given: model, penalty,

@@ -1,30 +1,25 @@
-"""One optimiser step for every run of a vectorised job at once: the elementwise half of clreg.vectorized.trainer.
+"""One optimiser step for every run of a vectorised job at once: clreg.core.step's `tensor_step` on stacked tensors.
 
 On a GPU a run of a small network is a few dozen kernel launches per step, and each run's own step (penalty
-gradient, Adam, trajectory statistic) is a few dozen more, so K runs stepping one by one would be launch-bound
-K times over. `StackedStep` does the same arithmetic once on the stacked tensors, with each run's own scalars
-(learning rate, weight decay, the precision 2P that carries its c, its statistic's weights) broadcast along
-the leading dimension:
+gradient, optimiser, trajectory statistic) is a few dozen more, so K runs stepping one by one would be
+launch-bound K times over. `StackedStep` runs the one regularised step of clreg.core.step on the stacked
+`[K, ...]` tensors, each run's scalars (learning rate, weight decay, the precision 2P that carries its c, its
+statistic's weights) broadcast along the leading dimension as `[K, 1, ...]` columns where they differ
+(clreg.core.step.stacked_scalars). The formulas are clreg.core.formulas', and the optimiser's entry is the one
+clreg.core.optimizers registers for the runs' optimiser class (Adam, AdamW, SGD, or one registered later).
 
-    g ← g + 2P ⊙ (θ − m)                         (the penalty, where the run's penalty is active)
-    g ← g + λθ  (Adam)      θ ← θ(1 − ηλ)  (AdamW)
-    Adam:  m ← β₁m + (1 − β₁)g,  v ← β₂v + (1 − β₂)g²,  θ ← θ − η/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
-    then the statistic of clreg.core.statistic on u = a·g_t + b·g'_t and Δ = θ_new − θ_old.
-
-These are torch.optim.Adam's, QuadraticPenalty's and StepStatistic's formulas; the numbers agree with each
-run's own step to float rounding (not bit for bit: the operations are grouped differently). Each run's
-statistic state is a view of the stacked one, so its measure reads it at the task's end as usual. The CPU
-keeps each run's own step (the fused native kernel, bit for bit the run alone).
+Each member's slice equals its step alone on the "eager" backend bit for bit (same operations, same order); on
+the CPU a run alone takes the "native" kernel, equal to rounding (torch's vectorised sqrt is not the correctly
+rounded one). Each run's statistic state is a view of the stacked one, so its measure reads it at the task's end
+as usual.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
-OPTIMIZERS = ("adam", "adamw")
-BETAS, EPS = (0.9, 0.999), 1e-8  # clreg.train.optim's Adam
+from clreg.core import formulas, optimizers
+from clreg.core.step import ADD_PENALTY, NO_PENALTY, stacked_scalars, tensor_step
 
 
 class StackedStep:
@@ -32,24 +27,30 @@ class StackedStep:
 
     def __init__(self, members, net):
         self.members, self.net = members, net
-        self.names = list(net.params)
         self.regularized = list(members[0].reg.names)
         self.position = {n: i for i, n in enumerate(self.regularized)}
-        self.optimizer = members[0].config.optimizer
-        self.columns: dict[tuple, Tensor] = {}  # per-run scalars on the device, made once per distinct value
 
     @staticmethod
-    def supported(members) -> bool:
-        """True if every run steps with Adam or AdamW (clreg.train.optim), with g_t not taken from split halves."""
-        return all(m.config.optimizer in OPTIMIZERS and not m.reg.split for m in members)
+    def why_not(members) -> str | None:
+        """Why the runs cannot step as one (None: they can): an optimiser without a registered formula, or SOS's
+        g_t taken from split halves."""
+        if any(m.reg.split for m in members):
+            return "sos split takes g_t from the halves of the batch"
+        kinds = {m.config.optimizer for m in members}
+        if len(kinds) > 1:
+            return f"the runs use different optimisers ({', '.join(sorted(kinds))})"
+        return None
 
     @torch.no_grad()
     def begin_task(self) -> None:
-        """After every run's task start (re-init, consolidation): fresh Adam moments, the penalties' 2P and
-        centres stacked, and each run's statistic state made a view of a stacked one."""
+        """After every run's task start (re-init, consolidation, a fresh optimiser): its optimiser's entry, fresh
+        stacked optimiser state, the penalties' 2P and centres stacked, and each run's statistic state made a
+        view of a stacked one."""
         self.t = 0
-        self.exp_avg = {n: torch.zeros_like(p) for n, p in self.net.params.items()}
-        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in self.net.params.items()}
+        self.entry = optimizers.lookup(self.members[0].optimizer)
+        if self.entry is None:
+            raise ValueError(f"the stacked step has no formula for {type(self.members[0].optimizer).__name__}")
+        self.state = {n: [torch.zeros_like(p) for _ in self.entry.state] for n, p in self.net.params.items()}
         terms = [m.reg.penalty_term for m in self.members]
         self.penalized = any(term.active for term in terms)
         if self.penalized:
@@ -59,69 +60,68 @@ class StackedStep:
         measures = [m.reg.measure for m in self.members]
         self.statistic = measures[0].step_statistic() if measures[0].trajectory else None
         if self.statistic is not None:
-            self.state = {}
+            self.stat = {}
             for i, n in enumerate(self.regularized):
-                self.state[n] = torch.stack([measure.state[i] for measure in measures])
+                self.stat[n] = torch.stack([measure.state[i] for measure in measures])
                 for k, measure in enumerate(measures):
-                    measure.state[i] = self.state[n][k]
-            stats = [measure.step_statistic() for measure in measures]
-            self.weights = [(s.task_weight, s.independent_weight, s.decay) for s in stats]
+                    measure.state[i] = self.stat[n][k]
+            self.statistics = [measure.step_statistic() for measure in measures]
+        self._share_optimizer_state()
 
-    def _column(self, values: list[float], like: Tensor) -> Tensor:
-        """The runs' values as a [K, 1, ...] tensor beside `like`; cached, so a step copies nothing to the device
-        unless a value changed (a schedule's learning rate)."""
-        key = (tuple(values), like.dim(), like.dtype, like.device)
-        if key not in self.columns:
-            if len(self.columns) > 256:  # a schedule changes the rate every step: keep the cache small
-                self.columns.clear()
-            self.columns[key] = torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
-        return self.columns[key]
+    def _share_optimizer_state(self) -> None:
+        """Each run's optimiser state made views of the stacked one, so that its own step can take over."""
+        for k, member in enumerate(self.members):
+            params = dict(member.model.named_parameters())
+            for name in self.net.params:
+                state = {n: self.state[name][j][k] for j, n in enumerate(self.entry.state)}
+                if self.entry.counts_steps:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                member.optimizer.state[params[name]] = state
+
+    def hand_over(self) -> None:
+        """Before the runs' own steps take over within a task: their step counts brought up to date (their
+        moments are views of the stacked ones already)."""
+        if not self.entry.counts_steps:
+            return
+        for member in self.members:
+            for group in member.optimizer.param_groups:
+                for p in group["params"]:
+                    member.optimizer.state[p]["step"].fill_(self.t)
 
     @torch.no_grad()
     def step(self, task_grads: list[Tensor] | None, independent: list[Tensor] | None) -> None:
         """One step of every run. `.grad` of the stacked parameters holds the task-loss gradients; `task_grads`
         (g_t with dropout off) and `independent` (g'_t), stacked and in `regularized` order, where taken."""
         self.t += 1
-        beta1, beta2 = BETAS
-        correction1, correction2 = 1 - beta1 ** self.t, math.sqrt(1 - beta2 ** self.t)
         groups = [m.optimizer.param_groups[0] for m in self.members]
-        lr_values = [g["lr"] for g in groups]
-        decay_values = [g["weight_decay"] for g in groups]
-        position = self.position
+        per_run = [self.entry.scalars(group, self.t) for group in groups]
         for name, p in self.net.params.items():
-            grad = p.grad
-            if grad is None:
+            if p.grad is None:
                 continue
-            lr = self._column(lr_values, p)
-            before = p.clone() if self.statistic is not None and self.statistic.needs_step and name in position else None
-            total = grad
-            if self.penalized and name in position:
-                total = grad + self.precision[name] * (p - self.centre[name])
-            if any(decay_values):
-                decay = self._column(decay_values, p)
-                if self.optimizer == "adamw":
-                    p.mul_(1 - lr * decay)
-                else:
-                    total = total + decay * p
-            self.exp_avg[name].lerp_(total, 1 - beta1)
-            self.exp_avg_sq[name].mul_(beta2).addcmul_(total, total, value=1 - beta2)
-            denominator = (self.exp_avg_sq[name].sqrt() / correction2).add_(EPS)
-            p.sub_(lr / correction1 * self.exp_avg[name] / denominator)
-            if self.statistic is not None and name in position:
-                i = position[name]
-                g = grad if task_grads is None else task_grads[i]
-                self._statistic(name, p, g, None if independent is None else independent[i], before)
-        for member in self.members:
-            if self.statistic is not None:
+            i = self.position.get(name)
+            scalars = stacked_scalars(per_run, p)
+            penalty = ADD_PENALTY if self.penalized and i is not None else NO_PENALTY
+            kind = stat = other = None
+            weights, stat_scalars = (1.0, 0.0), None
+            grad = p.grad
+            if self.statistic is not None and i is not None:
+                kind, stat = self.statistic.definition, self.stat[name]
+                columns = stacked_scalars([{"a": s.task_weight, "b": s.independent_weight, **s.scalars()}
+                                           for s in self.statistics], p)
+                weights, stat_scalars = (columns.pop("a"), columns.pop("b")), columns
+                other = None if independent is None else independent[i]
+                if task_grads is not None:  # g_t taken with dropout off: u = a·g_t + b·g'_t, passed whole
+                    other, weights = formulas.combine(task_grads[i], other, *weights), (0.0, 1.0)
+            new_p, new_state, new_stat = tensor_step(
+                self.entry.update, p.detach(), grad, tuple(self.state[name]), scalars, penalty,
+                self.centre.get(name) if penalty else None, self.precision.get(name) if penalty else None,
+                kind, stat, other, *weights, stat_scalars)
+            p.detach().copy_(new_p)
+            for live, new in zip(self.state[name], new_state):
+                if new is not live:
+                    live.copy_(new)
+            if stat is not None:
+                stat.copy_(new_stat)
+        if self.statistic is not None:
+            for member in self.members:
                 member.reg.measure.steps += 1
-
-    def _statistic(self, name: str, p: Tensor, g: Tensor, other: Tensor | None, before: Tensor | None) -> None:
-        a = self._column([w[0] for w in self.weights], p)
-        u = a * g
-        if other is not None:
-            u = u + self._column([w[1] for w in self.weights], p) * other
-        if self.statistic.kind == "path":
-            self.state[name].sub_(u * (p - before))
-        else:
-            decay = self._column([w[2] for w in self.weights], p)
-            self.state[name].mul_(decay).add_((1 - decay) * u * u)

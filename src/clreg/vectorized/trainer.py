@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clreg.train import checkpoint
 
 from clreg.distributed import collectives as distributed
 
@@ -33,16 +32,17 @@ from clreg.benchmarks import Benchmark
 from clreg.train.config import RunConfig
 from clreg.core.device import autocast, precision_scope, resolve_device
 from clreg.vectorized.stacked import RandomStates, StackedNetwork
-from clreg.vectorized.step import OPTIMIZERS, StackedStep
+from clreg.vectorized.step import StackedStep
 from clreg.train.steplog import StepLog
 from clreg.train.task_search import TaskSearch
-from clreg.train.evaluation import evaluate
 from clreg.train.guard import Diverged
 from clreg.train.loop import TaskPlan, Trainer, load_benchmark, result_of
 
 NETWORKS = ("mlp", "cifar-cnn")
-# settings in which the runs of one vectorised job may differ: none changes a shape or the number of steps
+# settings in which the runs of one vectorised job may differ: none changes a shape; each run keeps its own number
+# of steps (epochs, task sizes, the split it is scored on) and its own learning-rate schedule
 FREE = ("seed", "c", "reinit", "lr", "evaluate_on", "importance_samples", "penalty", "prior", "decay", "weight_decay",
+        "epochs", "task_sizes", "lr_schedule", "lr_gamma", "lr_step_epochs", "lr_min_factor", "momentum",
         *(o.name for o in importance.settings() if o.name != "sos_split"))
 
 
@@ -98,13 +98,13 @@ class VectorizedTrainer:
         first = self.members[0]
         self.net.probe(first.bench.batch(0, torch.arange(2, device=self.device))[0])
         self.failures: dict[int, Diverged] = {}
+        reason = StackedStep.why_not(self.members)
         if stacked_step is None:
-            stacked_step = self.device.type != "cpu" and StackedStep.supported(self.members)
-        elif stacked_step and not StackedStep.supported(self.members):
-            raise ValueError(f"the stacked step takes Adam or AdamW ({', '.join(OPTIMIZERS)}), not "
-                             f"{configs[0].optimizer!r}, and no sos split")
+            stacked_step = self.device.type != "cpu" and reason is None
+        elif stacked_step and reason:
+            raise ValueError(f"the stacked step cannot serve these runs: {reason}")
         self.stepper = StackedStep(self.members, self.net) if stacked_step else None
-        self.stacked = False  # this task steps all runs at once
+        self.stacked = False  # the current steps serve all runs at once
         self.started = [0] * len(self.members)  # the first task each run trains (later ones resume from a checkpoint)
 
     @property
@@ -115,40 +115,28 @@ class VectorizedTrainer:
     def run(self, checkpoint_paths: Sequence[str | Path] | None = None, resume: bool = False) -> list[dict | Diverged]:
         """Train every run on every task; return, per run, its result (as `clreg.train.loop.run`'s) or its Diverged.
         With `checkpoint_paths` (one per run), each run is saved after every task; with `resume`, a run starts
-        from its checkpoint where there is one."""
-        tasks = self.members[0].bench.num_tasks
-        accuracy = [np.zeros((tasks, tasks)) for _ in self.members]
-        if resume and checkpoint_paths:
-            for k, (member, path) in enumerate(zip(self.members, checkpoint_paths)):
-                if Path(path).exists():
-                    with self.rng.of(k):
-                        self.started[k] = member.load_state_dict(checkpoint.load(path, member.config.canonical()),
-                                                                 accuracy[k])
+        from its checkpoint where there is one. Evaluation, checkpoints and resuming are each member's Trainer's."""
+        paths = list(checkpoint_paths) if checkpoint_paths else [None] * self.size
+        for k, (member, path) in enumerate(zip(self.members, paths)):
+            with self.rng.of(k):
+                self.started[k] = member.start(path if resume else None)
         with precision_scope(self.device, self.members[0].config.precision):
-            for task in range(min(self.started), tasks):
+            for task in range(min(self.started), self.members[0].bench.num_tasks):
                 active = [k for k in range(self.size) if k not in self.failures and self.started[k] <= task]
                 self.train_task(task, active)
                 for k in active:
                     if k not in self.failures:
-                        self._evaluate(k, task, accuracy[k], checkpoint_paths[k] if checkpoint_paths else None)
+                        with self.rng.of(k):
+                            self.members[k].record_task(task, paths[k])
         for member in self.members:
             member.log.close()
-        return [self.failures.get(k) or {**result_of(m, accuracy[k]), "vectorized": {"runs": self.size, "member": k}}
+        return [self.failures.get(k) or {**result_of(m, m.accuracy), "vectorized": {"runs": self.size, "member": k}}
                 for k, m in enumerate(self.members)]
 
-    def _evaluate(self, k: int, task: int, accuracy: np.ndarray, path: str | Path | None) -> None:
-        member = self.members[k]
-        start = time.perf_counter()
-        accuracy[task] = [evaluate(member.model, member.bench, j) for j in range(member.bench.num_tasks)]
-        member.timing["evaluation_seconds"] += time.perf_counter() - start
-        for callback in member.callbacks:
-            callback.on_evaluation(member, task, accuracy[task].tolist())
-        if path is not None:
-            with self.rng.of(k):
-                checkpoint.save(path, member.state_dict(accuracy[:task + 1]))
-
     def train_task(self, task: int, active: list[int]) -> None:
-        """Task `task`'s steps for the runs `active`, in lockstep, then each run's importance and consolidation."""
+        """Task `task`'s steps for the runs `active`, each for its own number of steps (its epochs, task size and
+        split), then each run's importance and consolidation. While every run steps, one stacked step serves them
+        all; once one has finished (or diverged), the others take their own steps, from the same optimiser state."""
         plans: dict[int, TaskPlan] = {}
         for k in active:
             with self.rng.of(k):
@@ -158,7 +146,8 @@ class VectorizedTrainer:
             self.stepper.begin_task()
         start = time.perf_counter()
         for task_step in range(max((p.steps for p in plans.values()), default=0)):
-            live = [k for k in active if k not in self.failures and not self.members[k].stop_task]
+            live = [k for k in active if k not in self.failures and not self.members[k].stop_task
+                    and task_step < plans[k].steps]
             if not live:
                 break
             self._step(task, task_step, live, plans)
@@ -175,7 +164,11 @@ class VectorizedTrainer:
                 member.finish_task(task)
 
     def _step(self, task: int, task_step: int, live: list[int], plans: dict[int, TaskPlan]) -> None:
-        """One optimiser step of every live run: one batched forward and backward, then each run's own step."""
+        """One optimiser step of every live run: one batched forward and backward, then one stacked step (while
+        every run is live) or each run's own step."""
+        if self.stacked and len(live) < self.size:  # a run finished or diverged: the others go on alone
+            self.stepper.hand_over()
+            self.stacked = False
         batches = {k: self.members[k].next_batch(plans[k], task_step) for k in live}
         x, y = self._stack(batches, live, lambda b: (b.x, b.y))
         first = self.members[live[0]]
@@ -189,7 +182,7 @@ class VectorizedTrainer:
             statistic = reg.measure.trajectory
             task_grads = independent = None
             if statistic and first.dropout and reg.measure.uses_task_gradient:
-                task_grads = self._gradients(x, y, task, live)  # g_t with dropout off (SPEC §2)
+                task_grads = self._gradients(x, y, task, live)  # g_t with dropout off (docs/algorithms.md §2)
             if statistic and reg.needs_independent_batch:
                 independent = self._gradients(*self._stack(batches, live, lambda b: b.independent), task, live)
         stepped = self._stacked_step(live, losses, task_grads, independent) if self.stacked else \

@@ -1,19 +1,20 @@
-/* clreg's fused training step: in one pass over a parameter tensor,
- *   1. the penalty gradient 2P(θ − θ*) joins the task gradient g (or is taken out of a gradient that
- *      already holds it, when the penalty was in the loss),
- *   2. Adam or AdamW updates θ, m, v exactly as torch.optim.Adam(fused=True) does,
- *   3. a trajectory statistic is accumulated from u = a·g + b·g' (g' another gradient):
- *        path:   s += −u ⊙ (θ_new − θ_old)          (SI, SIU, SIB)
- *        moment: s  = β s + (1 − β) u ⊙ u           (SOS)
+/* clreg's fused training step: a registered fast path (clreg.core.step, backend "native") for the step that
+ * clreg.core.step.tensor_step defines with the formulas of clreg.core.formulas, for Adam and AdamW on float32.
+ * This file defines no formula of its own: it executes those, operation for operation in their order and
+ * without contraction (-ffp-contract=off), so that it equals them bit for bit; tests/test_step.py holds it
+ * there. Every scalar arrives derived in float64 by clreg.core.optimizers and clreg.core.statistic.
+ * In one pass over a parameter tensor:
+ *   1. the penalty gradient 2P(θ − m) joins g (penalty 1), or is taken out of g for the statistic (penalty 2),
+ *   2. formulas.adam updates θ, m, v,
+ *   3. the statistic: formulas.path (statistic 1) or formulas.moment (statistic 2) of u = a·g + b·g'.
  * Unfused, these are ~20 passes over the parameters per step; fused, the penalty and the statistic
- * add three arrays to Adam's four. Built at first use by clreg.native; plain C, no torch headers. */
+ * add three arrays to Adam's four. Built at first use by clreg.core.native; plain C, no torch headers. */
 #include <stdint.h>
 #include <math.h>
 
 typedef struct {
-    double lr, beta1, beta2, eps, weight_decay;
-    double bias_correction1, bias_correction2_sqrt;
-    double task_weight, other_weight, decay;
+    double weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2, step_size, inverse_bias_correction2_sqrt, eps;
+    double task_weight, other_weight, decay, one_minus_decay;
     int64_t decoupled;         /* 1: AdamW's θ ← θ(1 − lr·wd); 0: Adam's g ← g + wd·θ */
     int64_t penalty;           /* 0 none, 1 add 2P(θ−θ*) to g, 2 g already holds it: take it out for u */
     int64_t statistic;         /* 0 none, 1 path, 2 moment */
@@ -27,14 +28,12 @@ static inline void step_range(int64_t begin, int64_t end, const clreg_step_optio
                               float *restrict stat, const float *restrict other,
                               const int penalty, const int statistic, const int decoupled, const int has_other)
 {
-    const float lr = (float)o->lr, wd = (float)o->weight_decay;
-    const float one_minus_beta1 = (float)(1.0 - o->beta1), beta2 = (float)o->beta2;
-    const float one_minus_beta2 = (float)(1.0 - o->beta2), eps = (float)o->eps;
-    const float step_size = (float)(o->lr / o->bias_correction1);
-    const float bc2_sqrt = (float)o->bias_correction2_sqrt;
+    const float wd = (float)o->weight_decay, decay_factor = (float)o->decay_factor;
+    const float one_minus_beta1 = (float)o->one_minus_beta1, beta2 = (float)o->beta2;
+    const float one_minus_beta2 = (float)o->one_minus_beta2, eps = (float)o->eps;
+    const float step_size = (float)o->step_size, inv_bc2_sqrt = (float)o->inverse_bias_correction2_sqrt;
     const float a = (float)o->task_weight, b = (float)o->other_weight;
-    const float decay = (float)o->decay, one_minus_decay = (float)(1.0 - o->decay);
-    const float decay_factor = 1.0f - lr * wd;
+    const float decay = (float)o->decay, one_minus_decay = (float)o->one_minus_decay;
 #pragma omp simd
     for (int64_t i = begin; i < end; i++) {
         const float theta = param[i];
@@ -44,14 +43,14 @@ static inline void step_range(int64_t begin, int64_t end, const clreg_step_optio
             if (penalty == 1) g += pen; else g_task -= pen;
         }
         float p = theta;
-        if (wd != 0.0f) {
+        if (o->weight_decay != 0.0) {
             if (decoupled) p *= decay_factor; else g += wd * theta;
         }
         const float m = exp_avg[i] + one_minus_beta1 * (g - exp_avg[i]);
         const float v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g;
         exp_avg[i] = m;
         exp_avg_sq[i] = v;
-        p -= step_size * m / (sqrtf(v) / bc2_sqrt + eps);
+        p -= step_size * m / (sqrtf(v) * inv_bc2_sqrt + eps);
         param[i] = p;
         if (statistic) {
             const float u = has_other ? a * g_task + b * other[i] : a * g_task;
