@@ -45,8 +45,8 @@ def clreg(*args, **kwargs):
     (["--lr-schedule", "step", "--lr-min-factor", "0.5"], "lr_min_factor applies to lr_schedule cosine only"),
     (["--lr-gamma", "0"], "Invalid value for '--lr-gamma': must be > 0, got 0.0"),
     (["--benchmark", "split-cifar10", "--hidden", "32,64"], "the cifar-cnn network takes 3 widths"),
-    (["--split-classes", "2"], "--split-classes applies to arrays:PATH and split-tiny-imagenet only"),
-    (["--permute", "2"], "--permute applies to arrays:PATH benchmarks only"),
+    (["--split-classes", "2"], "--split-classes applies to split-tiny-imagenet and arrays:PATH only"),
+    (["--permute", "2"], "--permute applies to arrays:PATH only"),
     (["--benchmark", "arrays:"], "arrays:PATH needs the path of a .npz file after the colon"),
     (["--benchmark", "split-cifar10", "--method", "sos", "--alpha", "1", "--split"], "use --no-split"),
 ])

@@ -5,8 +5,9 @@ import numpy as np
 
 from clreg.data.arrays import UserArrays, load_arrays
 from clreg.data.idx import DataFileError
-from clreg.benchmarks.base import HOLDOUT, Split, check_evaluate_on
-from clreg.benchmarks.permuted import PermutedBenchmark, permuted_split
+from clreg.benchmarks.base import HOLDOUT, Defaults, Split, check_evaluate_on
+from clreg.benchmarks.permuted import PermutedBenchmark, permuted_split, sized
+from clreg.benchmarks.registry import Request, register
 from clreg.benchmarks.split import SplitBenchmark, TaskData, class_tasks
 
 
@@ -64,3 +65,16 @@ def _given_tasks(data: UserArrays, evaluate_on: str) -> list[TaskData]:
 
 def _split(x: np.ndarray, y: np.ndarray) -> Split:
     return Split.from_images(x, y, flatten=False)
+
+
+def _build(request: Request) -> SplitBenchmark | PermutedBenchmark:
+    bench = arrays_benchmark(request.path, request.tasks, request.seed, request.evaluate_on, request.split_classes,
+                             request.permute)
+    if request.task_sizes is not None and not isinstance(bench, PermutedBenchmark):
+        raise ValueError(f"task_sizes applies to permuted tasks (tasks of one image set): give arrays:{request.path} "
+                         "--permute T, not its own tasks or --split-classes")
+    return sized(bench, request) if isinstance(bench, PermutedBenchmark) else bench
+
+
+register("arrays:PATH", _build, Defaults("mlp", (400, 400), 0.1, 500),
+         options=("split_classes", "permute", "task_sizes"))

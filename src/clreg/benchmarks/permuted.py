@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from clreg.data import ImageDataset, load_digits, load_fashion_mnist, load_mnist
-from clreg.benchmarks.base import HOLDOUT, Split, check_evaluate_on, derive_seed
+from clreg.benchmarks.base import HOLDOUT, Benchmark, Defaults, Split, check_evaluate_on, derive_seed
+from clreg.benchmarks.registry import Request, register
 
 
-class PermutedBenchmark:
+class PermutedBenchmark(Benchmark):
     """One shared head; task t's inputs are the same images with pixels permuted by permutation t."""
 
     multi_head = False
     drop_last = False  # an "epoch" is ⌊epoch_size/b⌋ steps of a stream of consecutive shuffles
+    chunk = 2000
 
     def __init__(self, name: str, train: Split, evaluation: Split, num_tasks: int, seed: int,
                  num_classes: int = 10, epoch_size: int | None = None, validation: Split | None = None):
@@ -44,10 +45,12 @@ class PermutedBenchmark:
                         .to(self.device) for t, n in enumerate(sizes)]
         return self
 
-    @property
-    def device(self) -> torch.device:
-        """Where the data lives."""
-        return self.train.x.device
+    def split(self, task: int, which: str) -> Split | None:  # noqa: D102
+        return getattr(self, which)
+
+    def inputs(self, task: int, x: Tensor) -> Tensor:
+        """Pixels permuted by the task's permutation."""
+        return x[:, self.permutations[task]]
 
     def to(self, device: torch.device) -> "PermutedBenchmark":
         """Move the splits and permutations to `device`, once per run (in place; returns self)."""
@@ -68,25 +71,8 @@ class PermutedBenchmark:
         return self._epoch_size if self.subsets is None else len(self.subsets[task])
 
     def batch(self, task: int, index: Tensor) -> tuple[Tensor, Tensor]:
-        """Training examples `index` of `task` (indices on the data's device): one gather of rows, one of pixels."""
-        if self.subsets is not None:
-            index = self.subsets[task][index]
-        return self.train.x[index][:, self.permutations[task]], self.train.y[index]
-
-    def evaluation_batches(self, task: int, batch_size: int = 2000) -> Iterator[tuple[Tensor, Tensor]]:
-        """The evaluation split of `task` (test or validation), in chunks."""
-        yield from _permuted_chunks(self.evaluation, self.permutations[task], batch_size)
-
-    @property
-    def has_validation(self) -> bool:
-        """True if the benchmark keeps a validation split (for lr_schedule plateau and lr_search)."""
-        return self.validation is not None
-
-    def validation_batches(self, task: int, batch_size: int = 2000) -> Iterator[tuple[Tensor, Tensor]]:
-        """The validation split of `task`, permuted, in chunks, whatever the evaluation split is."""
-        if self.validation is None:
-            raise ValueError(f"{self.name} keeps no validation split here")
-        yield from _permuted_chunks(self.validation, self.permutations[task], batch_size)
+        """Training examples `index` of `task` (of its subset, where subsampled): one gather of rows, one of pixels."""
+        return super().batch(task, index if self.subsets is None else self.subsets[task][index])
 
     def describe(self) -> dict:
         """Plain-data description for run records."""
@@ -94,13 +80,6 @@ class PermutedBenchmark:
                 "train_size": [self.train_size(t) for t in range(self.num_tasks)] if self.subsets else len(self.train.y),
                 "evaluation_size": len(self.evaluation.y),
                 "epoch_size": [self.epoch_size(t) for t in range(self.num_tasks)] if self.subsets else self._epoch_size}
-
-
-def _permuted_chunks(split: Split, perm: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """`split` in chunks of `batch_size`, pixels permuted by `perm`."""
-    for start in range(0, len(split.y), batch_size):
-        stop = start + batch_size
-        yield split.x[start:stop][:, perm], split.y[start:stop]
 
 
 def _mnist_like(name: str, data: ImageDataset, num_tasks: int | None, seed: int, evaluate_on: str) -> PermutedBenchmark:
@@ -149,3 +128,25 @@ def permuted_split(name: str, train: Split, test: Split, num_tasks: int, seed: i
     train, validation = flat(train).head(HOLDOUT)
     return PermutedBenchmark(name, train, validation if evaluate_on == "validation" else flat(test), num_tasks, seed,
                              num_classes=classes, validation=validation)
+
+
+def sized(bench: PermutedBenchmark, request: Request) -> PermutedBenchmark:
+    """`bench` with the task sizes the run asks for (docs/algorithms.md §6), if any."""
+    return bench if request.task_sizes is None else bench.subsample(list(request.task_sizes), request.seed)
+
+
+# the authors' chosen (c, re-init) per method (docs/algorithms.md §10, the paper's appendix)
+PMNIST_METHODS = {"si": (0.2, True), "siu": (2.0, True), "sib": (0.5, True), "sos": (1.0, True), "mas": (500.0, False),
+                  "af": (200.0, False), "sqrt-fisher": (2.0, False), "fisher": (1000.0, False),
+                  "mas-logits": (0.001, True), "finetune": (0.0, False)}
+# tuned for `clreg demo` (5 tasks, 5 epochs, 200-200, b = 32, lr 1e-3)
+DIGITS_METHODS = {"fisher": (100.0, False), "si": (30.0, False), "sos": (10.0, False), "mas": (10.0, False),
+                  "finetune": (0.0, False)}
+register("permuted-mnist", lambda r: sized(permuted_mnist(r.tasks, r.seed, r.evaluate_on, r.data_dir), r),
+         Defaults("mlp", (2000, 2000), 0.1, 1000, methods=PMNIST_METHODS), options=("task_sizes",))
+register("permuted-fashion-mnist",
+         lambda r: sized(permuted_fashion_mnist(r.tasks, r.seed, r.evaluate_on, r.data_dir), r),
+         Defaults("mlp", (2000, 2000), 0.1, 1000), options=("task_sizes",))
+register("permuted-digits", lambda r: sized(permuted_digits(r.tasks, r.seed, r.evaluate_on), r),
+         Defaults("mlp", (200, 200), 0.1, 500, epochs=5, batch_size=32, lr=1e-3, methods=DIGITS_METHODS),
+         options=("task_sizes",))

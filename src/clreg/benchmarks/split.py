@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from clreg.data import load_mnist
 from clreg.data.cifar import load_cifar10, load_cifar100
-from clreg.benchmarks.base import HOLDOUT, Split, check_evaluate_on, check_task_count
+from clreg.benchmarks.base import HOLDOUT, Benchmark, Defaults, Split, check_evaluate_on, check_task_count
+from clreg.benchmarks.registry import register
 
 
 @dataclass
@@ -26,7 +26,7 @@ class TaskData:
     validation: Split | None = None
 
 
-class SplitBenchmark:
+class SplitBenchmark(Benchmark):
     """A sequence of tasks with their own data and heads (multi-head, task-incremental)."""
 
     multi_head = True
@@ -40,10 +40,8 @@ class SplitBenchmark:
         self.input_shape = tuple(self.tasks[0].train.x.shape[1:])
         self.classes = [t.classes for t in self.tasks]
 
-    @property
-    def device(self) -> torch.device:
-        """Where the data lives."""
-        return self.tasks[0].train.x.device
+    def split(self, task: int, which: str) -> Split | None:  # noqa: D102
+        return getattr(self.tasks[task], which)
 
     def to(self, device: torch.device) -> "SplitBenchmark":
         """Move every task's splits to `device`, once per run (in place; returns self)."""
@@ -51,45 +49,11 @@ class SplitBenchmark:
                                None if t.validation is None else t.validation.to(device)) for t in self.tasks]
         return self
 
-    def train_size(self, task: int) -> int:
-        """Number of training examples of `task`."""
-        return len(self.tasks[task].train)
-
-    def epoch_size(self, task: int) -> int:
-        """Examples per epoch of `task`: its training set."""
-        return self.train_size(task)
-
-    def batch(self, task: int, index: Tensor) -> tuple[Tensor, Tensor]:
-        """Training examples `index` of `task`."""
-        split = self.tasks[task].train
-        return split.x[index], split.y[index]
-
-    def evaluation_batches(self, task: int, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
-        """The evaluation split of `task` (test or validation), in chunks."""
-        yield from _chunks(self.tasks[task].evaluation, batch_size)
-
-    @property
-    def has_validation(self) -> bool:
-        """True if every task keeps a validation split (for lr_schedule plateau and lr_search)."""
-        return all(t.validation is not None for t in self.tasks)
-
-    def validation_batches(self, task: int, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
-        """The validation split of `task`, in chunks, whatever the evaluation split is."""
-        split = self.tasks[task].validation
-        if split is None:
-            raise ValueError(f"{self.name} keeps no validation split for task {task + 1}")
-        yield from _chunks(split, batch_size)
-
     def describe(self) -> dict:
         """Plain-data description for run records."""
         return {"name": self.name, "tasks": self.num_tasks, "multi_head": True, "classes": self.classes,
                 "train_size": [len(t.train) for t in self.tasks],
                 "evaluation_size": [len(t.evaluation) for t in self.tasks]}
-
-
-def _chunks(split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    for start in range(0, len(split), batch_size):
-        yield split.x[start:start + batch_size], split.y[start:start + batch_size]
 
 
 def class_tasks(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -139,3 +103,14 @@ def split_mnist(num_tasks: int | None = None, evaluate_on: str = "test", data_di
     groups = [(2 * i, 2 * i + 1) for i in range(count)]
     return SplitBenchmark("split-mnist", class_tasks(mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test,
                                                      groups, evaluate_on, flatten=True))
+
+
+CIFAR_METHODS = {"si": (5.0, True), "siu": (2.0, False), "sib": (5.0, True), "sos": (500.0, True), "mas": (200.0, True),
+                 "af": (1000.0, True), "sqrt-fisher": (10.0, True), "fisher": (5e4, True), "mas-logits": (0.1, True),
+                 "finetune": (0.0, False)}
+CIFAR = Defaults("cifar-cnn", (32, 64, 512), 1e-3, 500, epochs=60, lr=1e-3)  # lr not scaled with b (§5)
+register("split-mnist", lambda r: split_mnist(r.tasks, r.evaluate_on, r.data_dir), Defaults("mlp", (400, 400), 0.1, 1000))
+register("split-cifar10-100", lambda r: split_cifar10_100(r.tasks, r.evaluate_on, r.data_dir, r.trust_pickle),
+         Defaults(**{**CIFAR.__dict__, "methods": CIFAR_METHODS}), options=("trust_pickle",))
+register("split-cifar10", lambda r: split_cifar10(r.tasks, r.evaluate_on, r.data_dir, r.trust_pickle), CIFAR,
+         options=("trust_pickle",))

@@ -12,7 +12,8 @@ import numpy as np
 
 from clreg.data.tiny_imagenet import load_tiny_imagenet
 from clreg.benchmarks.base import Split, check_evaluate_on, check_task_count, derive_seed
-from clreg.benchmarks.split import SplitBenchmark, TaskData
+from clreg.benchmarks.registry import register
+from clreg.benchmarks.split import CIFAR, SplitBenchmark, TaskData
 
 CLASSES, CLASSES_PER_TASK, VALIDATION = 200, 10, 0.2
 
@@ -50,3 +51,7 @@ def split_tiny_imagenet(num_tasks: int | None = None, evaluate_on: str = "test",
                          f"{per_task}")
     return SplitBenchmark("split-tiny-imagenet", tiny_imagenet_tasks(data.x_train, data.y_train, data.x_test,
                                                                      data.y_test, count, evaluate_on, per_task))
+
+
+register("split-tiny-imagenet", lambda r: split_tiny_imagenet(r.tasks, r.evaluate_on, r.data_dir, r.split_classes),
+         CIFAR, options=("split_classes",))

@@ -23,8 +23,9 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("clreg.integrations.lightning needs PyTorch Lightning: pip install 'clreg[lightning]'") from err
 
-from clreg.regularizer import Regularizer, has_active_dropout
-from clreg.integrations.samples import Cycle, end_task
+from clreg.regularizer import Regularizer
+from clreg.integrations import glue
+from clreg.integrations.samples import Cycle
 
 LossFn = Callable[[Any, Any], Tensor]  # (module, batch) -> the task loss of that batch
 
@@ -68,43 +69,26 @@ class ContinualRegularizer(Callback):
         if self.reg.split:
             raise ValueError("sos with split=True takes g and g' from the two halves of each batch's loss, which "
                              "Lightning's training_step does not give apart: use split=False with task_loss=...")
-        if self.task_loss is None and (self.reg.needs_independent_batch or self._needs_task_gradient(pl_module)):
+        if self.task_loss is None and (self.reg.needs_independent_batch or glue.needs_task_gradient(self.reg, pl_module)):
             why = "an independent minibatch each step" if self.reg.needs_independent_batch else \
                 "g_t with dropout off (the module has dropout)"
             raise ValueError(f"method {self.reg.measure.name!r} needs {why}: give "
                              "ContinualRegularizer(task_loss=lambda module, batch: ...)")
         self._independent.reset()
 
-    def _needs_task_gradient(self, pl_module) -> bool:
-        measure = self.reg.measure
-        return measure.trajectory and measure.uses_task_gradient and has_active_dropout(pl_module)
-
     # -- every step ---------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
-        if self.task_loss is not None and self._needs_task_gradient(pl_module):
+        if self.task_loss is not None and glue.needs_task_gradient(self.reg, pl_module):
             self._window.append(batch)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
-        reg = self.reg
-        task_loss = independent_loss = None
-        if self._window:
-            window = list(self._window)
-            task_loss = lambda: sum(self.task_loss(pl_module, b) for b in window) / len(window)  # noqa: E731
-        if reg.needs_independent_batch:
-            other = self._next_independent(trainer)
-            independent_loss = lambda: self.task_loss(pl_module, other)  # noqa: E731
-        if task_loss is not None or independent_loss is not None:
-            reg.before_step(task_loss=task_loss, independent_loss=independent_loss)
         self._stepping = _finite_gradients(optimizer) if getattr(trainer.precision_plugin, "scaler", None) else True
-        reg.prepare_step()
+        glue.prepare_step(self.reg, pl_module, self.task_loss, self._window, lambda: self._next_independent(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
         if self._stepping is None:  # an accumulation micro-batch: no optimiser step yet
             return
-        if self._stepping:
-            self.reg.after_step()
-        else:
-            self.reg.skip_step()
+        glue.finish_step(self.reg, self._stepping)
         self._stepping, self._window = None, []
 
     def _next_independent(self, trainer):
@@ -119,11 +103,9 @@ class ContinualRegularizer(Callback):
     def end_task(self, data: Any = None) -> dict[str, Tensor] | None:
         """End the current task: measure ω (on the first `samples` inputs of `data` where the measure needs a
         sample), Ω ← Ω + ω, θ* ← θ. Returns ω by parameter name."""
-        if self.reg is None:
-            raise ValueError("end_task comes after training: the regulariser is built when a fit starts")
-        module = self.reg.model
+        module = self.reg.model if self.reg is not None else None
         forward = (lambda x: self.forward(module, x)) if self.forward is not None else None
-        omega = end_task(self.reg, data, self.samples, self.sample_key, forward)
+        omega = glue.finish_task(self.reg, data, self.samples, self.sample_key, forward)
         self.tasks_done += 1
         return omega
 
@@ -131,7 +113,7 @@ class ContinualRegularizer(Callback):
     def state_dict(self) -> dict:  # noqa: D102
         if self.reg is None:
             return dict(self._pending or {})
-        return {"regularizer": self.reg.state_dict(), "tasks_done": self.tasks_done}
+        return glue.state(self.reg, self.tasks_done)
 
     def load_state_dict(self, state: dict) -> None:  # noqa: D102
         if not state:
@@ -142,8 +124,7 @@ class ContinualRegularizer(Callback):
             self._load(state)
 
     def _load(self, state: dict) -> None:
-        self.reg.load_state_dict(state["regularizer"])
-        self.tasks_done = int(state["tasks_done"])
+        self.tasks_done = glue.restore(self.reg, state)
 
 
 @torch.no_grad()

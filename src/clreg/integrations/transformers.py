@@ -26,8 +26,9 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError("clreg.integrations.transformers needs transformers: pip install 'clreg[transformers]'") from err
 
 from clreg.importance.inputs import to_device
-from clreg.regularizer import Regularizer, has_active_dropout
-from clreg.integrations.samples import Cycle, end_task
+from clreg.regularizer import Regularizer
+from clreg.integrations import glue
+from clreg.integrations.samples import Cycle
 
 STATE_FILE = "clreg_regularizer.pt"  # in each checkpoint folder the Trainer writes
 LossFn = Callable[[nn.Module, Mapping[str, Tensor]], Tensor]  # (model, batch) -> the task loss of that batch
@@ -85,8 +86,7 @@ class ContinualRegularizer(TrainerCallback):
         if self._pending is None and state.global_step > 0:  # resumed from a checkpoint in output_dir
             self.load(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
         if self._pending is not None:  # here: the Trainer has put the checkpoint's weights into the model
-            self.reg.load_state_dict(self._pending["regularizer"])
-            self.tasks_done = int(self._pending["tasks_done"])
+            self.tasks_done = glue.restore(self.reg, self._pending)
             self._pending = None
         self._independent.reset()
         self._window = []
@@ -101,12 +101,8 @@ class ContinualRegularizer(TrainerCallback):
             self.end_task(self.sample_data if self.sample_data is not None else train_dataloader)
 
     def _see_batch(self, module, args, kwargs) -> None:
-        if module.training and self._needs_task_gradient(module) and not args:
+        if module.training and glue.needs_task_gradient(self.reg, module) and not args:
             self._window.append(dict(kwargs))
-
-    def _needs_task_gradient(self, model) -> bool:
-        measure = self.reg.measure
-        return measure.trajectory and measure.uses_task_gradient and has_active_dropout(model)
 
     # -- every step ---------------------------------------------------------------------------------
     def on_step_begin(self, args, state, control, **kwargs):  # noqa: D102
@@ -114,27 +110,15 @@ class ContinualRegularizer(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, train_dataloader=None,
                               **kwargs):  # noqa: D102
-        reg = self.reg
         _unscale(optimizer)  # where clipping did not unscale the fp16 gradients yet
-        task_loss = independent_loss = None
-        if self._needs_task_gradient(model):
-            if not self._window:
-                raise ValueError("the model has dropout, so SI-family measures take g_t with it off, on the step's "
-                                 "batches; none entered the model as keyword inputs (model(**batch))")
-            window = list(self._window)
-            task_loss = lambda: sum(self.task_loss(model, b) for b in window) / len(window)  # noqa: E731
-        if reg.needs_independent_batch:
-            other = to_device(self._next_independent(train_dataloader), args.device)
-            independent_loss = lambda: self.task_loss(model, other)  # noqa: E731
-        if task_loss is not None or independent_loss is not None:
-            reg.before_step(task_loss=task_loss, independent_loss=independent_loss)
-        reg.prepare_step()
+        if glue.needs_task_gradient(self.reg, model) and not self._window:
+            raise ValueError("the model has dropout, so SI-family measures take g_t with it off, on the step's "
+                             "batches; none entered the model as keyword inputs (model(**batch))")
+        glue.prepare_step(self.reg, model, self.task_loss, self._window,
+                          lambda: to_device(self._next_independent(train_dataloader), args.device))
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):  # noqa: D102
-        if getattr(optimizer, "step_was_skipped", False):  # accelerate's fp16 scaler found inf/nan
-            self.reg.skip_step()
-        else:
-            self.reg.after_step()
+        glue.finish_step(self.reg, not getattr(optimizer, "step_was_skipped", False))  # accelerate's fp16 scaler
         self._window = []
 
     def _next_independent(self, dataloader) -> dict:
@@ -148,11 +132,9 @@ class ContinualRegularizer(TrainerCallback):
     def end_task(self, data: Any = None) -> dict[str, Tensor] | None:
         """End the current task: measure ω (on the first `samples` inputs of `data` where the measure needs a
         sample), Ω ← Ω + ω, θ* ← θ. Returns ω by parameter name."""
-        if self.reg is None:
-            raise ValueError("end_task comes after training: the regulariser is built when training starts")
-        model = self.reg.model
+        model = self.reg.model if self.reg is not None else None
         pad = {"input_ids": getattr(getattr(model, "config", None), "pad_token_id", None) or 0}
-        omega = end_task(self.reg, data, self.samples, forward=lambda x: self.forward(model, x), pad=pad)
+        omega = glue.finish_task(self.reg, data, self.samples, forward=lambda x: self.forward(model, x), pad=pad)
         self.tasks_done += 1
         return omega
 
@@ -160,8 +142,7 @@ class ContinualRegularizer(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):  # noqa: D102
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if self.reg is not None and os.path.isdir(folder) and args.should_save:
-            torch.save({"regularizer": self.reg.state_dict(), "tasks_done": self.tasks_done},
-                       os.path.join(folder, STATE_FILE))
+            torch.save(glue.state(self.reg, self.tasks_done), os.path.join(folder, STATE_FILE))
 
     def load(self, checkpoint: str) -> None:
         """Take the state saved in a Trainer checkpoint folder; it is restored when the next `train()` starts,

@@ -16,6 +16,7 @@ from clreg.train import optim
 
 from clreg.train import task_search
 from clreg.benchmarks import BENCHMARKS, EVALUATE_ON, check_name, defaults
+from clreg.benchmarks import registry as benchmark_registry
 from clreg.core.device import PRECISIONS, check_device_name
 from clreg.models.build import DEFAULT_WIDTHS, NETWORKS
 from clreg.core.options import Option, merge, positive_ints
@@ -96,15 +97,12 @@ class _RunConfig:
                 message = str(err)
                 raise ValueError(f"{option.name} {message}" if message.startswith("must") else message) from None
         self._resolve_benchmark_defaults()
+        benchmark_registry.check_options(self.benchmark, {"permute": self.permute, "split_classes": self.split_classes,
+                                                          "task_sizes": self.task_sizes})
         checks = [(self.network_name != "cifar-cnn" or len(self.widths) == 3,
                    f"the cifar-cnn network takes 3 widths (conv stage 1, conv stage 2, dense), got {self.widths}"),
                   (not self.network_name.startswith("vgg-") or len(self.widths) == 2,
                    f"the {self.network_name} network takes 2 widths (its two dense layers), got {self.widths}"),
-                  (self.benchmark.startswith("arrays:") or self.permute is None,
-                   "--permute applies to arrays:PATH benchmarks only"),
-                  (self.benchmark.startswith("arrays:") or self.benchmark == "split-tiny-imagenet"
-                   or self.split_classes is None,
-                   "--split-classes applies to arrays:PATH and split-tiny-imagenet only"),
                   (not (self.sos_split and self.network_name == "cifar-cnn"),
                    "sos split takes g and g' from the training pass, which has dropout on in the cifar-cnn "
                    "network; SPEC §2 wants them with dropout off: use --no-split (one extra pass per step)"),
