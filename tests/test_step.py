@@ -87,20 +87,22 @@ def reference(info: OptimizerInfo, statistic, penalty: int, data: Problem, lr: f
     return [p.detach() for p in params], stats
 
 
-def formula_run(info: OptimizerInfo, statistic, penalty: int, data: Problem, backend: str, lr: float):
-    """float32 through one backend of clreg.core.step (per tensor)."""
-    params = [nn.Parameter(p.float()) for p in data.params]
+def formula_run(info: OptimizerInfo, statistic, penalty: int, data: Problem, backend: str, lr: float,
+                device: str = "cpu"):
+    """float32 through one backend of clreg.core.step (per tensor), on `device`; results on the CPU."""
+    f32 = lambda t: t.to(device, torch.float32)  # noqa: E731
+    params = [nn.Parameter(f32(p)) for p in data.params]
     optimizer = info.make(params, lr)
-    centre, twice_precision = [c.float() for c in data.centre], [tp.float() for tp in data.twice_precision]
+    centre, twice_precision = [f32(c) for c in data.centre], [f32(tp) for tp in data.twice_precision]
     stats = [torch.zeros_like(p) for p in params]
     entry = optimizers.lookup(optimizer)
     for t in range(STEPS):
         for i, p in enumerate(params):
-            grad = data.grads[t][i].float()
+            grad = f32(data.grads[t][i])
             if penalty == core_step.PENALTY_IN_GRAD:  # the penalty's backward already put ∇R into .grad
                 grad = grad + formulas.penalty_gradient(p.detach(), centre[i], twice_precision[i])
             p.grad = grad
-        others = [o.float() for o in data.others[t]]
+        others = [f32(o) for o in data.others[t]]
         regularized = {p: (centre[i] if penalty else None, twice_precision[i] if penalty else None,
                            stats[i] if statistic else None, others[i] if statistic else None)
                        for i, p in enumerate(params)}
@@ -110,15 +112,16 @@ def formula_run(info: OptimizerInfo, statistic, penalty: int, data: Problem, bac
         else:
             core_step.optimizer_step(entry, optimizer, regularized, penalty, statistic, *weights,
                                      compiled=backend == "compiled")
-    return [p.detach() for p in params], stats
+    return [p.detach().cpu() for p in params], [s.cpu() for s in stats]
 
 
-def stacked_run(info: OptimizerInfo, statistic, penalty: int, data: Problem, lrs: list[float], scales: list[float]):
+def stacked_run(info: OptimizerInfo, statistic, penalty: int, data: Problem, lrs: list[float], scales: list[float],
+                device: str = "cpu"):
     """K runs (learning rates `lrs`, penalty strengths `scales`) as one: `tensor_step` on [K, ...] tensors."""
     k = len(lrs)
     entry = optimizers.lookup(info.make([nn.Parameter(torch.zeros(1))], 1.0))
     groups = [info.make([nn.Parameter(torch.zeros(1))], lr).param_groups[0] for lr in lrs]
-    stack = lambda ts: torch.stack([t.float() for t in ts])  # noqa: E731
+    stack = lambda ts: torch.stack([t.to(device, torch.float32) for t in ts])  # noqa: E731
     params = [stack([p] * k) for p in data.params]
     centre = [stack([c] * k) for c in data.centre]
     twice_precision = [stack([s * tp for s in scales]) for tp in data.twice_precision]
@@ -143,7 +146,7 @@ def stacked_run(info: OptimizerInfo, statistic, penalty: int, data: Problem, lrs
                 live.copy_(new)
             if statistic:
                 stats[i].copy_(new_stat)
-    return params, stats
+    return [p.cpu() for p in params], [s.cpu() for s in stats]
 
 
 def assert_close_to(actual: list[Tensor], expected: list[Tensor], rtol: float, outliers: float = 0.0) -> None:
@@ -160,18 +163,22 @@ def ids(value):
     return value.name if isinstance(value, OptimizerInfo) else str(value)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("info", OPTIMIZERS, ids=ids)
 @pytest.mark.parametrize("statistic", STATISTICS, ids=ids)
 @pytest.mark.parametrize("penalty", PENALTIES, ids=["no-penalty", "add-penalty", "penalty-in-grad"])
-def test_every_backend_against_float64(info, statistic, penalty):
+def test_every_backend_against_float64(info, statistic, penalty, device):
     data, stat = problem(), STATISTICS[statistic]
     expected_params, expected_stats = reference(info, stat, penalty, data, info.lr)
-    eager = formula_run(info, stat, penalty, data, "eager", info.lr)
+    eager = formula_run(info, stat, penalty, data, "eager", info.lr, device)
     assert_close_to(eager[0], expected_params, 1e-5, outliers=0.02)
     assert_close_to(eager[1], expected_stats, 1e-4, outliers=0.05)
     # K = 3 runs, each with its own learning rate and penalty strength, stacked: each slice is its run
     lrs, scales = [info.lr, 0.5 * info.lr, 2 * info.lr], [1.0, 3.0, 0.5]
-    stacked_params, stacked_stats = stacked_run(info, stat, penalty, data, lrs, scales)
+    stacked_params, stacked_stats = stacked_run(info, stat, penalty, data, lrs, scales, device)
     for k, (lr, scale) in enumerate(zip(lrs, scales)):
         expected = reference(info, stat, penalty, data, lr, scale)
         assert_close_to([p[k] for p in stacked_params], expected[0], 1e-5, outliers=0.02)
@@ -179,7 +186,11 @@ def test_every_backend_against_float64(info, statistic, penalty):
     # the first run of the stack equals the per-tensor step bit for bit: one definition, same operations
     for a, b in zip([p[0] for p in stacked_params] + [s[0] for s in stacked_stats], eager[0] + eager[1]):
         assert torch.equal(a, b)
-    if fused.supported(info.make([nn.Parameter(torch.zeros(1))], info.lr), stat) and native.load() is not None:
+    if device == "cuda":
+        compiled = formula_run(info, stat, penalty, data, "compiled", info.lr, device)
+        assert_close_to(compiled[0], [p.double() for p in eager[0]], 1e-6, outliers=0.01)
+        assert_close_to(compiled[1], [s.double() for s in eager[1]], 1e-5, outliers=0.01)
+    elif fused.supported(info.make([nn.Parameter(torch.zeros(1))], info.lr), stat) and native.load() is not None:
         kernel = formula_run(info, stat, penalty, data, "native", info.lr)
         assert_close_to(kernel[0], [p.double() for p in eager[0]], 1e-6, outliers=0.01)
         assert_close_to(kernel[1], [s.double() for s in eager[1]], 1e-5, outliers=0.01)

@@ -205,7 +205,7 @@ class Regularizer:
         """Backward of (L_A + L_B)/2 + R, keeping g_t = ∇L_A and g'_t = ∇L_B apart (SOS `split`)."""
         if has_active_dropout(self.model):
             raise ValueError("sos with split=True takes g and g' from the training pass, which has dropout on here; "
-                             "SPEC §2 wants them with dropout off: use split=False (one extra pass per step)")
+                             "docs/algorithms.md §2 wants them with dropout off: use split=False (one extra pass per step)")
         (0.5 * loss_first_half).backward(retain_graph=True)
         self._task_grads = torch._foreach_mul(self._grads(), 2.0)
         (0.5 * loss_second_half).backward()

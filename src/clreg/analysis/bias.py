@@ -1,4 +1,4 @@
-"""SPEC §7: SI's bias. Per step, the running sums over all parameters of SI's path integral Σ −g_t·Δ_t, SIU's
+"""docs/algorithms.md §9: SI's bias. Per step, the running sums over all parameters of SI's path integral Σ −g_t·Δ_t, SIU's
 Σ −g'_t·Δ_t and SIB's Σ −(g_t − g'_t)·Δ_t; every k steps the path integral with the training set's full
 gradient between checkpoints c, c': Σ −∇L(θ_c)·(θ_c' − θ_c) (the gradient at the start of each stretch, as SI
 sums it; with k = 1 the quantity SI and SIU estimate) and the trapezoid Σ −½(∇L(θ_c) + ∇L(θ_c'))·(θ_c' − θ_c)

@@ -1,4 +1,4 @@
-"""SPEC §7, figures 1–2: every importance measure on one training run, compared parameter by parameter.
+"""docs/algorithms.md §9, figures 1–2: every importance measure on one training run, compared parameter by parameter.
 
 Along the trajectory of one run (SI by default, the paper's setting) the path integrals of SI, SIU and SIB
 and SOS's second moments (α = 0 and 1) are accumulated side by side; after each task the sensitivity
@@ -45,7 +45,7 @@ def parse_pairs(text: str, large_samples: int | None = None) -> tuple[tuple[str,
 
 def path_variants(name: str, path: list[Tensor], start: list[Tensor], params: list[Tensor], xi: float
                   ) -> dict[str, list[Tensor]]:
-    """SPEC §2's SI-type importance and its variants from one path integral s: `name` (rescaled by
+    """docs/algorithms.md §2's SI-type importance and its variants from one path integral s: `name` (rescaled by
     (θ_end − θ_start)² + ξ, clipped at 0: the method), `-noclip`, `-raw` (s clipped), `-raw-noclip` (s)."""
     return {f"{name}{suffix}": path_importance(path, start, params, xi, rescale, clip)
             for suffix, rescale, clip in (("", True, True), ("-noclip", True, False), ("-raw", False, True),

@@ -1,4 +1,4 @@
-"""SPEC §7, figure J.1: gradient noise. Every k steps, at θ_t: ‖g_batch − g_full‖², ‖g_full‖² and their ratio,
+"""docs/algorithms.md §9, figure J.1: gradient noise. Every k steps, at θ_t: ‖g_batch − g_full‖², ‖g_full‖² and their ratio,
 where g_batch is the step's minibatch gradient and g_full the training set's (both task loss, dropout off)."""
 from __future__ import annotations
 

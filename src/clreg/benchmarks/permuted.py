@@ -1,4 +1,4 @@
-"""Domain-incremental benchmarks: every task (the first included) is a fixed pixel permutation (SPEC §5)."""
+"""Domain-incremental benchmarks: every task (the first included) is a fixed pixel permutation (docs/algorithms.md §6)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -95,7 +95,7 @@ def _mnist_like(name: str, data: ImageDataset, num_tasks: int | None, seed: int,
 
 def permuted_mnist(num_tasks: int | None = 10, seed: int = 0, evaluate_on: str = "test",
                    data_dir: str | Path | None = None) -> PermutedBenchmark:
-    """Permuted MNIST (SPEC §5)."""
+    """Permuted MNIST (docs/algorithms.md §6)."""
     return _mnist_like("permuted-mnist", load_mnist(data_dir), num_tasks, seed, evaluate_on)
 
 

@@ -1,4 +1,4 @@
-"""Task-incremental benchmarks (SPEC §5): each task is a group of classes, relabelled 0..k−1, with its own
+"""Task-incremental benchmarks (docs/algorithms.md §6): each task is a group of classes, relabelled 0..k−1, with its own
 head; a fixed 90/10 train/validation split per task; task identity known at training and test."""
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def class_tasks(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
 
 def split_cifar10_100(num_tasks: int | None = None, evaluate_on: str = "test", data_dir: str | Path | None = None,
                       trust_pickle: bool = False) -> SplitBenchmark:
-    """SPEC §5: CIFAR-10, then CIFAR-100 fine classes 0–9, 10–19, ..., 40–49, each a 10-way task."""
+    """docs/algorithms.md §6: CIFAR-10, then CIFAR-100 fine classes 0–9, 10–19, ..., 40–49, each a 10-way task."""
     count = check_task_count("split-cifar10-100", num_tasks, 6)
     c10 = load_cifar10(data_dir, trust_pickle)
     tasks = class_tasks(c10.x_train, c10.y_train, c10.x_test, c10.y_test, [range(10)], evaluate_on)

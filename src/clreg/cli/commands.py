@@ -388,7 +388,7 @@ def store_import(store_path: str, files: tuple[str, ...]) -> None:
 
 @cli.group()
 def analyze() -> None:
-    """The paper's analyses (SPEC §7) on one training run: JSON data, PNG/SVG figures, summary.md."""
+    """The paper's analyses (docs/algorithms.md §9) on one training run: JSON data, PNG/SVG figures, summary.md."""
 
 
 def _analysis_command(kind: str, doc: str, every_default: int):

@@ -1,6 +1,6 @@
-"""The shared quadratic penalty over tasks and its analytic gradient (SPEC §1, §4).
+"""The shared quadratic penalty over tasks and its analytic gradient (docs/algorithms.md §1, §4).
 
-Every combination of per-task penalties that SPEC §4 defines is one quadratic form in θ,
+Every combination of per-task penalties that docs/algorithms.md §4 defines is one quadratic form in θ,
 
     R(θ) = Σ_i P_i (θ_i − m_i)² + K,
 
@@ -9,7 +9,7 @@ mode and however many tasks there are (the gradient is 2P ⊙ (θ − m)):
 - online (default): P = cΩ + λ_prior with Ω ← γΩ + ω after each task, m = θ* (the latest anchor), K = 0;
 - separate: Σ_t Λ_t (θ − θ*_t)² + λ_prior θ², Λ_t = c·ω_t, one anchor per task: P = ΣΛ_t + λ_prior,
   m = ΣΛ_t θ*_t / P;
-- debiased: Σ_t Λ_t (θ − θ̃_t)² + λ_prior θ² with the centres θ̃_t of SPEC §4: P as for separate, and
+- debiased: Σ_t Λ_t (θ − θ̃_t)² + λ_prior θ² with the centres θ̃_t of docs/algorithms.md §4: P as for separate, and
   m equals the latest anchor until a task's term is dropped (`drop_task`, for revisiting it).
 The per-task terms are kept for separate and debiased (and for proxy losses when `keep_tasks`; in
 online mode they follow the debiased recursion with P = cΩ + λ_prior, exact for γ = 1 and an
@@ -68,7 +68,7 @@ class QuadraticPenalty:
 
     @property
     def active(self) -> bool:
-        """True while R is not identically 0: the prior acts from the first task on (SPEC §4), c·Ω once a
+        """True while R is not identically 0: the prior acts from the first task on (docs/algorithms.md §4), c·Ω once a
         task has been consolidated."""
         return self.strength > 0 and (self.prior > 0 or (self.tasks_consolidated > 0 and self.c > 0))
 
@@ -130,7 +130,7 @@ class QuadraticPenalty:
         """Task T's term: centre θ*_T (separate) or θ̃_T = θ*_T + P_{<T}(θ*_T − m_{<T}) / Λ_T (debiased).
 
         A small Λ_T puts θ̃_T far away, and the term still matters: its gradient carries the move of the
-        anchor to θ*_T. Only where Λ_T = 0, or θ̃_T would overflow, is there no term (SPEC §4)."""
+        anchor to θ*_T. Only where Λ_T = 0, or θ̃_T would overflow, is there no term (docs/algorithms.md §4)."""
         if self.mode == "separate":
             return TaskTerm(task_precision, [a.clone() for a in self.anchor])
         centres = []

@@ -1,4 +1,4 @@
-"""Importances measured after a task on a sample of its data (SPEC §3), and the constant measures.
+"""Importances measured after a task on a sample of its data (docs/algorithms.md §3), and the constant measures.
 
 Every sensitivity measure is a weighted sum over samples of square or abs of a per-sample gradient
 J_θ(x)ᵀ v, where the cotangent v on the logits depends on the measure; `persample.py` computes it.

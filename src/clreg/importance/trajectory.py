@@ -1,4 +1,4 @@
-"""Importances measured along the training trajectory (SPEC §2): SI, SIU, SIB and SOS.
+"""Importances measured along the training trajectory (docs/algorithms.md §2): SI, SIU, SIB and SOS.
 
 Each measure declares its per-step statistic once, as a `StepStatistic` (kind and weights); the
 Regularizer's backends execute it (the fused native step, or `torch._foreach_*` kernels on any device).

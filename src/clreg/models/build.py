@@ -34,12 +34,12 @@ class MLP(Network):
 
     def initialize(self, module: nn.Module, generator: torch.Generator | None = None,
                    names: set[str] | None = None) -> None:
-        """Glorot-uniform weights, constant biases (0.1 as in SPEC §5)."""
+        """Glorot-uniform weights, constant biases (0.1 as in docs/algorithms.md §6)."""
         glorot_init(module, self.bias_init, generator, names)
 
 
 class CifarNet(ImageNetwork):
-    """SPEC §5's CIFAR network: conv32-conv32-pool-drop.25-conv64-conv64-pool-drop.25-dense512-drop.5
+    """docs/algorithms.md §6's CIFAR network: conv32-conv32-pool-drop.25-conv64-conv64-pool-drop.25-dense512-drop.5
     (3×3 'same' convolutions, ReLU), without the head unless `out_features` is given.
 
     `widths` = (channels of the first stage, of the second stage, dense units). Weights are kept in
@@ -69,7 +69,7 @@ class CifarNet(ImageNetwork):
 
     def initialize(self, module: nn.Module, generator: torch.Generator | None = None,
                    names: set[str] | None = None) -> None:
-        """Glorot-uniform weights, zero biases (SPEC §5)."""
+        """Glorot-uniform weights, zero biases (docs/algorithms.md §6)."""
         glorot_init(module, self.bias_init, generator, names)
 
 

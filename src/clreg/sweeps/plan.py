@@ -1,4 +1,4 @@
-"""Grid search × seeds over a results store (SPEC §5's protocol).
+"""Grid search × seeds over a results store (docs/algorithms.md §8's protocol).
 
 Per method and re-init option, c runs over its grid on the search seeds and is chosen on the search
 split (validation); while the best c sits on the grid's edge the grid is extended by the next value of

@@ -105,7 +105,7 @@ class _RunConfig:
                    f"the {self.network_name} network takes 2 widths (its two dense layers), got {self.widths}"),
                   (not (self.sos_split and self.network_name == "cifar-cnn"),
                    "sos split takes g and g' from the training pass, which has dropout on in the cifar-cnn "
-                   "network; SPEC §2 wants them with dropout off: use --no-split (one extra pass per step)"),
+                   "network; docs/algorithms.md §2 wants them with dropout off: use --no-split (one extra pass per step)"),
                   (not self.sos_split or self.batch_size >= 4, "sos split needs a batch size >= 4"),
                   (self.decay == 1 or self.penalty == "online",
                    f"decay (gamma) applies to the online penalty only, not {self.penalty!r}"),
@@ -134,7 +134,7 @@ class _RunConfig:
 
     @property
     def learning_rate(self) -> float:
-        """lr, else the benchmark's, else 1e-3 · b / 256 (SPEC §5)."""
+        """lr, else the benchmark's, else 1e-3 · b / 256 (docs/algorithms.md §5)."""
         if self.lr is not None:
             return self.lr
         bench_lr = defaults(self.benchmark).lr

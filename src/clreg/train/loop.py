@@ -1,4 +1,4 @@
-"""The continual loop: tasks × steps with a Regularizer, evaluation after each task (SPEC §1, §5)."""
+"""The continual loop: tasks × steps with a Regularizer, evaluation after each task (docs/algorithms.md §1, §5)."""
 from __future__ import annotations
 
 import time
@@ -208,7 +208,7 @@ class Trainer:
     def steps_for(config: RunConfig, bench: Benchmark, task: int) -> int:
         """Epochs × steps per epoch; with equal_iter, task t's epochs are multiplied by round(n_1 / n_t), so
         that every task gets about as many steps as the first (10× for tasks 2–6 of split-cifar10-100, as in
-        SPEC §5)."""
+        docs/algorithms.md §5)."""
         epochs = config.epochs
         if config.equal_iter:
             epochs *= max(1, round(bench.epoch_size(0) / bench.epoch_size(task)))
@@ -298,7 +298,7 @@ class Trainer:
     def step(self, optimizer: torch.optim.Optimizer, forward, x: Tensor, y: Tensor,
              independent: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor | None]:
         """One optimiser step on the task loss plus the penalty, with the measure's hooks; with dropout,
-        the measure's g_t is taken in one more pass with dropout off (SPEC §2). With bf16, every pass of the
+        the measure's g_t is taken in one more pass with dropout off (docs/algorithms.md §2). With bf16, every pass of the
         step runs in one autocast region, so each weight is cast to bf16 once per step, not once per pass.
         Returns the step's task loss and, where a callback asked for it, the penalty R(θ_t)."""
         reg = self.reg

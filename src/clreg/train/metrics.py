@@ -1,4 +1,4 @@
-"""Continual-learning metrics of an accuracy matrix A[k, j] (after task k, on task j), SPEC §5."""
+"""Continual-learning metrics of an accuracy matrix A[k, j] (after task k, on task j), docs/algorithms.md §7."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
 """The optimiser and its learning-rate schedule: their settings, declared once, and how a run builds them.
 
-Both restart at every task (SPEC §5: a fresh optimiser per task). The default is the paper's: Adam,
+Both restart at every task (docs/algorithms.md §5: a fresh optimiser per task). The default is the paper's: Adam,
 β = (0.9, 0.999), ε = 1e-8, a constant learning rate. A schedule is a factor on the learning rate as a
 function of the step within the task, set after every optimiser step:
 

@@ -1,4 +1,4 @@
-"""Per-task proxy losses (SPEC §4): the quadratic estimate of how much each earlier task's loss has
+"""Per-task proxy losses (docs/algorithms.md §4): the quadratic estimate of how much each earlier task's loss has
 risen, logged beside the measured rise on a fixed sample of that task's evaluation data."""
 from __future__ import annotations
 
