@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from clreg.core import formulas
+
 MODES = ("online", "separate", "debiased")
 
 
@@ -232,10 +234,9 @@ class QuadraticPenalty:
 
     @torch.no_grad()
     def gradient(self, params: list[Tensor]) -> list[Tensor]:
-        """∇R(θ) = 2P ⊙ (θ − m), written into the preallocated `grad` buffers."""
+        """∇R(θ) = 2P ⊙ (θ − m) (clreg.core.formulas.penalty_gradient), kept in the `grad` buffers."""
         for g, p, m, tp in zip(self.grad, params, self.centre, self.twice_precision()):
-            torch.sub(p.detach(), m, out=g)
-            g.mul_(tp)
+            g.copy_(formulas.penalty_gradient(p.detach(), m, tp))
         return self.grad
 
     def value_and_grad(self, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
