@@ -23,7 +23,7 @@ from clreg.core.device import (autocast, check_combination, describe, precision_
 from clreg.models.build import build_model, reinitialize, task_forward
 from clreg.train.optim import make_optimizer, make_schedule
 from clreg.train.evaluation import evaluate
-from clreg.train.guard import DivergenceGuard
+from clreg.train.guard import Diverged, DivergenceGuard
 from clreg.train.plateau import Plateau
 from clreg.train.callbacks import Batch, Callback, Step
 from clreg.train.progress import ProgressBar
@@ -222,14 +222,8 @@ class Trainer:
     def fit_task(self, task: int, reinit: bool = True, lr: float | None = None) -> None:
         """The steps of one task (at learning rate `lr`, default the run's), from re-init to on_train_end."""
         plan = self.open_task(task, reinit, lr)
-        start = time.perf_counter()
-        for task_step in range(plan.steps):
-            batch = self.next_batch(plan, task_step)
-            loss, penalty = self.step(plan.optimizer, plan.forward, batch.x, batch.y, batch.independent)
-            self.after_step(plan, batch, loss, penalty)
-            if self.stop_task:
-                break
-        self.close_task(task, start)
+        train_steps([self], {0: plan}, lambda live, batches: {0: self.step(plan.optimizer, plan.forward, batches[0].x,
+                                                                           batches[0].y, batches[0].independent)})
 
     def open_task(self, task: int, reinit: bool = True, lr: float | None = None) -> "TaskPlan":
         """A task's start: re-init, on_task_start, a fresh optimiser and schedule, the minibatch streams."""
@@ -372,6 +366,36 @@ class Trainer:
             index = torch.randperm(self.bench.train_size(task), generator=generator)[:n].to(self.device)
             sample = self.share(*self.bench.batch(task, index))  # across processes: summed over the ranks' shares
         self.reg.end_task(*(sample if sample else ()), forward=task_forward(self.model, task))
+
+
+StepAll = Callable[[list[int], dict[int, Batch]], dict[int, tuple[Tensor, Tensor | None]]]
+
+
+def train_steps(members: Sequence[Trainer], plans: dict[int, TaskPlan], step: StepAll,
+                failures: dict[int, Diverged] | None = None) -> None:
+    """The steps of one task: clreg's one step loop, for one run (`members` a list of one) or K runs trained
+    together (clreg.vectorized). Member k takes its own plan's steps (its epochs, task size and split) until a
+    callback stops it (`stop_task`) or it fails; `step(live, batches)` takes the step of every live member,
+    from the gradients to the optimiser, and returns each one's (task loss, R(θ_t) or None); a member it leaves
+    out has failed, its Diverged in `failures`. Then each member's task closes (the divergence check,
+    on_train_end). Alone (`failures` None) a Diverged ends the run; together it ends the member."""
+    start = time.perf_counter()
+    for task_step in range(max((plan.steps for plan in plans.values()), default=0)):
+        live = [k for k, plan in plans.items() if (failures is None or k not in failures)
+                and not members[k].stop_task and task_step < plan.steps]
+        if not live:
+            break
+        batches = {k: members[k].next_batch(plans[k], task_step) for k in live}
+        for k, (loss, penalty) in step(live, batches).items():
+            members[k].after_step(plans[k], batches[k], loss, penalty)
+    for k, plan in plans.items():
+        if failures is None:
+            members[k].close_task(plan.task, start)
+        elif k not in failures:
+            try:
+                members[k].close_task(plan.task, start)
+            except Diverged as err:
+                failures[k] = err
 
 
 def task_loss(forward, x: Tensor, y: Tensor) -> Tensor:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -36,7 +35,8 @@ from clreg.vectorized.step import StackedStep
 from clreg.train.steplog import StepLog
 from clreg.train.task_search import TaskSearch
 from clreg.train.guard import Diverged
-from clreg.train.loop import TaskPlan, Trainer, load_benchmark, result_of
+from clreg.train.callbacks import Batch
+from clreg.train.loop import TaskPlan, Trainer, load_benchmark, result_of, train_steps
 
 NETWORKS = ("mlp", "cifar-cnn")
 # settings in which the runs of one vectorised job may differ: none changes a shape; each run keeps its own number
@@ -144,34 +144,21 @@ class VectorizedTrainer:
         self.stacked = self.stepper is not None and len(active) == self.size
         if self.stacked:
             self.stepper.begin_task()
-        start = time.perf_counter()
-        for task_step in range(max((p.steps for p in plans.values()), default=0)):
-            live = [k for k in active if k not in self.failures and not self.members[k].stop_task
-                    and task_step < plans[k].steps]
-            if not live:
-                break
-            self._step(task, task_step, live, plans)
+        train_steps(self.members, plans, self._step, self.failures)
         for k in active:
-            if k in self.failures:
-                continue
-            member = self.members[k]
-            try:
-                member.close_task(task, start)
-            except Diverged as err:
-                self.failures[k] = err
-                continue
-            with self.rng.of(k):
-                member.finish_task(task)
+            if k not in self.failures:
+                with self.rng.of(k):
+                    self.members[k].finish_task(task)
 
-    def _step(self, task: int, task_step: int, live: list[int], plans: dict[int, TaskPlan]) -> None:
-        """One optimiser step of every live run: one batched forward and backward, then one stacked step (while
-        every run is live) or each run's own step."""
+    def _step(self, live: list[int], batches: dict[int, Batch]) -> dict[int, tuple[Tensor, Tensor | None]]:
+        """The step of every live run: one batched forward and backward, then one stacked step (while every run is
+        live) or each run's own step. Returns each run's (loss, R(θ_t) or None); a run that diverged is left out."""
         if self.stacked and len(live) < self.size:  # a run finished or diverged: the others go on alone
             self.stepper.hand_over()
             self.stacked = False
-        batches = {k: self.members[k].next_batch(plans[k], task_step) for k in live}
         x, y = self._stack(batches, live, lambda b: (b.x, b.y))
         first = self.members[live[0]]
+        task = batches[live[0]].task
         reg = first.reg
         self.net.zero_grad()
         with autocast(self.device, first.config.precision):
@@ -186,9 +173,8 @@ class VectorizedTrainer:
             if statistic and reg.needs_independent_batch:
                 independent = self._gradients(*self._stack(batches, live, lambda b: b.independent), task, live)
         stepped = self._stacked_step(live, losses, task_grads, independent) if self.stacked else \
-            self._own_steps(live, losses, plans, task_grads, independent)
-        for k, penalty in stepped.items():
-            self.members[k].after_step(plans[k], batches[k], losses[k].detach(), penalty)
+            self._own_steps(live, losses, task_grads, independent)
+        return {k: (losses[k].detach(), penalty) for k, penalty in stepped.items()}
 
     def _losses(self, logits: Tensor, y: Tensor, live: list[int]) -> dict[int, Tensor]:
         """Each live run's mean cross-entropy: one by one as alone (each run's own step: bit for bit), or in one
@@ -198,7 +184,7 @@ class VectorizedTrainer:
         every = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
         return {k: every[k] for k in live}
 
-    def _own_steps(self, live, losses, plans, task_grads, independent) -> dict[int, Tensor | None]:
+    def _own_steps(self, live, losses, task_grads, independent) -> dict[int, Tensor | None]:
         """Each run's own step (Trainer.apply_step); returns R(θ_t) or None per run that stepped."""
         stepped = {}
         for k in live:
@@ -206,7 +192,7 @@ class VectorizedTrainer:
             member.reg.set_step_gradients(None if task_grads is None else [g[k] for g in task_grads],
                                           None if independent is None else [g[k] for g in independent])
             try:
-                stepped[k] = member.apply_step(plans[k].optimizer, losses[k].detach())
+                stepped[k] = member.apply_step(member.optimizer, losses[k].detach())
             except Diverged as err:
                 self.failures[k] = err
                 member.reg.skip_step()
