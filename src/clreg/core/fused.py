@@ -64,7 +64,7 @@ def adam_step(optimizer: torch.optim.Optimizer, regularized: dict[Tensor, tuple]
             if p.grad is None:
                 continue
             state = optimizer.state[p]
-            for name, value in entry.scalars(group, entry.advance(state, p)).items():
+            for name, value in entry.scalars(group, entry.advance(state, p, group)).items():
                 setattr(options, name, value)
             centre, twice_precision, stat, other = regularized.get(p, (None, None, None, None))
             options.penalty = penalty if centre is not None else 0

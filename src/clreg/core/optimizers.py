@@ -32,8 +32,9 @@ class OptimizerUpdate:
     unsupported: Callable[[dict], str | None] = lambda group: None  # why a group's settings are not covered
     counts_steps: bool = True  # the state keeps `step` (Adam); else t is 1 until the state exists, then 2 (SGD)
 
-    def advance(self, state: dict, param: Tensor) -> int:
-        """Start `param`'s state as torch does at its first step (zeros) and count the coming step; returns t."""
+    def advance(self, state: dict, param: Tensor, group: dict | None = None) -> int:
+        """Start `param`'s state as torch does at its first step (zeros; the step count on the parameter's device
+        where the group is fused or capturable, as torch keeps it) and count the coming step; returns t."""
         first = any(state.get(name) is None for name in self.state)
         for name in self.state:
             if state.get(name) is None:
@@ -41,9 +42,15 @@ class OptimizerUpdate:
         if not self.counts_steps:
             return 1 if first else 2
         if "step" not in state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["step"] = new_step(param, group)
         state["step"] += 1
-        return int(state["step"])
+        return int(state["step"])  # (a host read where the count lives on a GPU: the formula's scalars need it)
+
+
+def new_step(param: Tensor, group: dict | None) -> Tensor:
+    """A step count of 0, where torch.optim keeps it: on the parameter's device for a fused or capturable group."""
+    on_device = group is not None and (group.get("fused") or group.get("capturable"))
+    return torch.zeros((), dtype=torch.float32, device=param.device if on_device else "cpu")
 
 
 UPDATES: dict[type, OptimizerUpdate] = {}

@@ -87,7 +87,7 @@ def optimizer_step(entry: OptimizerUpdate, optimizer: torch.optim.Optimizer, reg
             if p.grad is None:
                 continue
             state = optimizer.state[p]
-            scalars = entry.scalars(group, entry.advance(state, p))
+            scalars = entry.scalars(group, entry.advance(state, p, group))
             centre, twice_precision, stat, other = regularized.get(p, (None, None, None, None))
             run(entry.update, p.detach(), p.grad, [state[name] for name in entry.state], scalars,
                 penalty if centre is not None else NO_PENALTY, centre, twice_precision,

@@ -71,11 +71,11 @@ class StackedStep:
     def _share_optimizer_state(self) -> None:
         """Each run's optimiser state made views of the stacked one, so that its own step can take over."""
         for k, member in enumerate(self.members):
-            params = dict(member.model.named_parameters())
+            params, group = dict(member.model.named_parameters()), member.optimizer.param_groups[0]
             for name in self.net.params:
                 state = {n: self.state[name][j][k] for j, n in enumerate(self.entry.state)}
                 if self.entry.counts_steps:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["step"] = optimizers.new_step(params[name], group)
                 member.optimizer.state[params[name]] = state
 
     def hand_over(self) -> None:
