@@ -5,6 +5,8 @@ stacked step against the per-tensor one bit for bit, the native kernel and the c
 rounding (torch's vectorised sqrt on the CPU is not the correctly rounded one that C and the compiler use)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -344,3 +346,40 @@ def test_the_registries_refuse_a_name_twice():
         optimizers.register(optimizers.OptimizerUpdate("adam2", torch.optim.Adam, formulas.adam, (), lambda g, t: {}))
     with pytest.raises(ValueError, match="not yet registered"):
         register_kind(Kind("path", formulas.path, needs_step=True))
+
+
+def test_a_registered_optimiser_becomes_a_run_setting_and_steps_vectorised_runs():
+    """Registered before the run settings are read (as a plugin would), the toy optimiser is a `clreg run
+    --optimizer` choice, and a vectorised job of it through the stacked step equals its runs alone (eager)."""
+    script = '''
+import torch
+from clreg.core import optimizers
+
+class SignSGD(torch.optim.Optimizer):
+    def __init__(self, params, lr):
+        super().__init__(params, {"lr": lr})
+
+def sign_sgd(param, grad, *, lr):
+    return param - lr * grad.sign(), ()
+
+optimizers.register(optimizers.OptimizerUpdate("sign-sgd", SignSGD, sign_sgd, (), lambda group, t: {"lr": group["lr"]},
+                                               counts_steps=False, build=lambda params, lr, s: SignSGD(params, lr)))
+from clreg.train.config import OPTIONS, RunConfig
+from clreg.train.loop import Trainer, load_benchmark
+from clreg.vectorized.trainer import VectorizedTrainer
+assert "sign-sgd" in next(o for o in OPTIONS if o.name == "optimizer").choices
+configs = [RunConfig(benchmark="permuted-digits", method="si", c=c, optimizer="sign-sgd", lr=1e-3, tasks=2, epochs=1,
+                     hidden=[16, 16], device="cpu") for c in (0.5, 2.0)]
+job = VectorizedTrainer(configs, stacked_step=True)
+for member in job.members:
+    member.reg.step_backend = "eager"
+job.run()
+for config, member in zip(configs, job.members):
+    alone = Trainer(config, load_benchmark(config), progress=False)
+    alone.reg.step_backend = "eager"
+    alone.run()
+    assert all(torch.equal(p, q) for p, q in zip(alone.model.parameters(), member.model.parameters()))
+print("SIGN-SGD OK")
+'''
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert "SIGN-SGD OK" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]

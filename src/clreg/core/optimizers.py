@@ -31,6 +31,10 @@ class OptimizerUpdate:
     scalars: Callable[[dict, int], dict]  # (param group, step t counted from 1) -> the formula's scalars
     unsupported: Callable[[dict], str | None] = lambda group: None  # why a group's settings are not covered
     counts_steps: bool = True  # the state keeps `step` (Adam); else t is 1 until the state exists, then 2 (SGD)
+    # for `clreg run --optimizer NAME`: (params, lr, run settings) -> the optimiser, and the run settings it reads
+    # beyond lr (clreg.train.optim declares them; one it does not read is refused for this optimiser)
+    build: Callable[..., torch.optim.Optimizer] | None = None
+    reads: tuple[str, ...] = ()
 
     def advance(self, state: dict, param: Tensor, group: dict | None = None) -> int:
         """Start `param`'s state as torch does at its first step (zeros; the step count on the parameter's device
@@ -115,9 +119,24 @@ def sgd_scalars(group: dict, step: int) -> dict:
             "one_minus_dampening": 1.0 - group["dampening"], "nesterov": bool(group["nesterov"]), "first": step == 1}
 
 
+def _adam(kind: type) -> Callable[..., torch.optim.Optimizer]:
+    """The paper's Adam (β = 0.9, 0.999, ε = 1e-8), torch's fused kernel where the device has one."""
+    return lambda params, lr, s: kind(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=s["weight_decay"],
+                                      fused=True)
+
+
 ADAM = register(OptimizerUpdate("adam", torch.optim.Adam, formulas.adam, ("exp_avg", "exp_avg_sq"), adam_scalars,
-                                _adam_unsupported))
+                                _adam_unsupported, build=_adam(torch.optim.Adam), reads=("weight_decay",)))
 ADAMW = register(OptimizerUpdate("adamw", torch.optim.AdamW, formulas.adam, ("exp_avg", "exp_avg_sq"),
-                                 lambda group, step: {**adam_scalars(group, step), "decoupled": True}, _adam_unsupported))
+                                 lambda group, step: {**adam_scalars(group, step), "decoupled": True}, _adam_unsupported,
+                                 build=_adam(torch.optim.AdamW), reads=("weight_decay",)))
 SGD = register(OptimizerUpdate("sgd", torch.optim.SGD, formulas.sgd, ("momentum_buffer",), sgd_scalars, _common,
-                               counts_steps=False))
+                               counts_steps=False, reads=("momentum", "nesterov", "weight_decay"),
+                               build=lambda params, lr, s: torch.optim.SGD(params, lr=lr, momentum=s["momentum"],
+                                                                           nesterov=s["nesterov"],
+                                                                           weight_decay=s["weight_decay"])))
+
+
+def buildable() -> dict[str, OptimizerUpdate]:
+    """The registered optimisers a run can name (`clreg run --optimizer`), by name."""
+    return {entry.name: entry for entry in UPDATES.values() if entry.build is not None}

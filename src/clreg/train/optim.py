@@ -19,9 +19,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from clreg.core import optimizers
 from clreg.core.options import Option
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = tuple(optimizers.buildable())  # the registered optimisers a run can name (clreg.core.optimizers)
 SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
 
 OPTIONS = (
@@ -45,7 +46,10 @@ OPTIONS = (
            "best epoch's weights are kept (0: never stop early)", minimum=0, key_when_default=False),
 )
 DEFAULTS = {option.name: option.default for option in OPTIONS}
-APPLIES = {"momentum": ("optimizer", ("sgd",)), "nesterov": ("optimizer", ("sgd",)),
+# a setting that only some optimisers (as they declare) or schedules read: set for another, it is refused
+READ_BY_SOME = {name for entry in optimizers.buildable().values() for name in entry.reads}
+APPLIES = {**{name: ("optimizer", tuple(n for n, e in optimizers.buildable().items() if name in e.reads))
+              for name in sorted(READ_BY_SOME) if not all(name in e.reads for e in optimizers.buildable().values())},
            "lr_gamma": ("lr_schedule", ("step", "exponential", "plateau")), "lr_step_epochs": ("lr_schedule", ("step",)),
            "lr_min_factor": ("lr_schedule", ("cosine",)), "lr_patience": ("lr_schedule", ("plateau",)),
            "stop_patience": ("lr_schedule", ("plateau",))}
@@ -63,14 +67,10 @@ def check(settings: dict) -> None:
 
 def make_optimizer(model: nn.Module, lr: float, settings: dict | None = None) -> torch.optim.Optimizer:
     """The optimiser `settings` (the OPTIONS by name; missing ones at their defaults) asks for, over all of
-    `model`'s parameters. Adam and AdamW use torch's fused kernel where the device has one."""
+    `model`'s parameters, as its registry entry builds it (Adam and AdamW: torch's fused kernel where the device
+    has one)."""
     s = {**DEFAULTS, **(settings or {})}
-    params = model.parameters()
-    if s["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=s["momentum"], nesterov=s["nesterov"],
-                               weight_decay=s["weight_decay"])
-    kind = torch.optim.AdamW if s["optimizer"] == "adamw" else torch.optim.Adam
-    return kind(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=s["weight_decay"], fused=True)
+    return optimizers.buildable()[s["optimizer"]].build(model.parameters(), lr, s)
 
 
 def lr_factor(settings: dict, steps: int, steps_per_epoch: int) -> Callable[[int], float]:
