@@ -109,12 +109,8 @@ class Trainer:
         saved after every task; with `resume` too, a run starts from that checkpoint when it exists."""
         first = self.start(checkpoint_path if resume else None)
         with precision_scope(self.device, self.config.precision):
-            for task in range(first, self.bench.num_tasks):
-                if self.search is not None:
-                    self.search.train(self, task)
-                else:
-                    self.train_task(task)
-                self.record_task(task, checkpoint_path)
+            train_tasks([self], [first], lambda task, active: self.search.train(self, task) if self.search is not None
+                        else self.train_task(task), lambda k, task: self.record_task(task, checkpoint_path))
         if self.config.revisit:
             self.revisit_first_task(self.accuracy[-1].tolist())
         return self.accuracy
@@ -369,6 +365,19 @@ class Trainer:
 
 
 StepAll = Callable[[list[int], dict[int, Batch]], dict[int, tuple[Tensor, Tensor | None]]]
+
+
+def train_tasks(members: Sequence[Trainer], first: Sequence[int], train_task: Callable[[int, list[int]], None],
+                record: Callable[[int, int], None], failures: dict[int, Diverged] | None = None) -> None:
+    """clreg's one task loop, for one run or K: from the earliest member's first task (members resumed from later
+    checkpoints join at theirs), `train_task(task, active)` trains the active members, then `record(k, task)`
+    evaluates and checkpoints each one that has not failed."""
+    for task in range(min(first), members[0].bench.num_tasks):
+        active = [k for k in range(len(members)) if (failures is None or k not in failures) and first[k] <= task]
+        train_task(task, active)
+        for k in active:
+            if failures is None or k not in failures:
+                record(k, task)
 
 
 def train_steps(members: Sequence[Trainer], plans: dict[int, TaskPlan], step: StepAll,

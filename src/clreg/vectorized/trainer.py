@@ -36,7 +36,7 @@ from clreg.train.steplog import StepLog
 from clreg.train.task_search import TaskSearch
 from clreg.train.guard import Diverged
 from clreg.train.callbacks import Batch
-from clreg.train.loop import TaskPlan, Trainer, load_benchmark, result_of, train_steps
+from clreg.train.loop import TaskPlan, Trainer, load_benchmark, result_of, train_steps, train_tasks
 
 NETWORKS = ("mlp", "cifar-cnn")
 # settings in which the runs of one vectorised job may differ: none changes a shape; each run keeps its own number
@@ -121,17 +121,16 @@ class VectorizedTrainer:
             with self.rng.of(k):
                 self.started[k] = member.start(path if resume else None)
         with precision_scope(self.device, self.members[0].config.precision):
-            for task in range(min(self.started), self.members[0].bench.num_tasks):
-                active = [k for k in range(self.size) if k not in self.failures and self.started[k] <= task]
-                self.train_task(task, active)
-                for k in active:
-                    if k not in self.failures:
-                        with self.rng.of(k):
-                            self.members[k].record_task(task, paths[k])
+            train_tasks(self.members, self.started, self.train_task, lambda k, task: self._record(k, task, paths[k]),
+                        self.failures)
         for member in self.members:
             member.log.close()
         return [self.failures.get(k) or {**result_of(m, m.accuracy), "vectorized": {"runs": self.size, "member": k}}
                 for k, m in enumerate(self.members)]
+
+    def _record(self, k: int, task: int, path: str | Path | None) -> None:
+        with self.rng.of(k):
+            self.members[k].record_task(task, path)
 
     def train_task(self, task: int, active: list[int]) -> None:
         """Task `task`'s steps for the runs `active`, each for its own number of steps (its epochs, task size and
