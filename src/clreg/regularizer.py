@@ -80,8 +80,7 @@ class Regularizer:
         self.penalty_term = QuadraticPenalty(self.params, strength, decay=decay, prior=prior, mode=penalty,
                                              keep_tasks=keep_tasks)
         self.memory_budget = memory_budget  # bytes for the per-sample engine (None: by device, clreg.core.device)
-        if step_backend is not None and step_backend not in step_backends.BACKENDS:
-            raise ValueError(f"a step backend is one of {', '.join(step_backends.BACKENDS)}, got {step_backend!r}")
+        step_backends.check_backend(step_backend)
         self.step_backend = step_backend  # `step`'s backend when it is not given one (None: chosen per step)
         self.last_importance: dict[str, Tensor] | None = None
         self._task_grads: list[Tensor] | None = None
@@ -294,8 +293,7 @@ class Regularizer:
 
     def _backend(self, optimizer: torch.optim.Optimizer, statistic, asked: str | None) -> str:
         """The backend that runs this step (see `step`): `asked`, else "native" where it applies, else "torch"."""
-        if asked is not None and asked not in step_backends.BACKENDS:
-            raise ValueError(f"a step backend is one of {', '.join(step_backends.BACKENDS)}, got {asked!r}")
+        step_backends.check_backend(asked)
         entry = optimizers.lookup(optimizer)
         scale = self.penalty_term.gradient_scale
         formula = entry is not None and (scale is None or (isinstance(scale, float) and scale == 1.0))

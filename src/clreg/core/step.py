@@ -33,6 +33,12 @@ NO_PENALTY, ADD_PENALTY, PENALTY_IN_GRAD = 0, 1, 2
 BACKENDS = ("eager", "compiled", "native", "torch")
 
 
+def check_backend(name: str | None) -> None:
+    """ValueError unless `name` is None (chosen per step) or one of BACKENDS."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"a step backend is one of {', '.join(BACKENDS)}, got {name!r}")
+
+
 def tensor_step(update: Callable, param: Tensor, grad: Tensor, state: tuple, scalars: dict, penalty: int = NO_PENALTY,
                 centre: Tensor | None = None, twice_precision: Tensor | None = None, kind: Kind | None = None,
                 stat: Tensor | None = None, other: Tensor | None = None, task_weight=1.0, other_weight=0.0,

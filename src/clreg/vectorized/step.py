@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from clreg.core import formulas, optimizers
-from clreg.core.step import ADD_PENALTY, NO_PENALTY, stacked_scalars, tensor_step
+from clreg.core.step import ADD_PENALTY, NO_PENALTY, stacked_scalars, tensor_step_
 
 
 class StackedStep:
@@ -32,13 +32,11 @@ class StackedStep:
 
     @staticmethod
     def why_not(members) -> str | None:
-        """Why the runs cannot step as one (None: they can): an optimiser without a registered formula, or SOS's
-        g_t taken from split halves."""
+        """Why the runs cannot step as one (None: they can): SOS's g_t taken from split halves. (Their optimiser is
+        one of the run settings' choices, each a registered formula, and the same for all: clreg.vectorized.trainer
+        groups by it.)"""
         if any(m.reg.split for m in members):
             return "sos split takes g_t from the halves of the batch"
-        kinds = {m.config.optimizer for m in members}
-        if len(kinds) > 1:
-            return f"the runs use different optimisers ({', '.join(sorted(kinds))})"
         return None
 
     @torch.no_grad()
@@ -112,16 +110,9 @@ class StackedStep:
                 other = None if independent is None else independent[i]
                 if task_grads is not None:  # g_t taken with dropout off: u = a·g_t + b·g'_t, passed whole
                     other, weights = formulas.combine(task_grads[i], other, *weights), (0.0, 1.0)
-            new_p, new_state, new_stat = tensor_step(
-                self.entry.update, p.detach(), grad, tuple(self.state[name]), scalars, penalty,
-                self.centre.get(name) if penalty else None, self.precision.get(name) if penalty else None,
-                kind, stat, other, *weights, stat_scalars)
-            p.detach().copy_(new_p)
-            for live, new in zip(self.state[name], new_state):
-                if new is not live:
-                    live.copy_(new)
-            if stat is not None:
-                stat.copy_(new_stat)
+            tensor_step_(self.entry.update, p.detach(), grad, self.state[name], scalars, penalty,
+                         self.centre.get(name) if penalty else None, self.precision.get(name) if penalty else None,
+                         kind, stat, other, *weights, stat_scalars)
         if self.statistic is not None:
             for member in self.members:
                 member.reg.measure.steps += 1

@@ -71,8 +71,8 @@ class VectorizedTrainer:
 
     def __init__(self, configs: Sequence[RunConfig], benches: Sequence[Benchmark] | None = None,
                  logs: Sequence[StepLog] | None = None, stacked_step: bool | None = None):
-        """`stacked_step`: one optimiser step for all runs (clreg.vectorized.step; default: off the CPU, with Adam
-        or AdamW), else each run's own step (bit for bit its step alone)."""
+        """`stacked_step`: one optimiser step for all runs while all step (clreg.vectorized.step; default: off the
+        CPU), else each run's own step (bit for bit its step alone)."""
         configs = list(configs)
         if not configs:
             raise ValueError("a vectorised job needs at least one run")
@@ -81,7 +81,7 @@ class VectorizedTrainer:
             if reason:
                 raise ValueError(f"run {config.method} c={config.c:g} seed {config.seed} cannot be vectorised: {reason}")
         if len({group_key(c) for c in configs}) > 1:
-            raise ValueError("the runs of a vectorised job must share benchmark, network, widths, method, epochs, "
+            raise ValueError("the runs of a vectorised job must share benchmark, network, widths, method, optimiser, "
                              f"batch size and device; they may differ only in {', '.join(FREE)}")
         if distributed.world_size() > 1:
             raise ValueError("a vectorised job runs in one process (not under --nproc)")
