@@ -1,6 +1,6 @@
-"""The paper's analyses (SPEC §7) at reduced scale: `clreg analyze measures`, `bias` and `noise` on Permuted
+"""The paper's analyses (docs/algorithms.md §9) at reduced scale: `clreg analyze measures`, `bias` and `noise` on Permuted
 MNIST (10 tasks, widths 400,400, 5 epochs, SI with its reduced-scale c and re-init, as in
-experiments/pmnist_reduced.py) and on split-cifar10 (5 tasks, 5 epochs, the CIFAR network, SI with SPEC's c).
+experiments/pmnist_reduced.py) and on split-cifar10 (5 tasks, 5 epochs, the CIFAR network, SI with the paper's c).
 
 Each analysis writes its JSON, figures and summary.md into experiments/results/analyses/<benchmark>/<kind>/;
 one whose JSON exists is not run again.

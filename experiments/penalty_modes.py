@@ -1,4 +1,4 @@
-"""Online, separate and debiased penalties (SPEC §4) on Permuted MNIST at reduced scale (issue 4).
+"""Online, separate and debiased penalties (docs/algorithms.md §4) on Permuted MNIST at reduced scale.
 
 10 tasks, widths 400,400, 5 epochs; EWC (exact Fisher) and SOS (α = 0, re-init, as in the reduced-scale
 table); for each penalty mode c is chosen on the validation split (seed 0) from a small grid around

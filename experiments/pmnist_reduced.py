@@ -1,10 +1,10 @@
 """Every method on Permuted MNIST at reduced scale (10 tasks, widths 400,400, 5 epochs, seed 0).
 
-Starts from SPEC §5's P-MNIST values of c and re-init and searches a small grid around them (the
+Starts from the paper's P-MNIST values (docs/algorithms.md §10) of c and re-init and searches a small grid around them (the
 reduced scale changes the right c: SI's path integral grows with the number of steps, and 5 epochs
 are a quarter of the paper's 20). Following the paper's P-MNIST protocol, the grid point is chosen by
 test accuracy (the paper: "For MNIST, we measured HP-quality on the test set"). Measures without a
-SPEC value borrow their relative's (masx from mas, masx-logits from mas-logits) or use a plain grid.
+paper value borrow their relative's (masx from mas, masx-logits from mas-logits) or use a plain grid.
 Resumable: a grid point whose JSON exists is not run again.
 
     python experiments/pmnist_reduced.py --data-dir ../shared/datasets
@@ -22,7 +22,7 @@ from clreg.core.records import machine, provenance, versions, write_json
 from clreg.train.loop import run
 
 OUT = Path(__file__).parent / "results" / "pmnist-reduced"
-SPEC_VALUES = {  # method: (c, reinit) from SPEC §5 (P-MNIST column)
+PAPER_VALUES = {  # method: (c, reinit) from docs/algorithms.md §10 (P-MNIST column)
     "finetune": (0.0, False), "si": (0.2, True), "siu": (2.0, True), "sib": (0.5, True), "sos": (1.0, True),
     "mas": (500.0, False), "af": (200.0, False), "sqrt-fisher": (2.0, False), "fisher": (1000.0, False),
     "mas-logits": (0.001, True), "masx": (500.0, False), "masx-logits": (0.001, True),
@@ -34,7 +34,7 @@ MAX_EXTENSIONS = 3  # the grid is extended by ×5 steps while the best c sits on
 
 
 def edge_extension(tried: list[float], best: float) -> list[float]:
-    """The next c to try when the best one is the largest or smallest tried (SPEC §5), else none."""
+    """The next c to try when the best one is the largest or smallest tried (docs/algorithms.md §8), else none."""
     if len(tried) < 2 or best == 0:
         return []
     if best == tried[-1]:
@@ -59,12 +59,12 @@ def one(method: str, c: float, reinit: bool, data_dir: str, evaluate_on: str, pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--methods", default=",".join(SPEC_VALUES), help="comma-separated subset")
+    parser.add_argument("--methods", default=",".join(PAPER_VALUES), help="comma-separated subset")
     args = parser.parse_args()
     table = {}
     for method in args.methods.split(","):
         start = time.perf_counter()
-        c0, reinit = SPEC_VALUES[method]
+        c0, reinit = PAPER_VALUES[method]
         grid = {}
         values = [float(f"{c0 * factor:.6g}") for factor in GRID.get(method, DEFAULT_GRID)]
         for _ in range(MAX_EXTENSIONS + 1):

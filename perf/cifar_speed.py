@@ -1,4 +1,4 @@
-"""The CIFAR network (SPEC §5) on split-cifar10: seconds per 10,000 training images and post-task importance
+"""The CIFAR network (docs/algorithms.md §6) on split-cifar10: seconds per 10,000 training images and post-task importance
 time at n = 500, each against a reference measured in the same run.
 
 Training: one task of split-cifar10 (one epoch = 35 steps of 256 = 8,960 images) with (a) a plain PyTorch loop

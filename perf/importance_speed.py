@@ -1,6 +1,6 @@
 """Post-task importance on n samples: the naive per-sample loop, a plain torch.func vmap, and clreg.
 
-For the 784-2000-2000-10 MLP (SPEC §5) and 1000 inputs: exact Fisher, AF and MAS computed by
+For the 784-2000-2000-10 MLP (docs/algorithms.md §6) and 1000 inputs: exact Fisher, AF and MAS computed by
 (a) one autograd backward per sample and label (the reference, summed in float64), (b) torch.func vmap(grad) over
 samples, chunked, squaring/abs-ing the materialised per-sample gradients, (c) clreg's engine.
 Each (measure, way) runs in its own process so that its peak memory (max RSS) is its own. Values of

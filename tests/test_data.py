@@ -67,6 +67,7 @@ def test_mnist_loader_rejects_non_canonical_content(tmp_path, images, monkeypatc
 def test_missing_files_give_one_error_naming_them(tmp_path, monkeypatch):
     monkeypatch.setenv("CLREG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("CLREG_DATA_DIR", raising=False)
+    (tmp_path / "nowhere").mkdir()  # a folder without the files (a folder that is not there: test_settings.py)
     with pytest.raises(DataFileError) as err:
         load_mnist(tmp_path / "nowhere", download=False)
     message = str(err.value)

@@ -31,6 +31,7 @@ def test_fashion_mnist_is_found_where_debian_puts_it(tmp_path, monkeypatch):
     for key, (name, _, _) in mnist.FASHION_FILES.items():
         (system / "fashion-mnist" / name).write_bytes(idx_bytes(images if "images" in key else labels))
     monkeypatch.setattr(mnist, "DEBIAN_ROOT", str(system))
+    (tmp_path / "elsewhere").mkdir()  # a data directory without fashion-mnist/
     data = load_fashion_mnist(tmp_path / "elsewhere", verify=False, download=False)
     assert np.array_equal(data.x_test, images) and data.y_train.tolist() == [9, 0, 0, 3, 0]
     with pytest.raises(DataFileError, match="canonical Fashion-MNIST"):
@@ -78,6 +79,7 @@ def test_cifar10_is_downloaded_checked_unpacked_and_cached(tmp_path, server, mon
     batches = cifar_binary_tarball(folder / "cifar-10-binary.tar.gz")
     md5 = hashlib.md5((folder / "cifar-10-binary.tar.gz").read_bytes()).hexdigest()
     monkeypatch.setattr(cifar, "CIFAR10_ARCHIVE", RemoteFile("cifar-10-binary.tar.gz", md5, (url,)))
+    (tmp_path / "nothing-here").mkdir()  # a data directory without cifar10/
     data = cifar.load_cifar10(tmp_path / "nothing-here")
     assert data.x_train.shape == (15, 3, 32, 32) and data.y_test.tolist() == batches[5][:, 0].tolist()
     assert (tmp_path / "cache" / "cifar10" / "cifar-10-batches-bin" / "test_batch.bin").is_file()
@@ -89,6 +91,7 @@ def test_a_download_with_the_wrong_checksum_is_refused(tmp_path, server, monkeyp
     folder, url = server
     cifar_binary_tarball(folder / "cifar-10-binary.tar.gz")
     monkeypatch.setattr(cifar, "CIFAR10_ARCHIVE", RemoteFile("cifar-10-binary.tar.gz", "0" * 32, (url,)))
+    (tmp_path / "nothing-here").mkdir()
     with pytest.raises(DataFileError, match="cifar10 not found.*download failed.*md5"):
         cifar.load_cifar10(tmp_path / "nothing-here")
     assert not (tmp_path / "cache" / "cifar10" / "cifar-10-batches-bin").exists()
@@ -159,5 +162,6 @@ def test_tiny_imagenet_errors_name_the_file(tmp_path):
     (folder / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99999999\t0\t0\t1\t1\n")
     with pytest.raises(DataFileError, match="class n99999999 is not in wnids.txt"):
         load_tiny_imagenet(tmp_path, download=False)
+    (tmp_path / "nowhere").mkdir()  # a folder without the data (a folder that is not there: test_settings.py)
     with pytest.raises(DataFileError, match="Tiny ImageNet not found"):
         load_tiny_imagenet(tmp_path / "nowhere", download=False)

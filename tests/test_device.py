@@ -129,8 +129,9 @@ def test_the_divergence_guard_names_the_first_bad_step(every):
     losses = [1.0] * 11 + [float("nan"), float("inf"), 2.0]
     with pytest.raises(guard_module.Diverged, match=r"became nan at step 12 \(task 3\)"):
         for step, value in enumerate(losses, start=1):
-            guard.record(torch.tensor(value), step, task=2)
-        guard.check(len(losses), task=2)
+            guard.before_step(torch.tensor(value), None, step, task=2)
+            guard.after_step(torch.tensor(0.0))
+        guard.check()
 
 
 def test_the_device_is_not_part_of_a_runs_identity_but_the_precision_is():

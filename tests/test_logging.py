@@ -115,7 +115,7 @@ def test_cli_config_file_flags_override_and_result_replays(tmp_path):
     assert b["accuracy_matrix"] == a["accuracy_matrix"] and b["config"] == a["config"]
     bad = subprocess.run([*CLREG, "run", "--config", str(spec), "--momentum", "2"], capture_output=True, text=True,
                          timeout=60)
-    assert bad.returncode == 2 and "Invalid value for '--momentum': must be <= 1, got 2.0" in bad.stderr
+    assert bad.returncode == 2 and "Invalid value for '--momentum': must be in [0, 1], got 2.0" in bad.stderr
 
 
 @pytest.mark.slow

@@ -105,8 +105,10 @@ def test_training_and_every_measure_emit_no_warnings(tmp_path, network, hidden, 
             Trainer(config, load_benchmark(config), progress=False).run()
 
 
-def test_sweep_whose_runs_all_fail_says_so_and_exits_1(tmp_path):
+def test_sweep_whose_runs_all_fail_says_so_and_exits_1(tmp_path, monkeypatch, capsys):
     import yaml
+
+    from clreg.cli import commands
 
     data = tmp_path / "gone.npz"
     small_npz(data, n=64)
@@ -118,14 +120,20 @@ def test_sweep_whose_runs_all_fail_says_so_and_exits_1(tmp_path):
     assert dry.returncode == 0 and "4 run(s) to start now" in dry.stdout  # data found (finetune: its search
     # run on validation and its final run on test, at once)
     data.unlink()
-    dry = subprocess.run([*CLREG, "sweep", str(spec), "--dry-run"], capture_output=True, text=True, timeout=120)
-    assert dry.returncode == 2 and "gone.npz: no such file" in dry.stderr
-    p = subprocess.run([*CLREG, "sweep", str(spec), "--store", str(tmp_path / "runs" / "s.sqlite"), "--threads", "1"],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 1 and "3 run(s) failed, so finetune, si got no result; first error: DataFileError:" in p.stderr
-    assert "| si | (2 run(s) failed: DataFileError:" in p.stdout and "diverged" not in p.stdout
-    assert "c = " not in p.stdout  # no c is chosen from failed runs
-    rows = Store(tmp_path / "runs" / "s.sqlite").runs()
+    store = tmp_path / "runs" / "s.sqlite"
+    for extra in (["--dry-run"], ["--store", str(store)]):  # missing data: exit 2 before any store or run
+        p = subprocess.run([*CLREG, "sweep", str(spec), *extra], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and "gone.npz: no such file" in p.stderr and not store.exists()
+    # data that vanishes after the check: every run fails, the sweep says so and exits 1
+    monkeypatch.setattr(commands, "check_sweep_data", lambda spec, runtime: None)
+    monkeypatch.setattr(sys, "argv", ["clreg", "sweep", str(spec), "--store", str(store), "--threads", "1"])
+    with pytest.raises(SystemExit) as stop:
+        commands.main()
+    out, err = capsys.readouterr()
+    assert stop.value.code == 1 and "3 run(s) failed, so finetune, si got no result; first error: DataFileError:" in err
+    assert "| si | (2 run(s) failed: DataFileError:" in out and "diverged" not in out
+    assert "c = " not in out  # no c is chosen from failed runs
+    rows = Store(store).runs()
     assert {r["status"] for r in rows} == {"failed"}
     assert all(r["message"].startswith("DataFileError: ") and "Traceback" in r["error"] for r in rows)
 

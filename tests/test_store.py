@@ -65,7 +65,7 @@ def test_release_hands_runs_back(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     store.claim("a", {})
     store.release(["a"], "interrupted: KeyboardInterrupt")
-    assert store.get("a")["status"] == "failed" and "interrupted" in store.get("a")["error"]
+    assert store.get("a")["status"] == "interrupted" and "interrupted" in store.get("a")["error"]
     assert store.claim("a", {})
 
 
@@ -124,10 +124,24 @@ def test_rows_are_json_text(tmp_path):
     assert json.loads(raw[0]) == {"hidden": [4, 4]} and json.loads(raw[1]) == {"accuracy_matrix": [[1.0]]}
 
 
+def result_of(matrix):
+    """A done run's result as a run writes it: the matrix and its metrics (clreg.train.metrics)."""
+    from clreg.train.metrics import summary
+
+    import numpy as np
+    return {"accuracy_matrix": matrix, **summary(np.asarray(matrix))}
+
+
 def _result_file(path, **config):
     path.write_text(json.dumps({"config": {"benchmark": "permuted-digits", "method": "si", "c": 1, **config},
-                                "accuracy_matrix": [[0.5]], "versions": {"torch": "x"}}))
+                                **result_of([[0.5]]), "versions": {"torch": "x"}}))
     return path
+
+
+SPEC = {"name": "g", "benchmark": "permuted-digits", "settings": {}, "seeds": [0], "search_evaluate_on": "validation",
+        "search_seeds": 1, "metric": "average_accuracy", "extend": True, "max_extensions": 4,
+        "final_evaluate_on": "test", "entries": [{"label": "si", "method": "si", "c": [1.0], "reinit": [False],
+                                                 "settings": {}, "grid": {}}]}
 
 
 def test_import_keys_runs_by_their_config_and_keeps_finished_rows(tmp_path):
@@ -137,16 +151,16 @@ def test_import_keys_runs_by_their_config_and_keeps_finished_rows(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     config = RunConfig.from_dict({"benchmark": "permuted-digits", "method": "si", "c": 1})
     store.claim(config.key(), config.canonical())
-    store.finish(config.key(), {"status": "done", "result": {"accuracy_matrix": [[0.9]]}})
+    store.finish(config.key(), {"status": "done", "result": result_of([[0.9]])})
     other = RunConfig.from_dict({"benchmark": "permuted-digits", "method": "si", "c": 2})
     store.claim(other.key(), other.canonical())
-    store.release([other.key()], "interrupted")  # failed: an imported result replaces it
+    store.release([other.key()], "interrupted")  # interrupted: an imported result replaces it
     a = _result_file(tmp_path / "a.json")  # c = 1 as an int: same run as c = 1.0
     b = _result_file(tmp_path / "b.json", c=2.0)
     runs_file = tmp_path / "runs.json"
-    runs_file.write_text(json.dumps({"sweeps": {"g": {"name": "g"}}, "runs": [
+    runs_file.write_text(json.dumps({"sweeps": {"g": SPEC}, "runs": [
         {"key": "stale-key", "status": "done", "config": {"benchmark": "permuted-digits", "method": "si", "c": 3},
-         "result": {"accuracy_matrix": [[0.7]]}, "seconds": 4.0},
+         "result": result_of([[0.7]]), "seconds": 4.0},
         {"key": "x", "status": "failed", "config": {"benchmark": "permuted-digits"}, "error": "boom"},
         {"status": "diverged", "config": {"benchmark": "permuted-digits", "c": 4}, "result": {"diverged_step": 3}}]}))
     out = import_files(store, [a, b, runs_file])
@@ -157,7 +171,7 @@ def test_import_keys_runs_by_their_config_and_keeps_finished_rows(tmp_path):
     assert store.get(three.key())["seconds"] == 4.0 and store.get("stale-key") is None
     four = RunConfig.from_dict({"benchmark": "permuted-digits", "c": 4})
     assert store.get(four.key())["status"] == "diverged"
-    assert store.sweeps() == {"g": {"name": "g"}}
+    assert store.sweeps() == {"g": SPEC}
     assert store.claim(other.key(), other.canonical()) is False  # a sweep does not run it again
 
 
@@ -165,10 +179,10 @@ def test_import_keys_runs_by_their_config_and_keeps_finished_rows(tmp_path):
     ("not json", "is not JSON"),
     ('{"something": 1}', "is neither a runs.json written by `clreg report`"),
     ('{"runs": [{"status": "done", "config": {"benchmark": "permuted-digits", "colour": 1}, "result": {}}]}',
-     "run 0: config not readable by this clreg: unknown run setting(s) 'colour'"),
+     "run 0 (seed 0): config not readable by this clreg: unknown run setting(s) 'colour'"),
     ('{"runs": [{"status": "finished", "config": {}}]}', "run 0: status 'finished' is not one of pending"),
     ('{"runs": [{"status": "done", "config": {"benchmark": "permuted-digits"}, "result": {}}]}',
-     "run 0: a done run needs its result with an 'accuracy_matrix'"),
+     "run 0 (seed 0): result: a done run needs its result with an 'accuracy_matrix'"),
     ('{"runs": [3]}', "run 0: a run must be an object with a 'config' object"),
 ])
 def test_bad_import_files_import_nothing(tmp_path, content, message):

@@ -155,7 +155,8 @@ class FakeExecutor:
         time.sleep(self.seconds)
         key, config = self.queue.pop(0)
         score = peaked(5)(config["c"], config["reinit"])
-        return [(key, {"status": "done", "result": {"average_accuracy": score, "mean_forgetting": 0.0}, "seconds": 0.0})]
+        result = {"accuracy_matrix": [[score]], "average_accuracy": score, "mean_forgetting": 0.0, "bwt": 0.0}
+        return [(key, {"status": "done", "result": result, "seconds": 0.0})]
 
     def shutdown(self, cancel=False):
         self.shut = cancel
@@ -176,8 +177,9 @@ def test_interrupted_driver_hands_its_runs_back(tmp_path):
     lines = []
     with pytest.raises(KeyboardInterrupt):
         SweepDriver(spec, store, executor, log=lines.append).run()
-    assert store.counts() == {"done": 2, "failed": 1, "pending": 1} and executor.shut  # c = 10 was queued
-    assert store.runs(status="failed")[0]["error"] == "interrupted: KeyboardInterrupt" and len(lines) == 2
+    # interrupted, not failed: the next sweep runs it again (c = 10 was queued)
+    assert store.counts() == {"done": 2, "interrupted": 1, "pending": 1} and executor.shut
+    assert store.runs(status="interrupted")[0]["error"] == "interrupted: KeyboardInterrupt" and len(lines) == 2
     states = SweepDriver(spec, store, FakeExecutor(), log=lines.append).run()  # the next invocation finishes
     assert states["si"].selected == (5.0, Line(False)) and store.counts() == {"done": 7}
     assert sorted(r["attempts"] for r in store.runs()) == [1] * 6 + [2]  # the interrupted run, once more

@@ -218,7 +218,7 @@ def test_cli_run_resume(tmp_path):
     assert wild.returncode == 1 and "clreg: error: diverged: the training loss became nan at step 2 (task 1)" in wild.stderr
     wrong = subprocess.run([*CLREG, *base, "--c", "3", "--checkpoint", str(ck), "--resume"],
                            capture_output=True, text=True, timeout=120)
-    assert wrong.returncode == 1 and "belongs to another run configuration (differs in: c)" in wrong.stderr
+    assert wrong.returncode == 2 and "belongs to another run configuration (differs in: c)" in wrong.stderr
 
 
 def test_report_table_and_figures(tmp_path, reference):

@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import inspect
-
-from typing import Callable, Iterable
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -88,6 +89,7 @@ class Regularizer:
         self._scratch = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
         self._before: list[Tensor] = []  # θ_t, for Δ_t of a path statistic on the foreach backend
         self._before_at: int | None = None  # measure.steps when _before was taken (None: stale)
+        self._warned: set[tuple[type, str]] = set()  # warnings end_task has given: each is given once
         self.begin_task()
 
     @property
@@ -235,8 +237,9 @@ class Regularizer:
         default for `torch.optim.Adam`/`AdamW` on float32 CPU tensors), "eager" or "compiled" (clreg's formula
         for a registered optimiser, clreg.core.optimizers: Adam, AdamW, SGD), or "torch" (the optimiser's own
         `step()` between the penalty and the statistic: any optimiser; the default where "native" does not
-        apply). All give the same numbers to float rounding; "native" and "eager" the same bits. On the
-        formula backends `.grad` keeps the task-loss gradient.
+        apply). All agree to float rounding; "native" and "compiled" give the same bits, "eager" differs from them by
+        an ulp on some elements and "torch" by rounding, differences that grow over a run (docs/development.md,
+        "Reproducibility"). On the formula backends `.grad` keeps the task-loss gradient.
         """
         statistic = self._statistic()
         try:
@@ -380,6 +383,15 @@ class Regularizer:
         if not self.measure.regularizes:
             self.begin_task()
             return None
+        with self._once():
+            return self._end_task(inputs, labels, forward)
+
+    def _end_task(self, inputs: Inputs | None, labels: Tensor | None,
+                  forward: Callable[[Inputs], Tensor] | None) -> dict[str, Tensor]:
+        if self.measure.trajectory and getattr(self.measure, "steps", None) == 0:
+            warnings.warn(f"end_task: the {self.measure.name} measure saw no optimiser step in this task, so the "
+                          "task's importance is 0 and nothing protects it: call reg.after_step() after each "
+                          "optimizer.step(), or use reg.step(optimizer)", NoStepsWarning, stacklevel=3)
         sample = None
         if inputs is not None:
             model_inputs.check_inputs(inputs)
@@ -396,6 +408,27 @@ class Regularizer:
         self.last_importance = dict(zip(self.names, omega))
         self.begin_task()
         return self.last_importance
+
+    @contextmanager
+    def _once(self) -> Iterator[None]:
+        """Warnings raised within: each (category, text) passed on the first time only, over this Regularizer's
+        life (a measure warns at every task end otherwise: the per-sample engine's vmap fallback, for one)."""
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        finally:  # (the user's filters apply again here: "error" raises, "ignore" drops)
+            for warning in caught:
+                key = (warning.category, str(warning.message))
+                if key not in self._warned:
+                    self._warned.add(key)
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno,
+                                           source=warning.source)
+
+
+class NoStepsWarning(UserWarning):
+    """A trajectory measure reached a task's end without having seen a step (its importance is 0)."""
 
 
 def _check_single_input(model: nn.Module) -> None:

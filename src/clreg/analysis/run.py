@@ -207,10 +207,11 @@ def _measures(probe: MeasuresProbe, data: dict, out: Path) -> list[Path]:
         figures += plots.correlation_heatmap(matrix, names, f"Correlation of importance measures after task {t} "
                                              f"({data['benchmark']['name']}, trained with {data['config']['method']})",
                                              out / f"correlation-task{t}")
+        stems = plots.file_names([(f"scatter-task{t}", a, "vs", b) for a, b in probe.pairs])
         for a, b in probe.pairs:
             figures += plots.scatter(points[a], points[b], (a, b), record["slope_through_origin"][f"{a} vs {b}"],
                                      record["pairs"][f"{a} vs {b}"], f"{a} vs {b} after task {t}",
-                                     out / f"scatter-task{t}-{a}-vs-{b}")
+                                     out / stems[f"scatter-task{t}", a, "vs", b])
     return figures
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from clreg.core.sizes import check_memory
 from clreg.data import ImageDataset, load_digits, load_fashion_mnist, load_mnist
 from clreg.benchmarks.base import HOLDOUT, Benchmark, Defaults, Split, check_evaluate_on, derive_seed
 from clreg.benchmarks.registry import Request, register
@@ -26,6 +27,8 @@ class PermutedBenchmark(Benchmark):
         self.num_tasks, self.classes = num_tasks, num_classes
         self.in_features = train.x.shape[1]
         self.input_shape = (self.in_features,)
+        check_memory(f"{num_tasks} permutations of {self.in_features} inputs", num_tasks * self.in_features * 8,
+                     "cpu", "tasks")
         self._epoch_size = epoch_size or len(train.y)
         self.permutations = [torch.randperm(self.in_features, generator=torch.Generator().manual_seed(
             derive_seed(seed, 1, task))) for task in range(num_tasks)]

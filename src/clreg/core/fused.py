@@ -3,9 +3,9 @@
 `Regularizer.step(optimizer)` uses this when the optimiser is a plain `torch.optim.Adam` or `AdamW`
 on float32 CPU tensors and the native kernel is available (`clreg.core.native`); otherwise it runs the
 penalty gradient, `optimizer.step()` and the statistic's foreach backend (`StepStatistic.apply_`), which
-give the same numbers. The kernel executes a measure's declared `StepStatistic`; it defines none itself. The
-optimiser's own state (`exp_avg`, `exp_avg_sq`, `step`) is read and written, so the two paths can
-alternate between tasks and `optimizer.state_dict()` stays valid.
+agree to float rounding, not bit for bit (docs/development.md, "Reproducibility"). The kernel executes a
+measure's declared `StepStatistic`; it defines none itself. The optimiser's own state (`exp_avg`,
+`exp_avg_sq`, `step`) is read and written, so the two paths can alternate between tasks and `optimizer.state_dict()` stays valid.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 The kernel is plain C with OpenMP and no PyTorch headers, so it compiles in about a second with the
 system's C compiler at first use and is cached by content hash in `$CLREG_CACHE_DIR/native`
 (default: the user cache directory). Without a compiler, or with `CLREG_NATIVE=0`, `load()` returns
-None and clreg uses its pure-PyTorch path, which gives the same numbers.
+None and clreg uses its pure-PyTorch path: the same formulas, rounded differently, so not the same numbers
+(docs/development.md, "Reproducibility").
 """
 from __future__ import annotations
 

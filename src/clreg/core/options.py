@@ -4,6 +4,8 @@ from those declarations: the run config's fields and value checks (`clreg.train.
 flags (`clreg.cli.commands`), the normalisation of run keys, and the option list of `clreg methods`."""
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -57,19 +59,44 @@ class Option:
         value = _convert(self.type, value)
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"must be one of {', '.join(map(str, self.choices))}, got {value!r}")
-        if self.minimum is not None and (value <= self.minimum if self.above else value < self.minimum):
-            raise ValueError(f"must be {'>' if self.above else '>='} {self.minimum:g}, got {value}")
-        if self.maximum is not None and value > self.maximum:
-            raise ValueError(f"must be <= {self.maximum:g}, got {value}")
+        for number in _numbers(value):  # a number, or each number of a list (a word such as 'auto' has none)
+            self.check_range(number)
         if self.check is not None:
             self.check(value)
         return value
+
+    def check_range(self, number: float) -> None:
+        """ValueError ("must be ...") if `number` is outside the declared range [minimum, maximum]."""
+        low_ok = self.minimum is None or (number > self.minimum if self.above else number >= self.minimum)
+        if not low_ok or (self.maximum is not None and number > self.maximum):
+            raise ValueError(f"must be {self.range_text}, got {number}")
+
+    @property
+    def range_text(self) -> str:
+        """The declared range in words, e.g. "> 0", ">= 1", "in (0, 1]"."""
+        low = None if self.minimum is None else f"{'>' if self.above else '>='} {_text(self.minimum)}"
+        if self.maximum is None:
+            return low or "a finite number"
+        if low is None:
+            return f"<= {_text(self.maximum)}"
+        return f"in {'(' if self.above else '['}{_text(self.minimum)}, {_text(self.maximum)}]"
 
     def key_value(self, value: Any) -> Any:
         """The value as it enters a run key: numbers normalised (1 and 1.0 alike)."""
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         return value
+
+
+def _text(number: float) -> str:
+    """A bound as written in messages: 0, 1, 0.5, 9223372036854775807."""
+    return str(number) if isinstance(number, int) else f"{number:g}"
+
+
+def _numbers(value: Any) -> list:
+    """The numbers in a parsed value: itself if a number, the items of a list of numbers, else none."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def _convert(kind: Callable[[Any], Any], value: Any) -> Any:
@@ -88,14 +115,41 @@ def _convert(kind: Callable[[Any], Any], value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"must be a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        return number
     if kind is str:
         if not isinstance(value, str):
             raise ValueError(f"must be text, got {value!r}")
         return value
     return kind(value)
+
+
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # more threads than this only slow a run down (and torch may crash)
+
+
+def check_threads(count: int) -> None:
+    """ValueError unless `count` threads is at most MAX_THREADS (4 per core of this machine)."""
+    if count > MAX_THREADS:
+        raise ValueError(f"must be at most {MAX_THREADS} (4 per core; this machine has {os.cpu_count()} cores), "
+                         f"got {count}")
+
+
+class SettingError(ValueError):
+    """A bad value or combination of named settings. The message is a template whose {0}, {1}, ... are the
+    settings: str() names their keywords (lr_min_factor), `cli_message()` their flags (--lr-min-factor)."""
+
+    def __init__(self, template: str, *options: "Option | str"):
+        self.template = template
+        self.options = [option if isinstance(option, Option) else Option(option, str, None, "") for option in options]
+        super().__init__(template.format(*(option.name for option in self.options)))
+
+    def cli_message(self) -> str:
+        """The message naming the settings' command-line flags."""
+        return self.template.format(*(option.cli_flag for option in self.options))
 
 
 def number_or(word: str) -> Callable[[Any], float | str]:
@@ -105,8 +159,9 @@ def number_or(word: str) -> Callable[[Any], float | str]:
             return word
         try:
             return _convert(float, value)
-        except ValueError:
-            raise ValueError(f"must be a number or {word!r}, got {value!r}") from None
+        except ValueError as err:
+            number = "a finite number" if "finite" in str(err) else "a number"
+            raise ValueError(f"must be {number} or {word!r}, got {value!r}") from None
     parse.__name__ = f"number_or_{word}"
     return parse
 

@@ -1,6 +1,7 @@
 """Run records: versions of everything involved, the machine, and atomic JSON writes."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -63,43 +64,73 @@ def provenance(command: str | None = None) -> dict:
             "command": command or " ".join([sys.executable, *sys.argv])}
 
 
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # the errnos of "no space left on device" (and quota)
+
+
 def ensure_directory(directory: str | Path, what: str = "output") -> None:
-    """Create `directory` (and its parents) if missing; ValueError saying why if it cannot be."""
+    """Create `directory` (and its parents) if missing; ValueError saying why if it cannot be, or if it is
+    not writable (a file is created there and removed at once, so read-only mounts are found too)."""
     directory = Path(directory)
-    if directory.is_dir():
-        return
-    existing = next((p for p in [directory, *directory.parents] if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ValueError(f"cannot create the {what} directory {str(directory)!r}: {str(existing)!r} is a file")
+    if not directory.is_dir():
+        existing = next((p for p in [directory, *directory.parents] if p.exists()), None)
+        if existing == directory:
+            raise ValueError(f"the {what} directory {str(directory)!r} is a file")
+        if existing is not None and not existing.is_dir():
+            raise ValueError(f"cannot create the {what} directory {str(directory)!r}: {str(existing)!r} is a file")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"cannot create the {what} directory {str(directory)!r}: {err.strerror or err}") from None
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
     except OSError as err:
-        raise ValueError(f"cannot create the {what} directory {str(directory)!r}: {err.strerror or err}") from None
+        raise ValueError(f"the {what} directory {str(directory)!r} is not writable: {err.strerror or err}") from None
 
 
-def check_writable(path: str | Path) -> None:
-    """Raise ValueError unless `path` can be written (checked before any training); its directory is
-    created if missing."""
+def check_writable(path: str | Path, what: str = "output") -> None:
+    """Raise ValueError unless the file `path` can be written (checked before any training); its directory is
+    created if missing. `what` names the file in the message (output, checkpoint, ...)."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise ValueError(f"output path {str(path)!r} is a directory; give a file name such as run.json")
-    ensure_directory(parent)
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"output path {str(path)!r} is not writable")
+        raise ValueError(f"{what} path {str(path)!r} is a directory; give a file name")
+    ensure_directory(parent, what)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{what} path {str(path)!r} is not writable")
+
+
+def naming(err: OSError, path: str | Path) -> OSError:
+    """`err` (same errno and type) naming `path`, the file the user knows: a write's errors name no file
+    (ENOSPC from write(2)) or a temporary one."""
+    if err.errno is None:
+        return err
+    return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path))
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[str]:
-    """A temporary file beside `path` to write; renamed onto `path` if the block succeeds, else removed."""
+    """A temporary file beside `path` to write; synced to disk and renamed onto `path` if the block succeeds,
+    else removed, so `path` is the old file or the whole new one, never a part. An OSError (a full disk, a
+    read-only directory) is raised naming `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name, suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name, suffix=".tmp")
+    except OSError as err:
+        raise naming(err, path) from None
     os.close(fd)
     try:
         yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # a full disk can show only here (delayed allocation, network file systems)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise naming(err, path) from err
         raise
 
 

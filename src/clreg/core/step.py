@@ -13,7 +13,8 @@ tensors with `[K, 1, ...]` scalars. The backends that execute it:
 - "eager": `tensor_step` per tensor, results copied into the live buffers (the reference, any device);
 - "compiled": the same under `torch.compile` (one fused kernel per tensor where the compiler fuses);
 - "native": the C kernel for Adam/AdamW on float32 CPU tensors (clreg.core.fused), a registered fast path held
-  to "eager" bit for bit by the tests;
+  to "compiled" bit for bit by the tests (to "eager" within an ulp: torch's eager CPU sqrt is not correctly
+  rounded);
 - "torch": for any other optimiser, its own `step()`, with the penalty and the statistic from the formulas
   around it (the Regularizer's generic path).
 """

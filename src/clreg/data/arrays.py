@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clreg.core.sizes import MAX_CLASSES
 from clreg.data.idx import DataFileError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -15,7 +16,8 @@ OPTIONAL = ("task_train", "task_test")
 
 @dataclass
 class UserArrays:
-    """Validated arrays: inputs uint8 or float, integer labels >= 0, optional task ids 0..T−1 per example."""
+    """Validated arrays: inputs uint8 or float with at least one feature, integer labels in [0, MAX_CLASSES),
+    optional task ids 0..T−1 per example."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -62,9 +64,15 @@ def _check(d: UserArrays, path: Path) -> None:
             raise DataFileError(f"{path}: x_{split} must be uint8 (divided by 255) or float, got {x.dtype}")
         if x.ndim < 2 or len(x) == 0:
             raise DataFileError(f"{path}: x_{split} must have shape (n >= 1, features...), got {x.shape}")
+        if x[0].size == 0:
+            raise DataFileError(f"{path}: x_{split} has examples of no features (shape {x.shape}); each example "
+                                "needs at least one value")
         if x.dtype != np.uint8 and not np.isfinite(x).all():
             raise DataFileError(f"{path}: x_{split} contains NaN or infinite values")
         _check_ids(y, len(x), f"y_{split}", f"x_{split}", path)
+        if y.max() >= MAX_CLASSES:
+            raise DataFileError(f"{path}: y_{split} has the label {int(y.max())}; labels are classes numbered from 0 "
+                                f"and must be below {MAX_CLASSES:,}")
     if d.x_train.shape[1:] != d.x_test.shape[1:]:
         raise DataFileError(f"{path}: x_train's example shape {d.x_train.shape[1:]} differs from x_test's "
                             f"{d.x_test.shape[1:]}")
@@ -73,6 +81,9 @@ def _check(d: UserArrays, path: Path) -> None:
     _check_ids(d.task_train, len(d.x_train), "task_train", "x_train", path)
     _check_ids(d.task_test, len(d.x_test), "task_test", "x_test", path)
     count = int(d.task_train.max()) + 1
+    if count > len(d.task_train):  # some task would be empty: refused before listing them
+        raise DataFileError(f"{path}: task_train has task {count - 1}, but tasks are numbered 0..T-1 with an example "
+                            f"each, and x_train has only {len(d.task_train)} examples")
     for name, ids in (("task_train", d.task_train), ("task_test", d.task_test)):
         empty = sorted(set(range(count)) - set(np.unique(ids).tolist()))
         if empty:

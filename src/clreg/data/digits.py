@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from clreg.core.extras import need
 from clreg.data.dataset import ImageDataset
 
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
     """The 1,797 digits (pixel values 0..16, rescaled to 0..255), split into train and test."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    bunch = sklearn_digits()
+    bunch = need("sklearn.datasets", "Permuted Digits (scikit-learn's 8x8 digits)").load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     labels = bunch.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(labels))

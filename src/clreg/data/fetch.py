@@ -10,6 +10,8 @@ from typing import Callable
 import numpy as np
 
 from clreg.core.cache import ENV_CACHE_DIR, cache_dir  # noqa: F401 (ENV_CACHE_DIR: clreg.data's)
+from clreg.core.extras import need
+from clreg.core.options import SettingError
 from clreg.data.dataset import ImageDataset
 from clreg.data.idx import DataFileError
 
@@ -26,9 +28,18 @@ class RemoteFile:
 
 
 def search_roots(data_dir: str | Path | None) -> list[Path]:
-    """Directories searched in order: --data-dir, $CLREG_DATA_DIR, the cache directory."""
+    """Directories searched in order: --data-dir, $CLREG_DATA_DIR, the cache directory. A data_dir given
+    that is not a folder is refused (SettingError), before any search or download."""
+    check_data_dir(data_dir)
     roots = [Path(d) for d in (data_dir, os.environ.get(ENV_DATA_DIR)) if d]
     return [*roots, cache_dir()]
+
+
+def check_data_dir(data_dir: str | Path | None) -> None:
+    """SettingError unless `data_dir` is None or an existing folder."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        what = "is a file, not a folder" if Path(data_dir).exists() else "does not exist"
+        raise SettingError(f"{{0}} {str(data_dir)!r} {what} (it should contain mnist/, cifar10/, ...)", "data_dir")
 
 
 def locate(dataset: str, files: list[RemoteFile], data_dir: str | Path | None, download: bool = True,
@@ -63,8 +74,7 @@ def _existing(path: Path) -> Path | None:
 
 def _download(dataset: str, remote: RemoteFile, processor=None) -> Path:
     """Download `remote` into `<cache>/<dataset>/` from the first mirror that serves it with the right md5."""
-    import pooch
-
+    pooch = need("pooch", "downloading datasets")
     target = cache_dir() / dataset
     last: Exception | None = None
     for mirror in remote.mirrors:
@@ -80,8 +90,7 @@ def _download(dataset: str, remote: RemoteFile, processor=None) -> Path:
 def download_archive(dataset: str, remote: RemoteFile) -> Path:
     """Download `remote` (a .tar.gz or .zip) into `<cache>/<dataset>/`, verify its md5 and unpack it there;
     returns that folder. A failed download or a wrong checksum raises DataFileError."""
-    import pooch
-
+    pooch = need("pooch", "downloading datasets")
     unpack = pooch.Unzip(extract_dir=".") if remote.name.endswith(".zip") else pooch.Untar(extract_dir=".")
     try:
         _download(dataset, remote, unpack)

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from clreg.core.threads import choose_threads
+
 
 class ParallelRunError(RuntimeError):
     """A process of a data-parallel job failed; its message is this one's."""
@@ -40,7 +42,7 @@ def launch(target: Callable[[int, Any], Any], payload: Any, nproc: int, cuda: bo
 def _worker(rank: int, target, payload, nproc: int, cuda: bool, expected: tuple, folder: str) -> None:
     if cuda:
         torch.cuda.set_device(rank)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+    torch.set_num_threads(choose_threads(None, nproc)[0])  # the idle cores shared out
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{folder}/rendezvous",
                             rank=rank, world_size=nproc)
     try:

@@ -69,14 +69,36 @@ def settings() -> tuple[Option, ...]:
 
 
 def create(name: str, **options) -> ImportanceMeasure:
-    """Instantiate the measure registered under `name` (or an alias) with its options."""
+    """Instantiate the measure registered under `name` (or an alias) with its options. A declared setting may
+    be given by its keyword (mode) or by its run-setting name (fisher_mode); its value is checked as the
+    setting declares (Option.parse)."""
     cls = measure_class(name)
     accepted = [n for n in inspect.signature(cls).parameters if n != "self"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"method {name!r} has no option {', '.join(map(repr, unknown))}; "
-                         f"its options are: {', '.join(accepted) or 'none'}")
-    return cls(**options)
+    declared = {**{o.name: o for o in cls.settings}, **{o.keyword: o for o in cls.settings}}
+    given: dict = {}
+    for key, value in options.items():
+        option = declared.get(key)
+        keyword = option.keyword if option is not None else key
+        if keyword not in accepted:
+            raise ValueError(f"method {name!r} has no option {key!r}; its options are: "
+                             f"{', '.join(_spellings(cls, n) for n in accepted) or 'none'}")
+        if keyword in given:
+            raise ValueError(f"method {name!r}: {keyword!r} is given twice (as {keyword!r} and {option.name!r})")
+        if option is not None:
+            try:
+                value = option.parse(value)
+            except ValueError as err:
+                raise ValueError(f"method {name!r}: {key} {err}") from None
+        given[keyword] = value
+    return cls(**given)
+
+
+def _spellings(cls: type[ImportanceMeasure], keyword: str) -> str:
+    """A constructor keyword, with its run-setting name and flag where they differ: "mode (fisher_mode, --fisher-mode)"."""
+    option = next((o for o in cls.settings if o.keyword == keyword), None)
+    if option is None or option.name == keyword:
+        return keyword if option is None or option.cli_flag[2:] == keyword else f"{keyword} ({option.cli_flag})"
+    return f"{keyword} ({option.name}, {option.cli_flag})"
 
 
 __all__ = ["ImportanceMeasure", "TaskSample", "StepStatistic", "TrajectoryMeasure",

@@ -134,7 +134,7 @@ class SecondOrderSynapses(TrajectoryMeasure):
     name = "sos"
     description = "Second-Order Synapses: sqrt of a decaying average of (g_t - alpha g'_t)^2"
     settings = (Option("sos_alpha", number_or("auto"), 0.0, "SOS: alpha in (g - alpha g')^2, a number or 'auto' "
-                       "((b - sqrt(2b - 1)) / (b - 1))", flag="--alpha", argument="alpha"),
+                       "((b - sqrt(2b - 1)) / (b - 1))", flag="--alpha", argument="alpha", minimum=0.0),
                 Option("sos_bias_correction", bool, True, "SOS: divide v by 1 - beta2^T", flag="--bias-correction",
                        argument="bias_correction"),
                 Option("sos_split", bool, False, "SOS: g and g' from the two halves of the minibatch",

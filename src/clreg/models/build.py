@@ -139,6 +139,12 @@ def build_model(network: str, in_shape: Sequence[int], widths: Sequence[int], cl
     return model
 
 
+def parameter_count(network: str, in_shape: Sequence[int], widths: Sequence[int], classes: Sequence[int] | int) -> int:
+    """The number of parameters `build_model` would make, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(network, in_shape, widths, classes).parameters())
+
+
 def reinitialize(model: nn.Module, names: set[str], generator: torch.Generator | None = None) -> None:
     """Re-draw the weights named in `names` (the shared ones), keeping the network's bias constant."""
     body = model.body if isinstance(model, MultiHead) else model

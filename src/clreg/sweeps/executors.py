@@ -7,7 +7,6 @@ access to it.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import socket
 import time
 import traceback
@@ -19,6 +18,8 @@ import torch
 from clreg.train.config import RunConfig
 from clreg.sweeps.scheduling import least_busy, worker_devices
 from clreg.core.records import machine, versions
+from clreg.train.checkpoint import discard_unusable
+from clreg.core.threads import choose_threads
 from clreg.train.steplog import JsonLines, StepLog
 
 
@@ -40,6 +41,7 @@ def execute(config: dict, threads: int | None = None, runtime: dict | None = Non
         run_config = RunConfig.from_dict(config, **(runtime or {}))
         if checkpoint_dir:
             checkpoint = Path(checkpoint_dir) / f"{run_config.key()}.pt"
+            discard_unusable(checkpoint, run_config.canonical())  # corrupted: the run starts from scratch
             log = StepLog([JsonLines(Path(checkpoint_dir) / f"{run_config.key()}.steps.jsonl")])
         record.update(status="done", result=run(run_config, progress=False, checkpoint_path=checkpoint, resume=True,
                                                 log=log))
@@ -56,7 +58,8 @@ def execute(config: dict, threads: int | None = None, runtime: dict | None = Non
 def diverged(err) -> dict:
     """The record entries of a run that diverged (a clreg.train.guard.Diverged)."""
     return {"status": "diverged", "error": str(err), "diverged_step": err.step,
-            "result": {"diverged_step": err.step, "diverged_task": err.task, "loss": str(err.loss)}}
+            "result": {"diverged_step": err.step, "diverged_task": err.task, "diverged_value": err.what,
+                       "loss": str(err.loss)}}
 
 
 def failed(err: Exception) -> dict:
@@ -84,6 +87,8 @@ def execute_group(configs: list[dict], threads: int | None = None, runtime: dict
         logs = None
         if checkpoint_dir:
             paths = [Path(checkpoint_dir) / f"{c.key()}.pt" for c in run_configs]
+            for c, path in zip(run_configs, paths):
+                discard_unusable(path, c.canonical())  # corrupted: the run starts from scratch
             logs = [StepLog([JsonLines(Path(checkpoint_dir) / f"{c.key()}.steps.jsonl")]) for c in run_configs]
         outcomes = VectorizedTrainer(run_configs, logs=logs).run(paths or None, resume=True)
         records = [{**base, **(diverged(o) if isinstance(o, Diverged) else {"status": "done", "result": o})}
@@ -100,8 +105,8 @@ def execute_group(configs: list[dict], threads: int | None = None, runtime: dict
 
 
 def threads_per_worker(workers: int, threads: int | None = None) -> int:
-    """Threads for each of `workers` runs side by side: `threads`, else the cores shared out (at least 1)."""
-    return threads or max(1, (os.cpu_count() or 1) // workers)
+    """Threads for each of `workers` runs side by side: `threads`, else the idle cores shared out (at least 1)."""
+    return choose_threads(threads, workers)[0]
 
 
 class InlineExecutor:

@@ -10,16 +10,21 @@ Each run is filed under the key *this* clreg computes from its config (settings 
 their defaults, which reproduce the older behaviour), so a sweep afterwards finds it and does not run it
 again. Only finished runs (done, diverged) are taken; a finished run the store already holds is kept as
 it is. Every file is read and checked before anything is written, and the rows are written in one
-transaction: a bad file imports nothing.
+transaction: a bad file imports nothing. A run's config is read through the declared settings (finite
+numbers only), its result checked as a sweep checks a run's own output (clreg.sweeps.store.check_result:
+the accuracy matrix and the metrics recomputed from it), a sweep's specification as its sweep file is; the
+store itself must pass its check (`Store.check`) before anything is added.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clreg.train.config import RunConfig
-from clreg.sweeps.store import FINISHED, STATUSES, Store
+from clreg.sweeps.spec import SpecError, stored_spec
+from clreg.sweeps.store import FINISHED, STATUSES, ResultError, Store, check_result
 
 RESULT_ONLY = ("versions", "machine")  # a `clreg run --out` result carries these; a store keeps them in columns
 
@@ -63,6 +68,11 @@ def read_file(path: str | Path) -> tuple[dict, list[dict]]:
         sweeps = data.get("sweeps") or {}
         if not isinstance(sweeps, dict):
             raise ImportFileError(f"{str(path)!r}: 'sweeps' must map sweep names to specifications")
+        for name, spec in sweeps.items():
+            try:
+                stored_spec(spec)
+            except SpecError as err:
+                raise ImportFileError(f"{str(path)!r}: sweep {name!r}: {err}") from None
         return sweeps, data["runs"]
     if isinstance(data, dict) and "config" in data and "accuracy_matrix" in data:
         result = {k: v for k, v in data.items() if k not in RESULT_ONLY}
@@ -72,24 +82,57 @@ def read_file(path: str | Path) -> tuple[dict, list[dict]]:
                           "result written by `clreg run --out` ('config' and 'accuracy_matrix')")
 
 
+def _not_finite(value, name: str = "config") -> str | None:
+    """The first setting in `value` that is a non-finite number (NaN, 1e400 read as inf), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return name
+    if isinstance(value, dict):
+        return next((found for k, v in value.items() if (found := _not_finite(v, f"{name}.{k}"))), None)
+    if isinstance(value, list):
+        return next((found for i, v in enumerate(value) if (found := _not_finite(v, f"{name}[{i}]"))), None)
+    return None
+
+
+def _name(config: dict) -> str:
+    """'si c=0.2 seed 0': the run an error is about."""
+    c = config.get("c")
+    c_text = f" c={c:g}" if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) else ""
+    method = f"{config['method']}" if "method" in config else ""
+    return f"{method}{c_text} seed {config.get('seed', 0)}".strip()
+
+
 def check_row(row, where: str) -> tuple[str, dict] | None:
-    """(this clreg's key, row) for a finished run; None for an unfinished one. Raises on a bad row."""
+    """(this clreg's key, row) for a finished run; None for an unfinished one (its config checked too). Raises
+    on a bad row, naming
+    the run (method, c, seed) and the field."""
     if not isinstance(row, dict) or not isinstance(row.get("config"), dict):
         raise ImportFileError(f"{where}: a run must be an object with a 'config' object")
     status = row.get("status")
     if status not in STATUSES:
         raise ImportFileError(f"{where}: status {status!r} is not one of {', '.join(STATUSES)}")
-    if status not in FINISHED:
-        return None
+    where = f"{where} ({_name(row['config'])})"
+    bad = _not_finite(row["config"])
+    if bad:
+        raise ImportFileError(f"{where}: {bad} must be a finite number, got {_lookup(row['config'], bad)!r}")
     try:
         key = RunConfig.from_dict(row["config"]).key()
     except (TypeError, ValueError) as err:
         raise ImportFileError(f"{where}: config not readable by this clreg: {err}") from None
-    result = row.get("result")
-    if not isinstance(result, dict) or (status == "done" and "accuracy_matrix" not in result):
-        raise ImportFileError(f"{where}: a {status} run needs its result" +
-                              (" with an 'accuracy_matrix'" if status == "done" else ""))
+    if status not in FINISHED:  # checked all the same: a file with one unreadable run is refused whole
+        return None
+    try:
+        check_result(status, row.get("result"))
+    except ResultError as err:
+        raise ImportFileError(f"{where}: result: {err}") from None
     return key, row
+
+
+def _lookup(config: dict, name: str):
+    """The value at `name` ('config.c', 'config.hidden[0]') in `config`, for messages."""
+    value = config
+    for part in name.replace("[", ".").replace("]", "").split(".")[1:]:
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
 
 
 def collect(paths: list[str | Path]) -> tuple[dict[str, dict], dict[str, dict], Imported]:
@@ -116,6 +159,7 @@ def import_files(store: Store | str | Path, paths: list[str | Path]) -> Imported
     missing, only once every file has been checked); one transaction."""
     runs, sweeps, out = collect(paths)
     store = store if isinstance(store, Store) else Store(store)
+    store.check()
     added, out.sweeps = store.add_finished(runs, sweeps)
     out.added, out.kept = added, len(runs) - added
     return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from clreg.train.config import RunConfig
-from clreg.sweeps.store import FINISHED, Store
+from clreg.sweeps.store import FINISHED, ResultError, Store, check_result
 from clreg.sweeps.spec import Entry, Line, SweepSpec, select
 
 MANTISSAS = (1, 2, 5)
@@ -58,6 +58,7 @@ class EntryState:
     selected: tuple[float, Line] | None = None  # (c, line): line.reinit and line.point are the chosen settings
     final: list[dict] = field(default_factory=list)  # finished final runs (store rows)
     failed: list[dict] = field(default_factory=list)  # runs that failed (errors, not divergence): store rows
+    interrupted: list[dict] = field(default_factory=list)  # runs stopped by Ctrl-C: neither failed nor done
     search_done: bool = False
     complete: bool = False
 
@@ -144,15 +145,37 @@ def plan(spec: SweepSpec, lookup: Lookup) -> tuple[list[RunConfig], dict[str, En
     return unique, states
 
 
-def stored_lookup(store: Store) -> Lookup:
-    """A lookup that sees finished (and failed) runs only: for reports of a store."""
-    rows = {row["key"]: row for row in store.runs() if row["status"] in (*FINISHED, "failed")}
-    return lambda key: rows.get(key) if key in rows else WAIT
+def stored_lookup(store: Store, interrupted: list[dict] | None = None) -> Lookup:
+    """A lookup that sees finished (and failed) runs only: for reports of a store. Interrupted runs it
+    meets are appended to `interrupted` (they count as in flight: the next sweep runs them)."""
+    rows = {row["key"]: row for row in store.runs() if row["status"] in (*FINISHED, "failed", "interrupted")}
+
+    def lookup(key: str) -> dict | str:
+        row = rows.get(key)
+        if row is not None and row["status"] == "interrupted":
+            if interrupted is not None:
+                interrupted.append(row)
+            return WAIT
+        return WAIT if row is None else row
+    return lookup
+
+
+def remaining(seconds: float, done: int, total: int) -> str:
+    """'about 1 h 05 min left' from `seconds` spent on `done` runs (of `total`), 'estimating' before one."""
+    if done == 0:
+        return "estimating time left"
+    left = round(seconds / done * max(0, total - done))
+    hours, minutes = divmod(max(left, 0) // 60, 60)
+    if hours:
+        return f"about {hours} h {minutes:02d} min left"
+    return f"about {minutes} min left" if minutes else f"about {left} s left"
 
 
 class SweepDriver:
     """Runs a sweep on an executor, claiming runs in the store one by one and recording each result
-    as it arrives; Ctrl-C or an error hands the runs in flight back (status failed, retried next time).
+    as it arrives (each result checked as an import's is: clreg.sweeps.store.check_result); Ctrl-C or an
+    error hands the runs in flight back (status interrupted, run again next time). Each progress line says
+    how many of the runs known so far are finished and estimates the time left from this invocation's pace.
     `only` names the methods to run now (all when empty); the store keeps the whole spec, so that
     `clreg report` still shows every row."""
 
@@ -165,6 +188,7 @@ class SweepDriver:
         self.in_flight: dict[str, RunConfig] = {}
         self.finished: dict[str, dict] = {}
         self.runs_recorded = 0
+        self.total, self.done, self.started = 0, 0, time.monotonic()
 
     def lookup(self, key: str) -> dict | str | None:
         """Finished row, WAIT if in flight anywhere, or None if it should be run (again)."""
@@ -180,7 +204,7 @@ class SweepDriver:
             return row
         if row["status"] == "running" and not self.store.is_stale(row["host"], row["pid"], row["heartbeat"]):
             return WAIT
-        return None  # failed in an earlier invocation, or abandoned by a dead worker: run it again
+        return None  # failed or interrupted in an earlier invocation, or abandoned by a dead worker: run it again
 
     def _heartbeats(self, stop: threading.Event) -> None:
         """Every `heartbeat_every` seconds, mark this driver's runs as alive (own connection: a run in
@@ -199,7 +223,7 @@ class SweepDriver:
         beat.start()
         try:
             while True:
-                wanted, states = plan(self.active, self.lookup)
+                wanted, states = self._count()
                 self._submit(wanted)
                 if not self.in_flight:
                     if all(s.settled for s in states.values()):
@@ -217,6 +241,22 @@ class SweepDriver:
             stop.set()
             beat.join()
 
+    def _count(self) -> tuple[list[RunConfig], dict[str, EntryState]]:
+        """`plan` of the active methods, counting the progress: runs with an outcome (finished, or failed in
+        this invocation) among the runs the plan needs so far, and that total, with one final run per seed
+        for each method still searching; the total never decreases."""
+        seen: dict[str, dict | str | None] = {}
+
+        def lookup(key: str) -> dict | str | None:
+            seen[key] = self.lookup(key)
+            return seen[key]
+        wanted, states = plan(self.active, lookup)
+        self.done = sum(isinstance(found, dict) for found in seen.values())
+        searching = sum(not s.search_done and not (len(s.entry.c) == 1 and len(s.entry.lines()) == 1)
+                        for s in states.values())
+        self.total = max(self.total, len(seen) + len(self.spec.seeds) * searching)
+        return wanted, states
+
     def _submit(self, wanted: list[RunConfig]) -> None:
         self.store.add_pending([(config.key(), config.canonical()) for config in wanted])
         for config in wanted:
@@ -230,8 +270,15 @@ class SweepDriver:
 
     def _record(self, key: str, record: dict) -> None:
         config = self.in_flight.pop(key)
+        try:
+            check_result(record["status"], record.get("result"))
+        except ResultError as err:  # a run's output that is not a result: kept as a failure, never as a number
+            record = {**record, "status": "failed", "result": None, "error": f"invalid result: {err}",
+                      "message": f"invalid result: {err}"}
         self.store.finish(key, record)
         self.runs_recorded += 1
+        self.done += 1
+        self.total = max(self.total, self.done + len(self.in_flight))
         where = f"{config.method} c={config.c:g}{' reinit' if config.reinit else ''} seed {config.seed} ({config.evaluate_on})"
         if record["status"] == "done":
             outcome = f"{100 * record['result'][self.spec.metric]:.2f}% {self.spec.metric}"
@@ -239,4 +286,6 @@ class SweepDriver:
             lines = (record.get("error") or "").strip().splitlines() or ["no message"]
             outcome = record["status"] + (f" at step {record['diverged_step']}" if record.get("diverged_step") is not None
                                           else f": {lines[-1]}")
-        self.log(f"[{self.runs_recorded} recorded] {where}: {outcome} ({record.get('seconds') or 0:.0f} s)")
+        pace = remaining(time.monotonic() - self.started, self.runs_recorded,
+                         self.runs_recorded + max(0, self.total - self.done))
+        self.log(f"[{self.done}/{self.total} done, {pace}] {where}: {outcome} ({record.get('seconds') or 0:.0f} s)")

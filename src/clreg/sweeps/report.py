@@ -5,30 +5,45 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 
-from clreg.analysis.plots import pyplot, save
+from clreg.analysis.plots import file_names, log_ticks, pyplot, save, series_style
 from clreg.train.metrics import mean_and_stderr
 from clreg.core.records import write_json
 from clreg.sweeps.store import Store
-from clreg.sweeps.plan import EntryState, plan, stored_lookup
+from clreg.sweeps.plan import EntryState, plan_entry, stored_lookup
 from clreg.sweeps.spec import SweepSpec
 
 COLUMNS = ("sweep", "benchmark", "label", "method", "c", "reinit", "grid", "seeds_done", "seeds", "mean", "stderr",
-           "mean_forgetting", "search_score", "best_c_at_grid_edge", "status")
+           "mean_forgetting", "search_score", "best_c_at_grid_edge", "status", "machine", "did_not_learn")
+UNKNOWN = "unknown"  # a machine detail a run did not record (results imported from an earlier clreg)
+DID_NOT_LEARN = "†"
 
 
 def sweep_states(store: Store) -> dict[str, tuple[SweepSpec, dict[str, EntryState]]]:
-    """Every sweep in the store with the state of each of its methods (finished runs only)."""
-    lookup = stored_lookup(store)
+    """Every sweep in the store with the state of each of its methods (finished runs only; the runs an
+    interrupted sweep left are listed in each state's `interrupted`)."""
     out = {}
     for name, data in store.sweeps().items():
         spec = SweepSpec.from_dict(data)
-        out[name] = (spec, plan(spec, lookup)[1])
+        states = {}
+        for entry in spec.entries:
+            interrupted: list[dict] = []
+            states[entry.label] = plan_entry(spec, entry, stored_lookup(store, interrupted), [])
+            states[entry.label].interrupted = list({r["key"]: r for r in interrupted}.values())
+        out[name] = (spec, states)
     return out
+
+
+def machine_text(row: dict) -> str:
+    """What a run's numbers depend on beyond its config: 'AMD EPYC, AVX512, 1 thread(s)' ('unknown' for what
+    it did not record). The store key leaves these out, so runs of one config on other machines share a row."""
+    machine = row.get("machine") if isinstance(row.get("machine"), dict) else {}
+    threads = machine.get("torch_threads")
+    return (f"{machine.get('cpu_model') or UNKNOWN}, {machine.get('cpu_capability') or UNKNOWN}, "
+            f"{threads if threads is not None else UNKNOWN} thread(s)")
 
 
 def entry_row(spec: SweepSpec, state: EntryState) -> dict:
@@ -48,8 +63,17 @@ def entry_row(spec: SweepSpec, state: EntryState) -> dict:
     diverged = sum(r["status"] == "diverged" for r in state.final)
     if diverged:
         row["status"] += f", {diverged} final run(s) diverged"
+    if state.interrupted:
+        row["status"] += f", {len(state.interrupted)} run(s) interrupted (the next sweep runs them)"
     if state.failed:
         row["status"] = f"{len(state.failed)} run(s) failed: {error_line(state.failed[0])}"
+    finals = [r for r in state.final if r["status"] == "done"]
+    row["interrupted"] = len(state.interrupted)
+    row["machine"] = "; ".join(dict.fromkeys(machine_text(r) for r in finals)) or None
+    row["did_not_learn"] = sum(r["result"].get("did_not_learn") is True for r in finals)
+    chances = {r["result"]["chance"] for r in finals if r["result"].get("did_not_learn") is True
+               and r["result"].get("chance") is not None}
+    row["chance"] = max(chances) if chances else None
     return row
 
 
@@ -68,7 +92,35 @@ def _cell(row: dict | None) -> str:
         return f"({row['status']})"
     spread = f" ± {100 * row['stderr']:.2f}" if row["seeds_done"] > 1 else ""  # no standard error from one seed
     text = f"{100 * row['mean']:.2f}{spread} ({row['seeds_done']})"
-    return text if row["seeds_done"] == row["seeds"] else text + f" of {row['seeds']}"
+    text += "" if row["seeds_done"] == row["seeds"] else f" of {row['seeds']}"
+    return text + (f" {DID_NOT_LEARN}" if row.get("did_not_learn") else "")
+
+
+def notes(rows: list[dict]) -> list[str]:
+    """The lines under the table: runs that did not learn, interrupted runs, and rows measured on different
+    machines or thread counts (which the store key does not tell apart)."""
+    several = len({r["sweep"] for r in rows}) > 1
+    name = {id(r): f"{r['label']} ({r['sweep']})" if several else r["label"] for r in rows}
+    out = []
+    flagged = [r for r in rows if r.get("did_not_learn")]
+    if flagged:
+        out.append(f"{DID_NOT_LEARN} did not learn (ended below chance plus a margin): " + "; ".join(
+            f"{name[id(r)]}: {r['did_not_learn']} of {r['seeds_done']} seed(s)"
+            + (f", chance {100 * r['chance']:.2f}%" if r.get("chance") is not None else "") for r in flagged))
+    stopped = [r for r in rows if r.get("interrupted")]
+    if stopped:
+        out.append("Interrupted runs (not failed, not done; the next `clreg sweep` runs them): " + "; ".join(
+            f"{name[id(r)]}: {r['interrupted']}" for r in stopped))
+    machines: dict[str, list[str]] = {}
+    for r in rows:
+        for text in (r.get("machine") or "").split("; "):
+            if text:
+                machines.setdefault(text, []).append(name[id(r)])
+    if len(machines) > 1:
+        out.append("Note: these numbers come from different machines or thread counts, whose rounding differs "
+                   "(they are not part of a run's key in the store, so such runs are not kept apart): " + "; ".join(
+                       f"{text}: {', '.join(labels)}" for text, labels in machines.items()))
+    return out
 
 
 def markdown(rows: list[dict]) -> str:
@@ -81,6 +133,7 @@ def markdown(rows: list[dict]) -> str:
     lines = ["Average accuracy (%), mean ± standard error over seeds (number of seeds)", "", header,
              "| --- |" + " --- |" * len(sweeps)]
     lines += [f"| {label} | " + " | ".join(_cell(cells.get((s, label))) for s in sweeps) + " |" for label in labels]
+    lines += [line for note in notes(rows) for line in ("", note)]
     lines += ["", "Chosen hyperparameters (search score on the search split; * = best c on the grid's edge after "
               "the last allowed extension)", "", header, "| --- |" + " --- |" * len(sweeps)]
     for label in labels:
@@ -103,22 +156,22 @@ def markdown(rows: list[dict]) -> str:
 def write_csv(rows: list[dict], path: Path) -> None:
     """One line per (sweep, method)."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text.replace("√", "sqrt-")).strip("-") or "x"
-
-
 def plot_search(spec: SweepSpec, states: dict[str, EntryState], stem: Path) -> list[Path]:
-    """The grid search: search score against c (log scale) per method and search line (re-init, grid values)."""
+    """`search_figure` saved as `stem`.png and .svg."""
+    return save(search_figure(spec, states), stem)
+
+
+def search_figure(spec: SweepSpec, states: dict[str, EntryState]):
+    """The grid search: search score against c (log scale) per method (colour and marker) and search line
+    (line style: re-init, grid values), each method's chosen c marked by a vertical line and its value."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    colours = plt.get_cmap("tab20").colors
     flat, shown = [], []  # c = 0 only (finetune): a horizontal line, or a legend note if far below the curves
-    styles = ["-", "--", "-.", ":"]
     for index, (label, state) in enumerate(states.items()):
         for number, (line, curve) in enumerate(state.curves.items()):
             points = sorted((c, s) for c, s in curve.items() if c > 0 and s is not None and math.isfinite(s))
@@ -127,8 +180,7 @@ def plot_search(spec: SweepSpec, states: dict[str, EntryState], stem: Path) -> l
             if points:
                 cs, scores = zip(*points)
                 shown += [100 * s for s in scores]
-                ax.plot(cs, [100 * s for s in scores], marker="o", linestyle=styles[number % len(styles)],
-                        color=colours[index % len(colours)], label=f"{label} ({line.describe()})")
+                ax.plot(cs, [100 * s for s in scores], **series_style(index, number), label=f"{label} ({line.describe()})")
     low = min(shown) - 1 if shown else None
     for label, value in flat:
         if low is None or value >= low:
@@ -138,12 +190,30 @@ def plot_search(spec: SweepSpec, states: dict[str, EntryState], stem: Path) -> l
     if shown:
         ax.set_ylim(low, max(shown) + 0.5)
     ax.set_xscale("log")
+    _mark_chosen(ax, states)
     ax.set_xlabel("regularisation strength c")
     ax.set_ylabel(f"{spec.metric.replace('_', ' ')} on {spec.search_evaluate_on} (%)")
     ax.set_title(f"Grid search of {spec.name} ({spec.benchmark}): mean over {spec.search_seeds} seed(s)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return save(fig, stem)
+    log_ticks(ax, [c for state in states.values() for curve in state.curves.values() for c in curve])
+    return fig
+
+
+def _mark_chosen(ax, states: dict[str, EntryState]) -> None:
+    """Each method's chosen c (> 0): a vertical line in its colour and 'label: chosen c = …' at the top of the
+    axes, on the line's side towards the middle."""
+    low, high = np.log(ax.get_xlim())
+    for index, (label, state) in enumerate(states.items()):
+        if state.selected is None or not state.selected[0] > 0:
+            continue
+        c = state.selected[0]
+        colour = series_style(index)["color"]
+        ax.axvline(c, color=colour, linestyle=(0, (1, 1.5)), linewidth=1.2)
+        right = np.log(c) > (low + high) / 2
+        ax.annotate(f"{label}: chosen c = {c:g}", xy=(c, 1), xycoords=("data", "axes fraction"),
+                    xytext=(-3 if right else 3, -4 - 10 * index), textcoords="offset points", va="top",
+                    ha="right" if right else "left", fontsize=7, color=colour)
 
 
 def plot_matrix(spec: SweepSpec, state: EntryState, stem: Path) -> list[Path]:
@@ -180,13 +250,13 @@ def write_report(store: Store, out_dir: str | Path) -> dict:
     (out / "table.md").write_text(text)
     write_json(out / "runs.json", {"store": str(store.path), "sweeps": store.sweeps(), "runs": store.runs()})
     write_csv(rows, out / "table.csv")
-    figures, used = [], set()
+    names = file_names([("search", spec.name) for spec, _ in states.values()]
+                       + [("matrix", spec.name, label) for spec, entries in states.values() for label in entries])
+    figures = []
     for spec, entries in states.values():
-        figures += plot_search(spec, entries, out / f"search-{_slug(spec.name)}")
-        for state in entries.values():
+        figures += plot_search(spec, entries, out / names["search", spec.name])
+        for label, state in entries.items():
             if any(r["status"] == "done" for r in state.final):
-                name = f"matrix-{_slug(spec.name)}-{_slug(state.entry.label)}"
-                name += f"-{len(used)}" if name in used else ""  # labels differing only in symbols (√Fisher, Fisher)
-                used.add(name)
-                figures += plot_matrix(spec, state, out / name)
-    return {"rows": rows, "markdown": text, "figures": [str(p) for p in figures]}
+                figures += plot_matrix(spec, state, out / names["matrix", spec.name, label])
+    written = sorted({str(p) for p in figures if Path(p).is_file()})  # distinct files: a name written twice counts once
+    return {"rows": rows, "markdown": text, "figures": written}

@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
-
 from clreg.benchmarks import EVALUATE_ON
+from clreg.core.yamlfile import YamlFileError, load_yaml
 from clreg.train.config import BY_NAME, NOT_IN_KEY, RunConfig
 
 METRICS = ("average_accuracy", "bwt")  # both: higher is better
@@ -35,6 +34,7 @@ RUNTIME = NOT_IN_KEY  # where the data is read from and where runs train: not pa
 TOP_KEYS = ("name", "benchmark", "settings", "seeds", "search", "final", "methods")
 ENTRY_KEYS = ("method", "c", "reinit", "settings", "grid")
 SEARCH_KEYS = ("evaluate_on", "seeds", "metric", "extend", "max_extensions")
+MAX_RUNS = 10_000  # a sweep planning more runs is refused unless `clreg sweep --max-runs` allows them
 
 
 class SpecError(ValueError):
@@ -110,18 +110,43 @@ class SweepSpec:
         return cls(**{**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}, "entries": entries})
 
 
-def load_spec(path: str | Path, seeds: int | list[int] | None = None) -> SweepSpec:
-    """Read and validate a sweep file; `seeds` (a count or a list, as in the file) replaces the file's seeds."""
+def load_spec(path: str | Path, seeds: int | list[int] | None = None, max_runs: int = MAX_RUNS) -> SweepSpec:
+    """Read and validate a sweep file; `seeds` (a count or a list, as in the file) replaces the file's seeds.
+    A sweep that plans more than `max_runs` runs is refused before they are planned."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise SpecError(f"cannot read sweep file {str(path)!r}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise SpecError(f"sweep file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+        data = load_yaml(path, "sweep file", "reading a sweep file")  # UTF-8, no key twice
+    except YamlFileError as err:
+        raise SpecError(str(err)) from None
     if seeds is not None and isinstance(data, dict):
         data = {**data, "seeds": seeds}
-    return parse_spec(data, default_name=path.stem)
+    try:
+        return parse_spec(data, default_name=path.stem, max_runs=max_runs)
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
+
+
+def stored_spec(data) -> SweepSpec:
+    """A sweep's specification as a store or a runs.json keeps it (`SweepSpec.to_dict`), checked as its sweep
+    file is; SpecError naming what is wrong."""
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+        raise SpecError(f"a stored sweep specification must be a mapping with an 'entries' list, got {data!r:.60}")
+    if not all(isinstance(e, dict) and isinstance(e.get("label"), str) for e in data["entries"]):
+        raise SpecError("a stored sweep specification's entries must be mappings with a 'label'")
+    known = {f.name for f in fields(SweepSpec)} - {"runtime"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpecError(f"unknown key(s) {', '.join(map(repr, unknown))} in a stored sweep specification")
+    search = {"evaluate_on": "search_evaluate_on", "seeds": "search_seeds", "metric": "metric", "extend": "extend",
+              "max_extensions": "max_extensions"}
+    methods = {}
+    for e in data["entries"]:
+        methods[e["label"]] = {k: e[k] for k in ENTRY_KEYS if k in e}
+    sweep_file = {"name": data.get("name"), "benchmark": data.get("benchmark"), "settings": data.get("settings"),
+                  "seeds": data.get("seeds"), "methods": methods,
+                  "search": {k: data[v] for k, v in search.items() if v in data},
+                  **({"final": {"evaluate_on": data["final_evaluate_on"]}} if "final_evaluate_on" in data else {})}
+    return parse_spec(sweep_file, default_name=str(data.get("name")))
 
 
 def select(spec: SweepSpec, labels: list[str] | tuple[str, ...]) -> SweepSpec:
@@ -174,7 +199,15 @@ def _settings(where: str, value) -> tuple[dict, dict]:
     return settings, runtime
 
 
-def _seeds(value) -> list[int]:
+def too_many(count: int, max_runs: int) -> SpecError:
+    """The refusal of a sweep that plans `count` runs, over the limit."""
+    return SpecError(f"the sweep plans {count} runs, more than the limit of {max_runs} (search lines × c values × "
+                     "search seeds + final seeds, per method); give `clreg sweep --max-runs N` to allow more")
+
+
+def _seeds(value, max_runs: int = MAX_RUNS) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool) and value > max_runs:
+        raise too_many(value, max_runs)  # each seed is at least one final run: refused before the list is made
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return list(range(value))
     if (isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
@@ -202,7 +235,19 @@ def _search(value, seeds: list[int]) -> dict:
     return out
 
 
-def _entry(label: str, value, spec: SweepSpec) -> Entry:
+def line_count(entry: Entry) -> int:
+    """How many search lines `entry` has (re-init options × every grid combination), without listing them."""
+    return len(entry.reinit) * math.prod(len(values) for values in entry.grid.values())
+
+
+def planned_runs(spec: SweepSpec, entries: list[Entry] | None = None) -> int:
+    """The runs a sweep plans at the start: per method, its search (lines × c values × search seeds) and its
+    final runs (one per seed); grid extensions add to this as they are needed."""
+    return sum(line_count(e) * len(e.c) * spec.search_seeds + len(spec.seeds)
+               for e in (spec.entries if entries is None else entries))
+
+
+def _entry(label: str, value, spec: SweepSpec, max_runs: int = MAX_RUNS) -> Entry:
     where = f"methods.{label}"
     data = _keys(where, value if value is not None else {}, ENTRY_KEYS)
     method = data.get("method", label)
@@ -216,6 +261,8 @@ def _entry(label: str, value, spec: SweepSpec) -> Entry:
     entry = Entry(label, method, _number_list(f"{where}.c", data.get("c", 0.0)),
                   _bool_list(f"{where}.reinit", data.get("reinit", False)), settings,
                   _grid(f"{where}.grid", data.get("grid"), settings))
+    if planned_runs(spec, [entry]) > max_runs:
+        raise too_many(planned_runs(spec, [entry]), max_runs)
     try:
         for line in entry.lines():
             spec.config(entry, entry.c[0], line, spec.seeds[0], spec.final_evaluate_on)
@@ -234,9 +281,9 @@ def _grid(where: str, value, settings: dict) -> dict:
     return grid
 
 
-def parse_spec(data, default_name: str = "sweep") -> SweepSpec:
+def parse_spec(data, default_name: str = "sweep", max_runs: int = MAX_RUNS) -> SweepSpec:
     """Validate plain data (a parsed YAML document) into a SweepSpec. Every problem found is reported in
-    one SpecError (one line each), not only the first."""
+    one SpecError (one line each), not only the first. A sweep planning more than `max_runs` runs is refused."""
     problems: list[str] = []
 
     def attempt(check, *args, default=None):
@@ -253,7 +300,7 @@ def parse_spec(data, default_name: str = "sweep") -> SweepSpec:
     if not isinstance(name, str) or not name:
         problems.append(f"name must be a non-empty string, got {name!r}")
     settings, runtime = attempt(_settings, "settings", data.get("settings"), default=({}, {}))
-    seeds = attempt(_seeds, data.get("seeds", 1), default=[0])
+    seeds = attempt(_seeds, data.get("seeds", 1), max_runs, default=[0])
     final = attempt(_keys, "final", data.get("final") or {}, ("evaluate_on",), default={})
     final_on = final.get("evaluate_on", "test")
     if final_on not in EVALUATE_ON:
@@ -270,7 +317,9 @@ def parse_spec(data, default_name: str = "sweep") -> SweepSpec:
         problems.append("methods must be a non-empty mapping: label -> {method, c, reinit, settings}")
     elif methods and isinstance(benchmark, str):
         spec.entries = [entry for label, value in methods.items()
-                        if (entry := attempt(_entry, str(label), value, spec)) is not None]
+                        if (entry := attempt(_entry, str(label), value, spec, max_runs)) is not None]
+        if not problems and planned_runs(spec) > max_runs:
+            problems.append(str(too_many(planned_runs(spec), max_runs)))
     if problems:
         raise SpecError(problems[0] if len(problems) == 1 else
                         f"{len(problems)} problems in the sweep file:\n" + "\n".join(f"  - {p}" for p in problems))

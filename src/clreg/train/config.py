@@ -8,18 +8,17 @@ from dataclasses import asdict, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from clreg import importance
 
 from clreg.train import optim
 
 from clreg.train import task_search
+from clreg.train.sizes import check_tasks
 from clreg.benchmarks import BENCHMARKS, EVALUATE_ON, check_name, defaults
 from clreg.benchmarks import registry as benchmark_registry
 from clreg.core.device import PRECISIONS, check_device_name
 from clreg.models.build import DEFAULT_WIDTHS, NETWORKS
-from clreg.core.options import Option, merge, positive_ints
+from clreg.core.options import Option, SettingError, merge, positive_ints
 from clreg.core.penalty import MODES
 
 
@@ -46,7 +45,7 @@ RUN_OPTIONS = (
            default_text=BENCHMARK_DEFAULT),
     Option("equal_iter", bool, False, "every task as many steps as the first (split-cifar10-100: tasks 2-6 get "
            "10x epochs)"),
-    Option("seed", int, 0, "random seed (data order, initialisation, permutations)"),
+    Option("seed", int, 0, "random seed (data order, initialisation, permutations)", minimum=0, maximum=2 ** 63 - 1),
     Option("lr", float, None, "learning rate", minimum=0.0, above=True,
            default_text="the benchmark's, else 1e-3 * batch-size / 256"),
     Option("evaluate_on", str, "test", "split the accuracy is measured on", flag="--eval", choices=EVALUATE_ON),
@@ -79,6 +78,7 @@ RUN_OPTIONS = (
 OPTIONS = merge(RUN_OPTIONS, importance.settings(), optim.OPTIONS, task_search.OPTIONS)
 BY_NAME = {option.name: option for option in OPTIONS}
 NOT_IN_KEY = tuple(option.name for option in OPTIONS if not option.in_key)
+REPLAYED = ("data_dir",)  # of NOT_IN_KEY, what a replay (--config RESULT.json) keeps: where the run read its data
 
 
 class _RunConfig:
@@ -95,7 +95,10 @@ class _RunConfig:
                 setattr(self, option.name, option.parse(getattr(self, option.name)))
             except ValueError as err:
                 message = str(err)
-                raise ValueError(f"{option.name} {message}" if message.startswith("must") else message) from None
+                if not message.startswith("must"):
+                    raise
+                raise SettingError("{0} " + message.replace("{", "{{").replace("}", "}}"), option) from None
+        check_tasks(self.tasks)  # before any data: the accuracy matrix is tasks x tasks
         self._resolve_benchmark_defaults()
         benchmark_registry.check_options(self.benchmark, {"permute": self.permute, "split_classes": self.split_classes,
                                                           "task_sizes": self.task_sizes})
@@ -214,16 +217,13 @@ RunConfig.__module__, RunConfig.__doc__ = __name__, _RunConfig.__doc__
 
 def read_run_file(path: str | Path) -> dict:
     """The settings in a run file: a YAML (or JSON) mapping of setting → value, or a result written by
-    `clreg run --out`, whose config replays the run (where it read its data and which device it used are
-    left to this machine). ValueError naming the file and what is wrong."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"run file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"run file {str(path)!r} is not YAML or JSON: {err}") from None
+    `clreg run --out`, whose config replays the run (with the data directory it read, which --data-dir
+    overrides; the device it used is left to this machine). ValueError naming the file and what is wrong."""
+    from clreg.core.yamlfile import load_yaml
+
+    data = load_yaml(path, "run file", "reading a run file (--config)")  # UTF-8, no key twice; ValueError naming the file
     if isinstance(data, dict) and isinstance(data.get("config"), dict) and "accuracy_matrix" in data:
-        data = {k: v for k, v in data["config"].items() if k not in NOT_IN_KEY}
+        data = {k: v for k, v in data["config"].items() if k not in NOT_IN_KEY or k in REPLAYED}
     if not isinstance(data, dict):
         raise ValueError(f"run file {str(path)!r} must be a mapping of settings (setting: value), "
                          f"got {type(data).__name__}")

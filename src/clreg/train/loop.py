@@ -21,6 +21,8 @@ from clreg.train.config import RunConfig
 from clreg.core.device import (autocast, check_combination, describe, precision_scope, resolve_device, synchronize,
                      warn_if_slow)
 from clreg.models.build import build_model, reinitialize, task_forward
+from clreg.train.sizes import check_run_size
+from clreg.core.options import SettingError
 from clreg.train.optim import make_optimizer, make_schedule
 from clreg.train.evaluation import evaluate
 from clreg.train.guard import Diverged, DivergenceGuard
@@ -40,13 +42,28 @@ def index_stream(size: int, batch_size: int, generator: torch.Generator, drop_la
     CPU (the same order on every device) and moved to `device` once each."""
     if drop_last and size < batch_size:
         raise ValueError(f"a task has {size} training examples, fewer than one batch of {batch_size}")
-    buffer = torch.empty(0, dtype=torch.long, device=device)
-    while True:
-        while len(buffer) < batch_size:
+    if drop_last:
+        while True:
             shuffle = torch.randperm(size, generator=generator).to(device)
-            buffer = shuffle[:size - size % batch_size] if drop_last else torch.cat([buffer, shuffle])
-        yield buffer[:batch_size]
-        buffer = buffer[batch_size:]
+            for start in range(0, size - batch_size + 1, batch_size):
+                yield shuffle[start:start + batch_size]
+    pieces: list[Tensor] = []  # the shuffles drawn and not yet used up; the first from `start` on
+    start = held = 0  # held: indices left in `pieces`
+    while True:
+        while held < batch_size:  # each shuffle drawn when a batch reaches into it, so the cost is linear
+            pieces.append(torch.randperm(size, generator=generator).to(device))
+            held += size
+        end = start + batch_size
+        if end <= size:
+            batch = pieces[0][start:end]
+        else:
+            whole, rest = divmod(end, size)
+            batch = torch.cat([pieces[0][start:], *pieces[1:whole], pieces[whole][:rest]] if rest else
+                              [pieces[0][start:], *pieces[1:whole]])
+        used, start = divmod(end, size)
+        del pieces[:used]
+        held -= batch_size
+        yield batch
 
 
 @dataclass
@@ -76,6 +93,7 @@ class Trainer:
         self.model = build_model(config.network_name, bench.input_shape, config.widths, bench.classes,
                                  self.init_generator).to(self.device)
         self.guard = DivergenceGuard(self.device)
+        self.watched = list(self.model.parameters())  # the parameters the guard checks after every step
         self.reg = Regularizer(self.model, config.method, config.c, heads=("heads",) if bench.multi_head else (),
                                penalty=config.penalty, prior=config.prior, decay=config.decay,
                                keep_tasks=config.proxy_every > 0, **config.measure_options())
@@ -266,7 +284,7 @@ class Trainer:
 
     def close_task(self, task: int, start: float) -> None:
         """After a task's last step: the divergence check, the training time since `start`, on_train_end."""
-        self.guard.check(self.steps_done, task)
+        self.guard.check()
         synchronize(self.device)
         self.timing["train_seconds"] += time.perf_counter() - start
         for callback in self.callbacks:
@@ -319,21 +337,30 @@ class Trainer:
         return loss, self.apply_step(optimizer, loss)
 
     def apply_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor | None:
-        """With the gradients in place: the step's loss checked, R(θ_t) taken where a callback asks for it,
-        then ∇R, the optimiser and the measure's statistic. Returns R(θ_t) or None."""
+        """With the gradients in place: the step's loss and R(θ_t) checked, then ∇R, the optimiser and the
+        measure's statistic, then the parameters checked. Returns R(θ_t) where a callback asks for it, else None."""
         for callback in self.callbacks:
             callback.on_after_backward(self)
-        self.check_finite(loss)
-        penalty = self.penalty_if_wanted()
+        penalty = self.penalty_in_force()
+        self.check_before_step(loss, penalty)
+        wanted = self.penalty_if_wanted(penalty)
         self.reg.step(optimizer)  # ∇R, Adam and the measure's statistic: one fused pass on the CPU
-        return penalty
+        self.guard.after_step(self.watched)
+        return wanted
 
-    def penalty_if_wanted(self) -> Tensor | None:
-        """R(θ_t) where a callback asks for it at the coming step, else None."""
-        if not any(callback.wants_penalty(self.steps_done + 1) for callback in self.callbacks):
+    def penalty_in_force(self) -> Tensor | None:
+        """R(θ_t) while the penalty is in force (the divergence guard watches it), else None."""
+        if not self.reg.penalty_term.active:
             return None
         with torch.no_grad():
             return self.reg.penalty().detach()  # evaluating R changes nothing (issue 13)
+
+    def penalty_if_wanted(self, penalty: Tensor | None) -> Tensor | None:
+        """R(θ_t) where a callback asks for it at the coming step, else None: `penalty` where taken already
+        (`penalty_in_force`), else R evaluated now."""
+        if not any(callback.wants_penalty(self.steps_done + 1) for callback in self.callbacks):
+            return None
+        return penalty if penalty is not None else self.reg.penalty().detach()
 
     def shared_loss(self, forward, x: Tensor, y: Tensor, whole: int) -> Tensor:
         """The task loss of this process's share of a batch of `whole` examples, weighted so that its average
@@ -348,10 +375,11 @@ class Trainer:
         mine = distributed.share(len(y))
         return x[mine], y[mine]
 
-    def check_finite(self, loss: Tensor) -> None:
-        """Record the step's task loss; Diverged is raised for the first NaN or infinite one (see
-        DivergenceGuard: at once on the CPU, within 50 steps on a GPU)."""
-        self.guard.record(loss, self.steps_done + 1, self.current_task)  # steps counted from 1
+    def check_before_step(self, loss: Tensor, penalty: Tensor | None) -> None:
+        """Record the coming step's task loss and R(θ_t) (None: not in force); Diverged is raised for the first
+        NaN or infinite one, or the first step after which the parameters are not finite (DivergenceGuard: at
+        once on the CPU, within 50 steps on a GPU)."""
+        self.guard.before_step(loss, penalty, self.steps_done + 1, self.current_task)  # steps counted from 1
 
     def consolidate(self, task: int) -> None:
         """End of task: hand the regulariser a sample of the task's training inputs (n of them)."""
@@ -418,16 +446,16 @@ def steps_per_epoch(bench: Benchmark, task: int, batch_size: int) -> int:
 
 
 def check_fits(bench: Benchmark, config: RunConfig) -> None:
-    """Raise ValueError if a task has fewer training examples than one batch where epochs are whole
-    batches (split benchmarks): such a task could not take a single step."""
-    if not bench.drop_last:
-        return
+    """Raise ValueError if a task has fewer training examples than one batch (where epochs are whole batches,
+    split benchmarks, such a task could not take a single step; in a stream of shuffles, a batch would hold
+    examples twice), or if the run cannot fit into the device's memory (clreg.train.sizes)."""
     small = [(t, bench.train_size(t)) for t in range(bench.num_tasks) if bench.train_size(t) < config.batch_size]
     if small:
         task, size = small[0]
-        raise ValueError(f"task {task + 1} of {bench.name} has {size} training examples, fewer than one batch of "
-                         f"{config.batch_size}: lower --batch-size to at most "
-                         f"{min(n for _, n in small)} (or give the tasks more data)")
+        raise SettingError(f"task {task + 1} of {bench.name} has {size} training examples, fewer than one batch of "
+                           f"{config.batch_size}: lower {{0}} to at most {min(n for _, n in small)} (or give the "
+                           "tasks more data)", "batch_size")
+    check_run_size(config, bench)
 
 
 def load_benchmark(config: RunConfig) -> Benchmark:
@@ -455,11 +483,15 @@ def run(config: RunConfig, progress: bool = True, bench: Benchmark | None = None
 
 def result_of(trainer: Trainer, accuracy: np.ndarray) -> dict:
     """A finished run's results as plain data: its config, device, benchmark, accuracy matrix and summary,
+    chance level and whether the run did not learn (average accuracy below chance + metrics.LEARNING_MARGIN),
     timings, loss curve and whatever its optional parts recorded."""
-    config = trainer.config
-    result = {"config": config.to_dict(), "device": describe(trainer.device), "benchmark": trainer.bench.describe(),
-              "accuracy_matrix": accuracy.tolist(), **metrics.summary(accuracy), "timing": trainer.timing,
-              "loss_curve": trainer.log.curve()}
+    config, bench = trainer.config, trainer.bench
+    summary = metrics.summary(accuracy)
+    chance = metrics.chance(bench.classes, bench.num_tasks)
+    result = {"config": config.to_dict(), "device": describe(trainer.device), "benchmark": bench.describe(),
+              "accuracy_matrix": accuracy.tolist(), **summary, "timing": trainer.timing,
+              "loss_curve": trainer.log.curve(), "chance": chance,
+              "did_not_learn": metrics.did_not_learn(summary["average_accuracy"], chance)}
     if trainer.proxies is not None:
         result["proxy_losses"] = trainer.proxies.summary()
     if trainer.revisit is not None:

@@ -39,6 +39,21 @@ def summary(a: np.ndarray) -> dict:
             "bwt": backward_transfer(a)}
 
 
+LEARNING_MARGIN = 0.05  # a run "did not learn" below chance + this, in average accuracy (docs/algorithms.md §5)
+
+
+def chance(classes: int | Sequence[int], tasks: int) -> float:
+    """The average accuracy of guessing: mean over the tasks of 1 / (classes of the task's head); `classes` is
+    one count for every task (one shared head) or one per task."""
+    per_task = [classes] * tasks if isinstance(classes, int) else list(classes)
+    return float(np.mean([1.0 / c for c in per_task]))
+
+
+def did_not_learn(average: float, chance_level: float) -> bool:
+    """True if an average accuracy is below chance + LEARNING_MARGIN."""
+    return average < chance_level + LEARNING_MARGIN
+
+
 def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
     """Mean and standard error of the mean over seeds (s.e. 0 for a single value)."""
     x = np.asarray(values, dtype=float)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from clreg.core import optimizers
-from clreg.core.options import Option
+from clreg.core.options import Option, SettingError
 
 OPTIMIZERS = tuple(optimizers.buildable())  # the registered optimisers a run can name (clreg.core.optimizers)
 SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
@@ -32,8 +32,8 @@ OPTIONS = (
     Option("nesterov", bool, False, "sgd: Nesterov momentum (needs momentum > 0)", key_when_default=False),
     Option("weight_decay", float, 0.0, "adam, sgd: L2 term added to the gradient; adamw: decoupled decay",
            minimum=0.0, key_when_default=False),
-    Option("lr_schedule", str, "constant", "learning rate over each task, restarting at every task: constant, "
-           "step, exponential or cosine", choices=SCHEDULES, key_when_default=False),
+    Option("lr_schedule", str, "constant", "learning rate over each task, restarting at every task: "
+           f"{', '.join(SCHEDULES[:-1])} or {SCHEDULES[-1]}", choices=SCHEDULES, key_when_default=False),
     Option("lr_gamma", float, 0.1, "step: factor every lr-step-epochs epochs; exponential: factor per epoch; "
            "plateau: factor after lr-patience epochs without a better validation accuracy",
            minimum=0.0, above=True, maximum=1.0, key_when_default=False),
@@ -46,6 +46,7 @@ OPTIONS = (
            "best epoch's weights are kept (0: never stop early)", minimum=0, key_when_default=False),
 )
 DEFAULTS = {option.name: option.default for option in OPTIONS}
+BY_NAME = {option.name: option for option in OPTIONS}
 # a setting that only some optimisers (as they declare) or schedules read: set for another, it is refused
 READ_BY_SOME = {name for entry in optimizers.buildable().values() for name in entry.reads}
 APPLIES = {**{name: ("optimizer", tuple(n for n, e in optimizers.buildable().items() if name in e.reads))
@@ -60,9 +61,10 @@ def check(settings: dict) -> None:
     silently ignore it) and for Nesterov without momentum."""
     for name, (chooser, users) in APPLIES.items():
         if settings[name] != DEFAULTS[name] and settings[chooser] not in users:
-            raise ValueError(f"{name} applies to {chooser} {', '.join(users)} only, not {settings[chooser]!r}")
+            raise SettingError(f"{{0}} applies to {{1}} {', '.join(users)} only, not {settings[chooser]!r}",
+                               BY_NAME[name], BY_NAME[chooser])
     if settings["nesterov"] and settings["momentum"] == 0:
-        raise ValueError("nesterov needs momentum > 0")
+        raise SettingError("{0} needs {1} > 0", BY_NAME["nesterov"], BY_NAME["momentum"])
 
 
 def make_optimizer(model: nn.Module, lr: float, settings: dict | None = None) -> torch.optim.Optimizer:

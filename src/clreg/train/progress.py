@@ -1,10 +1,13 @@
 """Progress: one tqdm bar per task showing the running task loss, and a warning when a run will take long."""
 from __future__ import annotations
 
+import sys
 import time
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
-from tqdm import tqdm
-
+from clreg.core.extras import need
 from clreg.train.callbacks import Callback, RunningLoss
 
 
@@ -14,13 +17,14 @@ class ProgressBar(Callback):
 
     def __init__(self, every: int = 25):
         self.every = every
-        self.bar: tqdm | None = None
+        self.bar = None  # a tqdm bar while a task trains
+        self.tqdm = need("tqdm", "the progress bars (progress=False runs without)").tqdm
         self.loss = RunningLoss()
 
     def on_task_start(self, trainer, task: int, steps: int) -> None:  # noqa: D102
         if self.bar is not None:
             self.bar.close()  # a task search's attempt that diverged never reached on_train_end
-        self.bar = tqdm(total=steps, desc=f"task {task + 1}/{trainer.bench.num_tasks}", leave=False)
+        self.bar = self.tqdm(total=steps, desc=f"task {task + 1}/{trainer.bench.num_tasks}", leave=False)
         self.loss = RunningLoss()
 
     def on_step(self, trainer, step) -> None:  # noqa: D102
@@ -34,31 +38,96 @@ class ProgressBar(Callback):
 
 
 class LongRunWarning(Callback):
-    """Times `probe` steps of the first task after `warmup` steps (first calls are slow), then says how long
-    the whole run will take if that is more than `threshold` seconds (steps × seconds per step), with what
-    shortens it."""
+    """Says how long the whole run will take, with what shortens it, when that is more than `threshold` seconds.
 
-    def __init__(self, say, threshold: float = 600.0, warmup: int = 10, probe: int = 20):
-        self.say, self.threshold, self.warmup, self.probe = say, threshold, warmup, probe
-        self.total_steps, self.started, self.done = 0, 0.0, False
+    The first task's steps are timed after `warmup` of them (first calls, allocations and caches are slow) over at
+    least `probe` steps and `seconds` seconds: seconds per step × the run's steps. Where the first task ends
+    before that window does, the estimate waits for its end and adds the task's importance and evaluation time
+    once per task. Said once, through tqdm (above any progress bar)."""
+
+    def __init__(self, say=None, threshold: float = 600.0, warmup: int = 50, probe: int = 200,
+                 seconds: float = 30.0):
+        self.say = say or write
+        self.threshold, self.warmup, self.probe, self.seconds = threshold, warmup, probe, seconds
+        self.total_steps, self.tasks, self.done = 0, 0, False
+        self.started: float | None = None  # when the window began (after `warmup` steps of the first task)
+        self.window = 0  # steps in the window
+        self.task_start: dict = {}  # the first task's step count and timings at its start
 
     def on_run_start(self, trainer) -> None:  # noqa: D102
-        self.total_steps = sum(trainer.steps_per_task(t) for t in range(trainer.bench.num_tasks))
+        self.tasks = trainer.bench.num_tasks
+        self.total_steps = sum(trainer.steps_per_task(t) for t in range(self.tasks))
+
+    def on_task_start(self, trainer, task: int, steps: int) -> None:  # noqa: D102
+        if not self.task_start:
+            self.task_start = {"steps": trainer.steps_done, **trainer.timing}
 
     def on_step(self, trainer, step) -> None:  # noqa: D102
         if self.done or step.task_step < self.warmup:
             return
-        if step.task_step == self.warmup:
-            self.started = time.perf_counter()
+        if self.started is None:
+            self.started, self.window = time.perf_counter(), 0
             return
-        if step.task_step < self.warmup + self.probe and step.task_step < trainer.steps_per_task(step.task):
+        self.window += 1
+        elapsed = time.perf_counter() - self.started
+        if self.window >= self.probe and elapsed >= self.seconds:
+            self.report(elapsed / self.window, None)
+
+    def on_evaluation(self, trainer, task: int, accuracy: list[float]) -> None:  # noqa: D102
+        if self.done:
             return
+        timing, start = trainer.timing, self.task_start
+        steps = trainer.steps_done - start["steps"]
+        per_step = (time.perf_counter() - self.started) / self.window if self.window else \
+            (timing["train_seconds"] - start["train_seconds"]) / max(1, steps)
+        other = sum(timing[name] - start[name] for name in ("importance_seconds", "evaluation_seconds"))
+        self.report(per_step, other)
+
+    def report(self, per_step: float, per_task: float | None) -> None:
+        """Say the estimate from `per_step` training seconds and `per_task` seconds of importance and evaluation
+        (None: not known yet) if it exceeds the threshold; in any case, say nothing more."""
         self.done = True
-        per_step = (time.perf_counter() - self.started) / (step.task_step - self.warmup)
-        estimate = per_step * self.total_steps
-        if estimate > self.threshold:
-            self.say(f"this run will take about {duration(estimate)}: {self.total_steps:,} steps at "
-                     f"{1000 * per_step:.1f} ms per step (training only); --epochs, --tasks or --hidden shorten it")
+        estimate = per_step * self.total_steps + (per_task or 0.0) * self.tasks
+        if estimate <= self.threshold:
+            return
+        parts = "training only" if per_task is None else \
+            f"and {duration(per_task)} of importance and evaluation per task"
+        self.say(f"this run will take about {duration(estimate)}: {self.total_steps:,} steps at "
+                 f"{1000 * per_step:.1f} ms per step ({parts}); --epochs, --tasks or --hidden shorten it")
+
+
+def write(line: str) -> None:
+    """One line on stderr, above any progress bar (tqdm.write), not into it."""
+    with above_bars():
+        print(line, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def above_bars() -> Iterator[None]:
+    """Within: the progress bars are cleared, and drawn again on leaving (tqdm's external write mode; nothing
+    without tqdm, which draws no bars then)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield
+        return
+    with tqdm.external_write_mode(file=sys.stderr):
+        yield
+
+
+@contextmanager
+def warnings_above_bars() -> Iterator[None]:
+    """Within: Python warnings are shown as before (by the printer in force: the CLI's one line), but above the
+    progress bars; the printer is restored on leaving."""
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def above(*args, **kwargs) -> None:
+            with above_bars():
+                show(*args, **kwargs)
+
+        warnings.showwarning = above
+        yield
 
 
 def duration(seconds: float) -> str:

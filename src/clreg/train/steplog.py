@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
+from clreg.core.records import naming
 from clreg.train.callbacks import Callback, RunningLoss
+from clreg.train.checkpoint import CheckpointError
 
 POINTS_PER_TASK = 200  # step records per task unless `every` is given
 CURVE_POINTS_PER_TASK = 20  # points per task in a result's loss curve
@@ -20,7 +23,9 @@ def step_log_path(out: str | Path) -> Path:
 
 class JsonLines:
     """Records as JSON lines in `path` (directories created). A fresh run starts the file afresh; a resumed
-    one cuts it back to where the checkpoint was taken."""
+    one cuts it back to where the checkpoint was taken (refused, CheckpointError, where the file holds less
+    than the checkpoint says was written). A failed write (a full disk) raises OSError naming the file; the
+    checkpoint taken after a task records the size flushed and synced before it, so it never claims more."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -28,32 +33,57 @@ class JsonLines:
         self.resume_at: int | None = None
 
     def write(self, record: dict) -> None:  # noqa: D102
-        if self.file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.resume_at is None or not self.path.exists():
-                self.file = open(self.path, "w")
-            else:
-                self.file = open(self.path, "r+")
-                self.file.truncate(self.resume_at)
-                self.file.seek(self.resume_at)
-        self.file.write(json.dumps(record) + "\n")
+        with self._naming_path():
+            if self.file is None:
+                self.file = self._open()
+            self.file.write(json.dumps(record) + "\n")
+
+    def _open(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.resume_at is None or not self.path.exists():
+            return open(self.path, "w")
+        file = open(self.path, "r+")
+        file.truncate(self.resume_at)
+        file.seek(self.resume_at)
+        return file
 
     def flush(self) -> None:  # noqa: D102
         if self.file is not None:
-            self.file.flush()
-            os.fsync(self.file.fileno())
+            with self._naming_path():
+                self.file.flush()
+                os.fsync(self.file.fileno())
 
     def state_dict(self) -> dict:  # noqa: D102
         self.flush()
         return {"size": self.file.tell() if self.file is not None else 0}
 
     def load_state_dict(self, state: dict) -> None:  # noqa: D102
-        self.resume_at = int(state["size"])
+        size = int(state["size"])
+        held = self.path.stat().st_size if self.path.exists() else None
+        if held is not None and (held < size or (size > 0 and _byte_at(self.path, size - 1) != b"\n")):
+            raise CheckpointError(f"the step log {str(self.path)!r} does not hold the {size} bytes of whole lines "
+                                  f"the checkpoint was taken after ({held} bytes there): it was cut short or changed",
+                                  "delete both to start the run afresh")
+        self.resume_at = size
 
     def close(self) -> None:  # noqa: D102
         if self.file is not None:
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            with self._naming_path():
+                file.close()
+
+    @contextmanager
+    def _naming_path(self):
+        try:
+            yield
+        except OSError as err:
+            raise naming(err, self.path) from err
+
+
+def _byte_at(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(1)
 
 
 class TensorBoard:

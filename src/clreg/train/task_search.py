@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 
-from clreg.core.options import Option, positive_floats
+from clreg.core.options import Option, SettingError, positive_floats
 from clreg.train.evaluation import evaluate
 from clreg.train.guard import Diverged
 
@@ -45,12 +45,14 @@ DEFAULTS = {option.name: option.default for option in OPTIONS}
 def check(settings: dict) -> None:
     """Raise ValueError for a search setting given without lr_search, and for lr_search with a fixed lr."""
     if settings["lr_search"] is None:
-        given = [name for name in DEFAULTS if name != "lr_search" and settings[name] != DEFAULTS[name]]
+        given = [option for option in OPTIONS if option.name != "lr_search" and settings[option.name] != option.default]
         if given:
-            raise ValueError(f"{', '.join(given)} applies to lr_search only, which is off")
+            names = ", ".join(f"{{{i}}}" for i in range(len(given)))
+            raise SettingError(names + f" {'applies' if len(given) == 1 else 'apply'} to {{{len(given)}}} only, "
+                               "which is off", *given, OPTIONS[0])
         return
     if settings["lr"] is not None:
-        raise ValueError("lr_search chooses each task's learning rate: leave lr unset, or drop lr_search")
+        raise SettingError("{0} chooses each task's learning rate: leave {1} unset, or drop {0}", OPTIONS[0], "lr")
 
 
 class TaskSearch:

@@ -198,20 +198,48 @@ class VectorizedTrainer:
         return stepped
 
     def _stacked_step(self, live, losses, task_grads, independent) -> dict[int, Tensor | None]:
-        """Every run's loss checked and R(θ_t) taken where asked, then one step for all (clreg.vectorized.step)."""
+        """Every run's loss and R(θ_t) checked (R taken where asked), then one step for all
+        (clreg.vectorized.step), then every run's parameters checked: the divergence guard of a run alone."""
         stepped = {}
+        penalties = self._penalties()
         for k in live:
             member = self.members[k]
             for callback in member.callbacks:
                 callback.on_after_backward(member)
+            penalty = None if penalties is None or not member.reg.penalty_term.active else penalties[k]
             try:
-                member.check_finite(losses[k].detach())
+                member.check_before_step(losses[k].detach(), penalty)
             except Diverged as err:
                 self.failures[k] = err  # its slot keeps stepping on zero gradients: nobody reads it any more
                 continue
-            stepped[k] = member.penalty_if_wanted()
+            stepped[k] = member.penalty_if_wanted(None)  # (R alone, where a callback asks for it)
         self.stepper.step(task_grads, independent)
+        checks = self._parameter_checks()
+        for k in list(stepped):
+            try:
+                self.members[k].guard.after_step(checks[k])
+            except Diverged as err:
+                self.failures[k] = err
+                del stepped[k]
         return stepped
+
+    @torch.no_grad()
+    def _penalties(self) -> Tensor | None:
+        """R(θ_t) of every run, [K], from the stacked parameters, centres and 2sP (None: no penalty in force)."""
+        stepper = self.stepper
+        if not stepper.penalized:
+            return None
+        quadratic = sum((stepper.precision[n] * (self.net.params[n] - stepper.centre[n]).square()).flatten(1).sum(1)
+                        for n in stepper.regularized)
+        constants = [m.reg.strength * m.reg.penalty_term.constant for m in self.members]  # 0 for the online penalty
+        if not any(constants):
+            return 0.5 * quadratic
+        return 0.5 * quadratic + torch.tensor(constants, dtype=quadratic.dtype, device=quadratic.device)
+
+    @torch.no_grad()
+    def _parameter_checks(self) -> Tensor:
+        """Per run, [K]: 0 if all its parameters are finite, else NaN (clreg.train.guard.parameters_check, batched)."""
+        return torch.stack([p.detach().flatten(1).sum(1) for p in self.net.params.values()]).mul_(0).sum(0)
 
     def _stack(self, batches: dict, live: list[int], part) -> tuple[Tensor, Tensor]:
         """Inputs [K, B, ...] and labels [K, B] of the live runs' batches (zeros in the other runs' places)."""
