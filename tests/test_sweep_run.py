@@ -143,8 +143,14 @@ def test_failed_run_is_retried_on_the_next_sweep(tmp_path):
             "search": {"evaluate_on": "test"}, "methods": {"si": {"c": 1}}}
     spec_path = write_spec(tmp_path, spec)
     store = tmp_path / "s.sqlite"
-    out, err = sweep(spec_path, store).communicate(timeout=300)
-    assert "1 run(s) failed, so si got no result" in err  # and the sweep exits 1 (tested in test_rough_edges)
+    p = subprocess.run([*CLREG, "sweep", str(spec_path), "--store", str(store)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "mine.npz: no such file" in p.stderr and not store.exists()  # checked first
+    unchecked = [sys.executable, "-c", "from clreg.cli import commands; commands.check_sweep_data = lambda *a: None; "
+                 "commands.main()"]  # the data vanishes after the check: the run fails
+    p = subprocess.run([*unchecked, "sweep", str(spec_path), "--store", str(store), "--threads", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert "1 run(s) failed, so si got no result" in p.stderr  # and the sweep exits 1 (tested in test_rough_edges)
     (row,) = rows(store)
     assert row["status"] == "failed" and "mine.npz" in row["error"] and row["attempts"] == 1
     rng = np.random.default_rng(0)
@@ -261,7 +267,8 @@ def test_dry_run_creates_nothing_and_missing_ray_says_how_to_install(tmp_path):
     assert not (tmp_path / "grid.sqlite").exists()
     no_ray = [sys.executable, "-c", "import sys; sys.modules['ray'] = None; from clreg.cli.commands import main; main()"]
     p = subprocess.run([*no_ray, "sweep", str(spec), "--backend", "ray"], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 1 and "the ray backend needs Ray: pip install 'clreg[ray]'" in p.stderr
+    assert p.returncode == 2 and "--backend ray needs Ray, which is not installed: pip install 'clreg[ray]'" in p.stderr
+    assert not (tmp_path / "grid.sqlite").exists()
 
 
 def test_store_import_of_report_and_run_result(tmp_path, reference):

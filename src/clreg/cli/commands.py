@@ -754,7 +754,7 @@ def main() -> None:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            cli.main(standalone_mode=False)
+            cli.main(prog_name="clreg", standalone_mode=False)
     except NoArgsIsHelpError as err:  # a bare `clreg` (or `clreg analyze`): the help, plain, exit 2 (click's way)
         err.show()
         sys.exit(err.exit_code)
