@@ -69,14 +69,14 @@ class SettingType(click.ParamType):
             self.fail(str(err), param, ctx)
 
 
-def click_option(option: Option):
+def click_option(option: Option, default=None):
     """The command-line flag of a declared setting. Its default is None ("not given"), so that a run file
     (--config) and the setting's own default can fill it; the help shows the setting's default."""
     help_text = f"{option.help}  [default: {option.shown_default}]"
     if option.type is bool:
         flag = option.cli_flag
-        return click.option(f"{flag}/--no-{flag[2:]}", option.name, default=None, help=help_text)
-    return click.option(option.cli_flag, option.name, type=SettingType(option), default=None, help=help_text)
+        return click.option(f"{flag}/--no-{flag[2:]}", option.name, default=default, help=help_text)
+    return click.option(option.cli_flag, option.name, type=SettingType(option), default=default, help=help_text)
 
 
 class PathText(click.ParamType):
@@ -98,9 +98,8 @@ PATH = PathText()
 
 def cli_option(option: Option):
     """The flag of a command-line-only setting (threads, workers, ...): its value is read and checked by its
-    declaration (Option.parse), as every run setting's is."""
-    return click.option(option.cli_flag, option.name, type=SettingType(option), default=option.default,
-                        help=f"{option.help}  [default: {option.shown_default}]")
+    declaration (Option.parse), as every run setting's is; not given, it is the declared default."""
+    return click_option(option, default=option.default)
 
 
 RUN_FILE = click.option("--config", "run_file", default=None, metavar="FILE",
@@ -761,10 +760,7 @@ def main() -> None:
     except MissingExtra as err:  # an optional dependency this command needs: one line naming its extra
         click.echo(f"clreg: error: {err}", err=True)
         sys.exit(1)
-    except click.UsageError as err:
-        click.echo(f"clreg: error: {err.format_message()}", err=True)
-        sys.exit(2)
-    except click.ClickException as err:
+    except click.ClickException as err:  # a UsageError too: its exit code is 2
         click.echo(f"clreg: error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
     except click.Abort as err:

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clreg.core.options import SettingError
 from clreg.train.config import RunConfig
 from clreg.sweeps.spec import SpecError, stored_spec
 from clreg.sweeps.store import FINISHED, STATUSES, ResultError, Store, check_result
@@ -82,17 +83,6 @@ def read_file(path: str | Path) -> tuple[dict, list[dict]]:
                           "result written by `clreg run --out` ('config' and 'accuracy_matrix')")
 
 
-def _not_finite(value, name: str = "config") -> str | None:
-    """The first setting in `value` that is a non-finite number (NaN, 1e400 read as inf), or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return name
-    if isinstance(value, dict):
-        return next((found for k, v in value.items() if (found := _not_finite(v, f"{name}.{k}"))), None)
-    if isinstance(value, list):
-        return next((found for i, v in enumerate(value) if (found := _not_finite(v, f"{name}[{i}]"))), None)
-    return None
-
-
 def _name(config: dict) -> str:
     """'si c=0.2 seed 0': the run an error is about."""
     c = config.get("c")
@@ -111,11 +101,10 @@ def check_row(row, where: str) -> tuple[str, dict] | None:
     if status not in STATUSES:
         raise ImportFileError(f"{where}: status {status!r} is not one of {', '.join(STATUSES)}")
     where = f"{where} ({_name(row['config'])})"
-    bad = _not_finite(row["config"])
-    if bad:
-        raise ImportFileError(f"{where}: {bad} must be a finite number, got {_lookup(row['config'], bad)!r}")
     try:
-        key = RunConfig.from_dict(row["config"]).key()
+        key = RunConfig.from_dict(row["config"]).key()  # each setting parsed by its declaration: finite, in range
+    except SettingError as err:  # named as the file's fields: config.c
+        raise ImportFileError(f"{where}: {err.template.format(*(f'config.{o.name}' for o in err.options))}") from None
     except (TypeError, ValueError) as err:
         raise ImportFileError(f"{where}: config not readable by this clreg: {err}") from None
     if status not in FINISHED:  # checked all the same: a file with one unreadable run is refused whole
@@ -125,14 +114,6 @@ def check_row(row, where: str) -> tuple[str, dict] | None:
     except ResultError as err:
         raise ImportFileError(f"{where}: result: {err}") from None
     return key, row
-
-
-def _lookup(config: dict, name: str):
-    """The value at `name` ('config.c', 'config.hidden[0]') in `config`, for messages."""
-    value = config
-    for part in name.replace("[", ".").replace("]", "").split(".")[1:]:
-        value = value[int(part)] if isinstance(value, list) else value[part]
-    return value
 
 
 def collect(paths: list[str | Path]) -> tuple[dict[str, dict], dict[str, dict], Imported]:
