@@ -140,7 +140,7 @@ def _probe(rules: list[Rule], fallback: dict[int, str], forward: Callable[[Input
             last = size == 2 or n == 1
             good[id(rule)] &= logits is not None and (rule.ran_as_expected() if last else rule.calls == 1)
             if last and good[id(rule)]:
-                rule.floats = rule.per_sample_floats()  # sizes the chunks
+                rule.floats = (rule.per_sample_floats(), rule.transient_floats())  # sizes the chunks
         for rule in _changing_logits(rules, forward, x, logits):
             good[id(rule)] = False
     kept = []
@@ -265,6 +265,6 @@ def _default_forward(model: nn.Module, inputs: Inputs) -> Callable[[Inputs], Ten
 
 def _chunk_size(rules: list[Rule], params: list[Tensor], fallback: dict[int, str], budget: int) -> int:
     """Samples per chunk so that the working memory stays under `budget` bytes (as the probe's passes measured)."""
-    floats = sum(rule.floats for rule in rules)
+    floats = sum(rule.floats[0] for rule in rules) + max((rule.floats[1] for rule in rules), default=0)
     floats += sum(3 * params[slot].numel() for slot in fallback)
     return max(1, budget // max(1, params[0].element_size() * floats))

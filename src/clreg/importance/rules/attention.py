@@ -92,8 +92,10 @@ class MultiheadAttentionRule(Rule):
         return out, attention.mean(1) if average_attn_weights else attention
 
     def per_sample_floats(self) -> int:  # noqa: D102
-        params = sum(p.numel() for p in self.module.parameters())
-        return super().per_sample_floats() + sum(t[0].numel() for t in self.inputs) + 2 * params
+        return super().per_sample_floats() + sum(t.numel() for t in self.inputs) // self.samples
+
+    def transient_floats(self) -> int:  # noqa: D102
+        return max(p.numel() for p in self.module.parameters())  # one projection's per-sample gradient
 
     def add(self, deltas, power, totals):  # noqa: D102
         m = self.module

@@ -29,7 +29,7 @@ class Rule:
     def __init__(self, module: nn.Module, slots: dict[str, int]):
         self.module, self.slots = module, slots
         self.names: dict[str, str] = {}  # the same parameters' names in the model (set by the engine)
-        self.floats = 0  # floats per sample it holds while a chunk is processed (set by the engine's probe)
+        self.floats = (0, 0)  # per sample: (per_sample_floats, transient_floats), set by the engine's probe
         self.outputs: list[Tensor] = []
         self.calls = 0
         self.samples = 0  # the number of samples of the pass under way (set by the engine)
@@ -85,6 +85,10 @@ class Rule:
     def first(self, t: Tensor) -> Tensor:
         """`t` with the samples' dimension first."""
         return t.movedim(self.sample_dim, 0) if self.sample_dim else t
+
+    def transient_floats(self) -> int:
+        """Floats per sample this rule needs on top, while its own statistics are formed (one rule at a time)."""
+        return 0
 
     def per_sample_floats(self) -> int:
         """Floats per sample this rule holds while a chunk is processed (after a pass)."""

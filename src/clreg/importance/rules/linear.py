@@ -31,10 +31,10 @@ class LinearRule(Rule):
         return self.input.dim() == 2
 
     def per_sample_floats(self) -> int:  # noqa: D102
-        floats = self.input.numel() // self.samples + super().per_sample_floats()
-        if not self.factorised:
-            floats += 2 * self.module.weight.numel()
-        return floats
+        return self.input.numel() // self.samples + super().per_sample_floats()
+
+    def transient_floats(self) -> int:  # noqa: D102
+        return 0 if self.factorised else self.module.weight.numel()  # one per-sample gradient, squared in place
 
     def add(self, deltas, power, totals):  # noqa: D102
         (delta,) = deltas
@@ -97,8 +97,11 @@ class Conv2dRule(Rule):
 
     def per_sample_floats(self) -> int:  # noqa: D102
         w = self.module.weight
-        return (self.input.numel() // self.samples + super().per_sample_floats() + 2 * w.numel()
-                + self.outputs[0][0, 0].numel() * w[0].numel())
+        return (self.input.numel() // self.samples + super().per_sample_floats()
+                + self.outputs[0][0, 0].numel() * w[0].numel())  # the strided copies of the input
+
+    def transient_floats(self) -> int:  # noqa: D102
+        return 2 * self.module.weight.numel()  # the per-kernel-offset products and their stack
 
     def unfolded_input(self) -> list[Tensor]:
         """Per kernel offset, the (n, positions, in_channels) values each output position multiplies there."""
