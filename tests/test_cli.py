@@ -1,5 +1,6 @@
 """The CLI contract: invalid input fails before training, one line, exit code 2."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_a_measure_declares_its_option_once(tmp_path):
 
     methods = run("methods")
     assert "KEYS True 1.0 {'scale': 2.0}" in methods.stdout
-    assert "--scale             the factor [default: 1.0]" in methods.stdout
+    assert re.search(r"\n {19}--scale +the factor \[default: 1\.0\]\n", methods.stdout), methods.stdout
     bad = run("run", "--method", "scaled", "--scale", "0")
     assert bad.returncode == 2 and "Invalid value for '--scale': must be > 0, got 0.0" in bad.stderr
     good = run("run", "--benchmark", "permuted-digits", "--method", "scaled", "--scale", "3", "--c", "1", "--tasks", "2",

@@ -84,6 +84,7 @@ class Regularizer:
         step_backends.check_backend(step_backend)
         self.step_backend = step_backend  # `step`'s backend when it is not given one (None: chosen per step)
         self.last_importance: dict[str, Tensor] | None = None
+        self.optimizer: torch.optim.Optimizer | None = None  # the task's optimiser as `step` last saw it (squisher)
         self._task_grads: list[Tensor] | None = None
         self._independent: list[Tensor] | None = None
         self._scratch = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
@@ -155,6 +156,7 @@ class Regularizer:
         `end_task`; call it yourself only if you change the parameters in between (re-init)."""
         self.measure.begin_task(self.params)
         self._task_grads = self._independent = None
+        self.optimizer = None
         if self.measure.trajectory and self.measure.step_statistic().needs_step:
             self._snapshot()
 
@@ -241,6 +243,7 @@ class Regularizer:
         an ulp on some elements and "torch" by rounding, differences that grow over a run (docs/development.md,
         "Reproducibility"). On the formula backends `.grad` keeps the task-loss gradient.
         """
+        self.optimizer = optimizer
         statistic = self._statistic()
         try:
             if statistic is not None:
@@ -372,22 +375,24 @@ class Regularizer:
         return grads
 
     def end_task(self, inputs: Inputs | None = None, labels: Tensor | None = None,
-                 forward: Callable[[Inputs], Tensor] | None = None) -> dict[str, Tensor] | None:
-        """End of a task: measure ω (from the trajectory or on `inputs`), Ω ← γΩ + ω, θ* ← θ.
+                 forward: Callable[[Inputs], Tensor] | None = None,
+                 optimizer: torch.optim.Optimizer | None = None) -> dict[str, Tensor] | None:
+        """End of a task: measure ω (from the trajectory, on `inputs`, or from the optimiser), Ω ← γΩ + ω, θ* ← θ.
 
         `inputs` is a tensor, or a dict of tensors with a common first dimension (keyword inputs, e.g. a
         tokenised batch's input_ids and attention_mask). `forward(x)` maps inputs to the task's logits (default
-        `model(x)`, `model(**x)` for a dict); `labels` are needed only by the empirical Fisher. Returns ω per
-        parameter name (None for fine-tuning).
+        `model(x)`, `model(**x)` for a dict); `labels` are needed only by the empirical and batched Fisher.
+        `optimizer` is the task's Adam/AdamW, whose state squisher reads (default: the one `step` last stepped).
+        Returns ω per parameter name (None for fine-tuning).
         """
         if not self.measure.regularizes:
             self.begin_task()
             return None
         with self._once():
-            return self._end_task(inputs, labels, forward)
+            return self._end_task(inputs, labels, forward, optimizer)
 
-    def _end_task(self, inputs: Inputs | None, labels: Tensor | None,
-                  forward: Callable[[Inputs], Tensor] | None) -> dict[str, Tensor]:
+    def _end_task(self, inputs: Inputs | None, labels: Tensor | None, forward: Callable[[Inputs], Tensor] | None,
+                  optimizer: torch.optim.Optimizer | None) -> dict[str, Tensor]:
         if self.measure.trajectory and getattr(self.measure, "steps", None) == 0:
             warnings.warn(f"end_task: the {self.measure.name} measure saw no optimiser step in this task, so the "
                           "task's importance is 0 and nothing protects it: call reg.after_step() after each "
@@ -403,6 +408,8 @@ class Regularizer:
         elif self.measure.needs_sample:
             raise ValueError(f"method {self.measure.name!r} measures importance on data: "
                              "call end_task(inputs) with a sample of the task's inputs")
+        if self.measure.needs_optimizer:
+            self.measure.optimizer = optimizer if optimizer is not None else self.optimizer
         omega = self.measure.task_importance(self.params, sample)
         self.penalty_term.consolidate(omega, self.params, cumulative=self.measure.cumulative)
         self.last_importance = dict(zip(self.names, omega))

@@ -666,10 +666,11 @@ _analysis_command("noise", "Gradient noise: ‖g_batch − g_full‖², ‖g_ful
 @cli.command()
 def methods() -> None:
     """List the importance measures: name and description, then each measure's own settings."""
+    width = max((len(o.cli_flag) for cls in importance.REGISTRY.values() for o in cls.settings), default=0) + 2
     for name, cls in importance.REGISTRY.items():
         click.echo(f"{name:<17}{cls.description}")
         for option in cls.settings:
-            click.echo(f"{'':<19}{option.cli_flag:<20}{option.help} [default: {option.shown_default}]")
+            click.echo(f"{'':<19}{option.cli_flag:<{width}}{option.help} [default: {option.shown_default}]")
     for alias, target in importance.ALIASES.items():
         click.echo(f"{alias:<17}alias of {target}")
 

@@ -10,6 +10,7 @@ from clreg.importance.base import ImportanceMeasure, TaskSample
 from clreg.importance.sensitivity import (L2, AbsoluteFisher, FineTune, Fisher, L2Constant, MaxMemoryAwareSynapses,
                           MaxMemoryAwareSynapsesLogits, MemoryAwareSynapses, MemoryAwareSynapsesLogits,
                           SqrtFisher, WeightMagnitude)
+from clreg.importance.squisher import Squisher
 from clreg.core.statistic import StepStatistic
 from clreg.importance.trajectory import (SecondOrderSynapses, SynapticIntelligence, SynapticIntelligenceBias,
                          SynapticIntelligenceUnbiased, TrajectoryMeasure, auto_alpha)
@@ -30,7 +31,7 @@ def register(cls: type[ImportanceMeasure]) -> type[ImportanceMeasure]:
 
 for _cls in (SynapticIntelligence, SynapticIntelligenceUnbiased, SynapticIntelligenceBias, SecondOrderSynapses,
              Fisher, SqrtFisher, AbsoluteFisher, MemoryAwareSynapses, MemoryAwareSynapsesLogits,
-             MaxMemoryAwareSynapses, MaxMemoryAwareSynapsesLogits, WeightMagnitude, L2, L2Constant, FineTune):
+             MaxMemoryAwareSynapses, MaxMemoryAwareSynapsesLogits, Squisher, WeightMagnitude, L2, L2Constant, FineTune):
     register(_cls)
 ALIASES = {"ewc": "fisher"}
 

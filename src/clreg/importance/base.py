@@ -37,6 +37,7 @@ class ImportanceMeasure:
     needs_independent_gradient: bool = False  # the statistic reads g'_t on an independent batch
     uses_task_gradient: bool = False  # the statistic reads g_t
     needs_sample: bool = False  # task_importance needs a TaskSample
+    needs_optimizer: bool = False  # task_importance reads the task's optimiser state (set as `optimizer` before it)
     cumulative: bool = True  # Ω ← Ω + ω (False: Ω ← ω, as for l2-const)
     regularizes: bool = True  # False only for fine-tuning (no penalty at all)
     settings: tuple[Option, ...] = ()  # the run settings this measure takes (config, CLI, `clreg methods`)

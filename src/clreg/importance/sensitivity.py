@@ -1,7 +1,12 @@
 """Importances measured after a task on a sample of its data (docs/algorithms.md §3), and the constant measures.
 
 Every sensitivity measure is a weighted sum over samples of square or abs of a per-sample gradient
-J_θ(x)ᵀ v, where the cotangent v on the logits depends on the measure; `persample.py` computes it.
+J_θ(x)ᵀ v, where the cotangent v on the logits depends on the measure; `persample.py` computes it. The batched
+Fisher alone squares the gradient of each batch's mean loss instead (one backward pass per batch).
+
+A sample's logits are (C,) for a classifier or (T, C) for a sequence model (one row per token). For a sequence the
+sample is the whole sequence: its loss is the sum of its token losses (tokens labelled IGNORE_INDEX left out), and
+the Fisher family's per-sample gradient is that of the sum (docs/algorithms.md §3, "Sequence models").
 """
 from __future__ import annotations
 
@@ -12,8 +17,10 @@ from torch import Tensor
 from clreg.distributed import collectives as distributed
 from clreg.core.options import Option
 from clreg.importance import inputs as model_inputs
-from clreg.importance.base import ImportanceMeasure, TaskSample
-from clreg.importance.persample import per_sample_statistics
+from clreg.importance.base import ImportanceMeasure, TaskSample, zeros_like_all
+from clreg.importance.persample import _default_forward, per_sample_statistics
+
+IGNORE_INDEX = -100  # the label of a token that is not scored (padding), as in torch's and Hugging Face's losses
 
 
 class SensitivityMeasure(ImportanceMeasure):
@@ -36,19 +43,63 @@ class SensitivityMeasure(ImportanceMeasure):
         was_training = sample.model.training
         sample.model.eval()
         try:
-            totals = per_sample_statistics(sample.model, params, sample.inputs, self.cotangents, self.power,
-                                           labels=sample.labels, forward=sample.forward,
-                                           memory_budget=sample.memory_budget)
+            totals, count = self.sums(params, sample)
         finally:
             sample.model.train(was_training)
-        count = distributed.sum_(totals, model_inputs.check_inputs(sample.inputs), sample.group)  # each rank's share
+        count = distributed.sum_(totals, count, sample.group)  # each rank's share
         torch._foreach_div_(totals, float(count))
         return self.finish(totals)
+
+    def sums(self, params: list[Tensor], sample: TaskSample) -> tuple[list[Tensor], int]:
+        """This process's sum of the statistic over its sample, model in eval mode, and the number of terms."""
+        totals = per_sample_statistics(sample.model, params, sample.inputs, self.cotangents, self.power,
+                                       labels=sample.labels, forward=sample.forward, memory_budget=sample.memory_budget)
+        return totals, model_inputs.check_inputs(sample.inputs)
 
 
 def _at_least_float32(logits: Tensor) -> Tensor:
     """Logits in float32, or in their own precision if higher (half models get a float32 softmax)."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def _classifier_logits(logits: Tensor) -> Tensor:
+    """(n, C) logits in at least float32; ValueError for sequence logits, which only the Fisher family measures."""
+    if logits.dim() != 2:
+        raise ValueError(f"MAS and its variants take (samples, classes) logits, got {tuple(logits.shape)}: sequence "
+                         "logits (samples, tokens, classes) are measured by the Fisher family")
+    return _at_least_float32(logits)
+
+
+def token_view(logits: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """(n, C) or (n, T, C) logits as (n, T, C) (T = 1 for a classifier) and their labels as (n, T); ValueError
+    for other shapes, or labels not shaped like the logits without their class dimension."""
+    if logits.dim() not in (2, 3):
+        raise ValueError(f"the logits must be (samples, classes) or (samples, tokens, classes), got {tuple(logits.shape)}")
+    if labels is not None and labels.shape != logits.shape[:-1]:
+        raise ValueError(f"the labels must be shaped like the logits without their class dimension, "
+                         f"{tuple(logits.shape[:-1])}, got {tuple(labels.shape)}")
+    if logits.dim() == 3:
+        return logits, labels
+    return logits.unsqueeze(1), None if labels is None else labels.unsqueeze(1)
+
+
+def sample_losses(logits: Tensor, labels: Tensor) -> Tensor:
+    """Each sample's negative log-likelihood of its labels, (n,): a sequence's is the sum of its token losses, the
+    tokens labelled IGNORE_INDEX left out."""
+    z, y = token_view(logits, labels)
+    token = F.cross_entropy(_at_least_float32(z).flatten(0, 1), y.flatten(), reduction="none", ignore_index=IGNORE_INDEX)
+    return token.view(y.shape).sum(1)
+
+
+def _one_token_each(v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """Cotangents (K, n, T, C) and weights (K, n, T) made T·K cotangents that each keep one token's row: the
+    statistic then sums h over the tokens' separate gradients instead of taking h of their sum."""
+    tokens = v.shape[2]
+    if tokens == 1:
+        return v, w
+    eye = torch.eye(tokens, dtype=v.dtype, device=v.device)
+    v = (v.unsqueeze(0) * eye[:, None, None, :, None]).flatten(0, 1)
+    return v, w.unsqueeze(0).expand(tokens, *w.shape).flatten(0, 1)
 
 
 def fisher_square_root(q: Tensor) -> Tensor:
@@ -73,32 +124,41 @@ def fisher_square_root(q: Tensor) -> Tensor:
 
 
 def _label_cotangents(q: Tensor, labels: Tensor) -> Tensor:
-    """∇_z (−log q(y)) = q − e_y for each sample's label y: shape (n, C)."""
-    return q - F.one_hot(labels, q.shape[1]).to(q.dtype)
+    """∇_z (−log q(y)) = q − e_y for each label y, shaped like q ((n, C) or (n, T, C)); 0 where y = IGNORE_INDEX."""
+    scored = labels != IGNORE_INDEX
+    one_hot = F.one_hot(torch.where(scored, labels, 0), q.shape[-1]).to(q.dtype)
+    return (q - one_hot) * scored.unsqueeze(-1).to(q.dtype)
 
 
 class Fisher(SensitivityMeasure):
-    """Diagonal Fisher (EWC): E_x E_{y~q_x} g(x, y)², exact over all labels, sampled, or empirical."""
+    """Diagonal Fisher (EWC): E_x E_{y~q_x} g(x, y)², exact over all labels, sampled or empirical (per-sample
+    squared gradients), or batched (the squared gradient of each batch's mean loss on the true labels)."""
 
     name = "fisher"
-    description = "EWC: diagonal Fisher information, per-sample g^2 (exact over labels; sampled; empirical)"
-    modes = ("exact", "sampled", "empirical")
-    settings = (Option("fisher_mode", str, "exact", "Fisher family: exact (all labels), sampled or empirical",
+    description = "EWC: diagonal Fisher information (exact over labels; sampled; empirical; batched)"
+    modes = ("exact", "sampled", "empirical", "batched")
+    settings = (Option("fisher_mode", str, "exact", "Fisher family: exact (all labels), sampled, empirical or batched",
                        choices=modes, argument="mode"),
-                Option("fisher_draws", int, 1, "Fisher family, sampled: labels drawn per sample", minimum=1,
-                       argument="draws"))
+                Option("fisher_draws", int, 1, "Fisher family, sampled: labels drawn per sample (per token)", minimum=1,
+                       argument="draws"),
+                Option("fisher_batch", int, 32, "Fisher family, batched: samples b per batch whose mean loss's gradient "
+                       "is squared", minimum=1, argument="batch", key_when_default=False))
     from_run = ("seed",)
 
-    def __init__(self, mode: str = "exact", draws: int = 1, seed: int = 0):
+    def __init__(self, mode: str = "exact", draws: int = 1, batch: int = 32, seed: int = 0):
         if mode not in self.modes:
             raise ValueError(f"Fisher mode must be one of {', '.join(self.modes)}, got {mode!r}")
         if draws < 1:
             raise ValueError(f"draws must be >= 1, got {draws}")
-        self.mode, self.draws = mode, draws
+        if batch < 1:
+            raise ValueError(f"the batched Fisher's batch size must be >= 1, got {batch}")
+        self.mode, self.draws, self.batch = mode, draws, batch
         self.generator = torch.Generator().manual_seed(seed)
 
     def options(self) -> dict:  # noqa: D102
-        return {"mode": self.mode, "draws": self.draws} if self.mode == "sampled" else {"mode": self.mode}
+        if self.mode == "sampled":
+            return {"mode": self.mode, "draws": self.draws}
+        return {"mode": self.mode, "batch": self.batch} if self.mode == "batched" else {"mode": self.mode}
 
     def state_dict(self) -> dict:  # noqa: D102
         return {"generator": self.generator.get_state()}
@@ -106,21 +166,71 @@ class Fisher(SensitivityMeasure):
     def load_state_dict(self, state: dict) -> None:  # noqa: D102
         self.generator.set_state(state["generator"])
 
-    def cotangents(self, logits: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:  # noqa: D102
-        q = _at_least_float32(logits).softmax(dim=1)
-        n, classes = q.shape
-        if self.mode == "exact" and self.power == "square" and classes > 1:
-            return fisher_square_root(q), q.new_ones(classes - 1, n)
+    def sums(self, params: list[Tensor], sample: TaskSample) -> tuple[list[Tensor], int]:  # noqa: D102
+        if self.mode == "batched":
+            return batch_gradient_sums(params, sample, self.batch, self.power)
+        return super().sums(params, sample)
+
+    def cotangents(self, logits: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(K, n, C) cotangents and (K, n) weights for (n, C) logits; (K, n, T, C) and (K, n, T) for (n, T, C)."""
+        z, y = token_view(logits, labels)
+        v, w = self.token_cotangents(_at_least_float32(z).softmax(dim=-1), y)
+        return (v, w) if logits.dim() == 3 else (v.squeeze(2), w.squeeze(2))
+
+    def token_cotangents(self, q: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Cotangents (K, n, T, C) and weights (K, n, T) for token probabilities q (n, T, C) and labels (n, T)."""
+        n, tokens, classes = q.shape
+        scored = None if labels is None else labels != IGNORE_INDEX
         if self.mode == "exact":
-            eye = torch.eye(classes, dtype=q.dtype, device=q.device)
-            return q.unsqueeze(0) - eye.unsqueeze(1), q.t().contiguous()
+            if self.power == "abs" and tokens > 1:
+                raise ValueError(f"{self.name}'s exact mode on sequence logits would be E|sum_t g_t| over all C^T label "
+                                 "sequences, which clreg does not compute: use fisher_mode='sampled' (k joint draws)")
+            if self.power == "square" and classes > 1:
+                v, w = fisher_square_root(q.flatten(0, 1)).view(classes - 1, n, tokens, classes), \
+                    q.new_ones(classes - 1, n, tokens)
+            else:
+                eye = torch.eye(classes, dtype=q.dtype, device=q.device)
+                v, w = q.unsqueeze(0) - eye[:, None, None, :], q.permute(2, 0, 1)
+            if scored is not None:
+                v = v * scored.unsqueeze(-1).to(v.dtype)
+            return _one_token_each(v, w)  # the joint Fisher of independent tokens: the sum of the tokens' (exact)
         if self.mode == "empirical":
             if labels is None:
                 raise ValueError("the empirical Fisher needs the sample's labels")
-            return _label_cotangents(q, labels).unsqueeze(0), q.new_ones(1, n)
-        drawn = torch.multinomial(q.cpu(), self.draws, replacement=True, generator=self.generator).to(q.device)
-        v = torch.stack([_label_cotangents(q, drawn[:, j]) for j in range(self.draws)])
-        return v, q.new_full((self.draws, n), 1.0 / self.draws)
+            return _label_cotangents(q, labels).unsqueeze(0), q.new_ones(1, n, tokens)
+        drawn = torch.multinomial(q.flatten(0, 1).cpu(), self.draws, replacement=True, generator=self.generator)
+        drawn = drawn.to(q.device).view(n, tokens, self.draws)
+        if scored is not None:
+            drawn = torch.where(scored.unsqueeze(-1), drawn, IGNORE_INDEX)
+        v = torch.stack([_label_cotangents(q, drawn[..., j]) for j in range(self.draws)])
+        return v, q.new_full((self.draws, n, tokens), 1.0 / self.draws)
+
+
+def batch_bounds(n: int, b: int) -> list[tuple[int, int]]:
+    """The batched Fisher's batches of a sample of n: ⌊n/b⌋ runs of b consecutive samples, the last n mod b samples
+    left out; the whole sample as one batch where n < b."""
+    if n < b:
+        return [(0, n)]
+    return [(start, start + b) for start in range(0, n - b + 1, b)]
+
+
+def batch_gradient_sums(params: list[Tensor], sample: TaskSample, b: int, power: str) -> tuple[list[Tensor], int]:
+    """Σ_batches h(∇θ (1/|B|) Σ_{x∈B} ℓ(x, y_x)) over `batch_bounds`, h = square or abs, on the sample's true labels,
+    one forward and backward pass per batch; and the number of batches."""
+    if sample.labels is None:
+        raise ValueError("the batched Fisher squares the gradient of each batch's loss on the sample's true labels: "
+                         "pass them, reg.end_task(inputs, labels)")
+    forward = sample.forward or _default_forward(sample.model, sample.inputs)
+    bounds = batch_bounds(model_inputs.check_inputs(sample.inputs), b)
+    totals = zeros_like_all(params)
+    for start, stop in bounds:
+        with torch.enable_grad():
+            logits = forward(model_inputs.take(sample.inputs, start, stop))
+            loss = sample_losses(logits, sample.labels[start:stop]).mean()
+        for total, g in zip(totals, torch.autograd.grad(loss, params, allow_unused=True)):
+            if g is not None:  # (a parameter the loss does not reach has a zero gradient)
+                total.add_(g.square() if power == "square" else g.abs())
+    return totals, len(bounds)
 
 
 class SqrtFisher(Fisher):
@@ -150,7 +260,7 @@ class MemoryAwareSynapses(SensitivityMeasure):
     power = "abs"
 
     def cotangents(self, logits, labels):  # noqa: D102
-        q = _at_least_float32(logits).softmax(dim=1)
+        q = _classifier_logits(logits).softmax(dim=1)
         v = 2 * q * (q - q.square().sum(1, keepdim=True))  # ∂‖q‖²/∂z
         return v.unsqueeze(0), q.new_ones(1, q.shape[0])
 
@@ -163,7 +273,7 @@ class MemoryAwareSynapsesLogits(SensitivityMeasure):
     power = "abs"
 
     def cotangents(self, logits, labels):  # noqa: D102
-        z = _at_least_float32(logits)
+        z = _classifier_logits(logits)
         return (2 * z).unsqueeze(0), z.new_ones(1, z.shape[0])
 
 
@@ -175,7 +285,7 @@ class MaxMemoryAwareSynapses(SensitivityMeasure):
     power = "abs"
 
     def cotangents(self, logits, labels):  # noqa: D102
-        q = _at_least_float32(logits).softmax(dim=1)
+        q = _classifier_logits(logits).softmax(dim=1)
         top, y0 = q.max(dim=1)
         v = -2 * top.square().unsqueeze(1) * _label_cotangents(q, y0)  # ∂q(y0)²/∂z = 2q(y0)²(e_y0 − q)
         return v.unsqueeze(0), q.new_ones(1, q.shape[0])
@@ -189,7 +299,7 @@ class MaxMemoryAwareSynapsesLogits(SensitivityMeasure):
     power = "abs"
 
     def cotangents(self, logits, labels):  # noqa: D102
-        z = _at_least_float32(logits)
+        z = _classifier_logits(logits)
         top, y0 = z.max(dim=1)
         v = 2 * top.unsqueeze(1) * F.one_hot(y0, z.shape[1]).to(z.dtype)
         return v.unsqueeze(0), z.new_ones(1, z.shape[0])

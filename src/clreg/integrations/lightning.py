@@ -83,6 +83,7 @@ class ContinualRegularizer(Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
         self._stepping = _finite_gradients(optimizer) if getattr(trainer.precision_plugin, "scaler", None) else True
+        self.reg.optimizer = optimizer  # the task's optimiser: squisher reads its exp_avg_sq at the task's end
         glue.prepare_step(self.reg, pl_module, self.task_loss, self._window, lambda: self._next_independent(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102

@@ -111,6 +111,7 @@ class ContinualRegularizer(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, train_dataloader=None,
                               **kwargs):  # noqa: D102
         _unscale(optimizer)  # where clipping did not unscale the fp16 gradients yet
+        self.reg.optimizer = optimizer  # the task's optimiser: squisher reads its exp_avg_sq at the task's end
         if glue.needs_task_gradient(self.reg, model) and not self._window:
             raise ValueError("the model has dropout, so SI-family measures take g_t with it off, on the step's "
                              "batches; none entered the model as keyword inputs (model(**batch))")
