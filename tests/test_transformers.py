@@ -217,3 +217,37 @@ def test_clear_errors(tmp_path):
                 callbacks=[ContinualRegularizer("sos", split=True)]).train()
     with pytest.raises(ValueError, match="no clreg state in"):
         ContinualRegularizer("si").load(str(tmp_path))
+
+
+def test_a_causal_lm_is_measured_on_its_next_token_predictions_per_sequence():
+    """causal_lm=True: logits [:, :-1] against labels [:, 1:]; batches of different lengths are padded, their
+    padded labels −100 unscored; ω (empirical Fisher) equals, per sequence, the square of the gradient of its
+    summed next-token losses, each sequence alone."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=8, n_layer=1, n_head=2, n_positions=8,
+                                       tie_word_embeddings=False, pad_token_id=0)).double().eval()
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for length in (5, 7):
+        ids = torch.randint(1, 20, (2, length), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, length - 2:] = 0
+        labels = ids.masked_fill(mask == 0, -100)
+        batches.append({"input_ids": ids * mask, "attention_mask": mask, "labels": labels})
+    callback = ContinualRegularizer("fisher", causal_lm=True, samples=4, fisher_mode="empirical")
+    callback.reg = Regularizer(model, "fisher", mode="empirical")
+    omega = callback.end_task(batches)
+    params = dict(model.named_parameters())
+    expected = {name: torch.zeros_like(p) for name, p in params.items()}
+    for batch in batches:
+        for i in range(2):
+            one = {k: v[i:i + 1] for k, v in batch.items()}
+            logits = model(input_ids=one["input_ids"], attention_mask=one["attention_mask"]).logits[0, :-1]
+            loss = torch.nn.functional.cross_entropy(logits, one["labels"][0, 1:], ignore_index=-100, reduction="sum")
+            for (name, p), grad in zip(params.items(), torch.autograd.grad(loss, list(params.values()))):
+                expected[name] += grad.square() / 4
+    for name in expected:
+        torch.testing.assert_close(omega[name], expected[name], rtol=1e-9, atol=1e-15)
+    assert float(sum(o.sum() for o in omega.values())) > 0

@@ -45,12 +45,13 @@ def finish_step(reg: Regularizer, stepped: bool) -> None:
 
 
 def finish_task(reg: Regularizer | None, data: Any, samples: int, key: str | None = None,
-                forward: Callable | None = None, pad: dict | None = None) -> dict[str, Tensor] | None:
+                forward: Callable | None = None, pad: dict | None = None,
+                labels: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor] | None:
     """An adapter's `end_task`: ω on the first `samples` inputs of `data` where the measure needs a sample,
     Ω ← Ω + ω, θ* ← θ. Returns ω by parameter name."""
     if reg is None:
         raise ValueError("end_task comes after training: the regulariser is built when training starts")
-    return end_task(reg, data, samples, key, forward, pad)
+    return end_task(reg, data, samples, key, forward, pad, labels)
 
 
 def state(reg: Regularizer, tasks_done: int) -> dict:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clreg.importance.sensitivity import IGNORE_INDEX
 from clreg.importance.inputs import Inputs
 from clreg.regularizer import Regularizer
 
@@ -37,23 +38,24 @@ def take_sample(data: Any, n: int, key: str | None = None, pad: Mapping[str, int
             break
     if not inputs:
         raise ValueError("the data for the task's sample holds no batch")
-    y = torch.cat(labels)[:n] if len(labels) == len(inputs) else None
+    y = _padded_cat(labels, IGNORE_INDEX)[:n] if len(labels) == len(inputs) else None  # padded tokens are not scored
     if isinstance(inputs[0], Tensor):
         return torch.cat(inputs)[:n], y
     return {entry: _padded_cat([x[entry] for x in inputs], (pad or {}).get(entry, 0))[:n] for entry in inputs[0]}, y
 
 
 def end_task(reg: Regularizer, data: Any, samples: int, key: str | None = None,
-             forward: Callable[[Inputs], Tensor] | None = None, pad: Mapping[str, int] | None = None
-             ) -> dict[str, Tensor] | None:
-    """End `reg`'s task: where its measure needs a sample, on the first `samples` inputs of `data`."""
+             forward: Callable[[Inputs], Tensor] | None = None, pad: Mapping[str, int] | None = None,
+             labels: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor] | None:
+    """End `reg`'s task: where its measure needs a sample, on the first `samples` inputs of `data`; `labels`
+    maps the sample's labels to those the logits of `forward` are scored against (a causal LM's shift)."""
     if not reg.measure.needs_sample:
         return reg.end_task()
     if data is None:
         raise ValueError(f"method {reg.measure.name!r} measures importance on data: "
                          "give end_task a tensor of inputs or a dataloader")
-    inputs, labels = take_sample(data, samples, key, pad)
-    return reg.end_task(inputs, labels, forward=forward)
+    inputs, y = take_sample(data, samples, key, pad)
+    return reg.end_task(inputs, y if y is None or labels is None else labels(y), forward=forward)
 
 
 def _split(batch: Any, key: str | None) -> tuple[Inputs, Tensor | None]:

@@ -44,6 +44,11 @@ def default_forward(model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
     return model(**inputs).logits
 
 
+def next_token_logits(model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
+    """A causal language model's logits for the tokens after each position but the last: (n, T − 1, vocabulary)."""
+    return model(**inputs).logits[:, :-1]
+
+
 class ContinualRegularizer(TrainerCallback):
     """The penalty and importance measure of `clreg.Regularizer(model, method, c, ...)` for a Trainer's model.
 
@@ -58,15 +63,19 @@ class ContinualRegularizer(TrainerCallback):
       training dataloader), and g_t with dropout off where the model has dropout (SI family; on the
       micro-batches of the step, which the callback sees as they enter the model).
     - `forward(model, inputs)`: inputs to logits for post-task measures (default: the model's `.logits`).
+    - `causal_lm=True`, for a causal language model: post-task measures score each sequence's next-token
+      predictions, logits `[:, :-1]` against labels `[:, 1:]` (the shift the model's own `.loss` makes inside;
+      label −100, the collator's padding, is not scored). A sample is a sequence (docs/algorithms.md §3).
     """
 
     def __init__(self, method: str = "si", c: float = 1.0, *, heads: Iterable[str] = (), shared=None,
                  samples: int = 1000, sample_data: Any = None, end_task_on_train_end: bool = True,
-                 task_loss: LossFn = default_task_loss, forward: Callable[[nn.Module, Any], Tensor] = default_forward,
-                 **options):
+                 task_loss: LossFn = default_task_loss, forward: Callable[[nn.Module, Any], Tensor] | None = None,
+                 causal_lm: bool = False, **options):
         self.method, self.c, self.heads, self.shared, self.options = method, c, tuple(heads), shared, options
         self.samples, self.sample_data, self.end_task_on_train_end = samples, sample_data, end_task_on_train_end
-        self.task_loss, self.forward = task_loss, forward
+        self.task_loss, self.causal_lm = task_loss, causal_lm
+        self.forward = forward or (next_token_logits if causal_lm else default_forward)
         self.reg: Regularizer | None = None
         self.tasks_done = 0
         self._pending: dict | None = None  # a checkpoint's state, applied when training (re)starts
@@ -135,7 +144,8 @@ class ContinualRegularizer(TrainerCallback):
         sample), Ω ← Ω + ω, θ* ← θ. Returns ω by parameter name."""
         model = self.reg.model if self.reg is not None else None
         pad = {"input_ids": getattr(getattr(model, "config", None), "pad_token_id", None) or 0}
-        omega = glue.finish_task(self.reg, data, self.samples, forward=lambda x: self.forward(model, x), pad=pad)
+        omega = glue.finish_task(self.reg, data, self.samples, forward=lambda x: self.forward(model, x), pad=pad,
+                                 labels=(lambda y: y[:, 1:]) if self.causal_lm else None)
         self.tasks_done += 1
         return omega
 
