@@ -100,7 +100,7 @@ def test_fused_step_with_dropout_equals_the_unfused_path(method, options, monkey
     reg.end_task()  # a penalty from a first task, so that ∇R is in play
     twin = copy.deepcopy((model, reg))
     calls = []
-    monkeypatch.setattr(fused, "adam_step", lambda *a, real=fused.adam_step: calls.append(1) or real(*a))
+    monkeypatch.setattr(fused, "adam_step", lambda *a, real=fused.adam_step, **k: calls.append(1) or real(*a, **k))
     results = []
     for (m, r), backend in (((model, reg), None), (twin, "torch")):
         optimizer = make_optimizer(m, 1e-2)

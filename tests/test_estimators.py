@@ -362,7 +362,7 @@ def test_squisher_through_the_hugging_face_trainer(tmp_path):
     from test_transformers import Keyword, arguments, tiny_bert
 
     model = tiny_bert()
-    callback = ContinualRegularizer("squisher", heads=("classifier",))
+    callback = ContinualRegularizer("squisher", heads=("classifier",), keep_importance=True)
     trainer = Trainer(model, arguments(tmp_path, epochs=1), train_dataset=Keyword(3, n=64), callbacks=[callback])
     trainer.train()
     omega = callback.reg.last_importance

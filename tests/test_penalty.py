@@ -1,4 +1,5 @@
 """The shared penalty R(θ) = c Σ Ω (θ − θ*)²: its analytic gradient, Ω and the anchor (SPEC §1)."""
+import pytest
 import torch
 from torch import nn
 
@@ -71,3 +72,85 @@ def test_finetune_has_no_penalty():
     with torch.no_grad():
         model.weight.add_(1.0)
     assert reg.penalty().item() == 0.0
+
+
+def _copies_held(reg) -> int:
+    """Parameter-sized tensors the regulariser holds (its penalty's and its own, not the parameters themselves),
+    counted by identity, in copies of the parameters."""
+    sized = {p.numel() for p in reg.params}
+    own = {id(p) for p in reg.params}
+    seen = {}
+    for owner in (reg, reg.penalty_term, reg.measure):
+        for value in vars(owner).values():
+            for t in value if isinstance(value, (list, tuple)) else value.values() if isinstance(value, dict) else [value]:
+                if isinstance(t, torch.Tensor) and t.numel() in sized and t.numel() > 1 and id(t) not in own:
+                    seen[id(t)] = t
+    return len(seen) // len(reg.params)
+
+
+def test_the_fused_step_holds_only_what_online_ewc_needs():
+    """Online EWC trained through reg.step(Adam) holds Ω and θ* only: the step forms 2sP = Ω·2sc + 2sλ on the fly,
+    the scratch for R's value, the ∇R buffer and the per-step scratch are made only by the paths that use them,
+    and the last task's ω is kept only when asked (keep_importance)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    reg = Regularizer(model, "fisher", c=1.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    for task in range(2):
+        for _ in range(3):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            reg.step(optimizer)
+        reg.end_task(x)
+    assert reg.penalty_term._diff is None and reg.penalty_term._grad is None
+    assert _copies_held(reg) == 2, _copies_held(reg)
+    optimizer.zero_grad()
+    (torch.nn.functional.cross_entropy(model(x), y) + reg.penalty()).backward()
+    for g, p, m, tp in zip(reg.penalty_term.grad, reg.params, reg.penalty_term.anchor, reg.penalty_term.twice_precision()):
+        torch.testing.assert_close(g, tp * (p.detach() - m))
+
+
+def test_bf16_storage_holds_one_copy_and_steps_as_the_formula_with_rounded_state():
+    """storage="bf16": Ω and θ* in bfloat16 (one float32 copy's worth together), the step on the formula backend in
+    float32; ∇R and R equal float64 with Ω and θ* rounded to bf16, and the fp32-stored run differs by that rounding."""
+    def train(storage):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+        reg = Regularizer(model, "fisher", c=3.0, storage=storage)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        for _ in range(2):
+            for _ in range(3):
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                reg.step(optimizer)
+            reg.end_task(x)
+        return model, reg
+
+    model, reg = train("bf16")
+    assert all(o.dtype == torch.bfloat16 for o in reg.omega.values())
+    assert all(a.dtype == torch.bfloat16 for a in reg.anchor.values())
+    assert sum(o.numel() * o.element_size() * 2 for o in reg.omega.values()) == sum(
+        p.numel() * p.element_size() for p in reg.params)
+    theta = [p.detach().double() for p in reg.params]
+    omega = [o.double() for o in reg.penalty_term.omega]
+    anchor = [a.double() for a in reg.penalty_term.anchor]
+    expected_grad = [2 * 3.0 * o * (t - a) for o, t, a in zip(omega, theta, anchor)]
+    for g, e in zip(reg.penalty_term.gradient(reg.params), expected_grad):
+        torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=1e-7)
+    expected = sum(float((3.0 * o * (t - a).square()).sum()) for o, t, a in zip(omega, theta, anchor))
+    assert abs(float(reg.penalty()) - expected) <= 1e-5 * abs(expected)
+    plain_model, plain = train(None)
+    assert plain.penalty_term.omega[0].dtype == torch.float32
+    for o, p in zip(reg.penalty_term.omega, plain.penalty_term.omega):
+        torch.testing.assert_close(o.float(), p, rtol=2 ** -7, atol=1e-6)  # one bf16 rounding apart
+
+
+def test_bf16_storage_is_refused_where_per_task_terms_are_kept():
+    model = nn.Linear(3, 2)
+    for options in ({"penalty": "separate"}, {"keep_tasks": True}):
+        with pytest.raises(ValueError, match="online penalty without per-task terms"):
+            Regularizer(model, "fisher", storage="bf16", **options)
+    with pytest.raises(ValueError, match="storage must be a torch dtype or one of fp32, bf16"):
+        Regularizer(model, "fisher", storage="half")

@@ -67,7 +67,8 @@ def problem(seed: int = 0) -> Problem:
                    [torch.rand(s, generator=g, dtype=torch.float64) for s in SHAPES])
 
 
-def reference(info: OptimizerInfo, statistic, penalty: int, data: Problem, lr: float, scale: float = 1.0):
+def reference(info: OptimizerInfo, statistic, penalty: int, data: Problem, lr: float, scale: float = 1.0,
+              offset: float = 0.0):
     """float64: torch.optim's own step on g (+ ∇R), the statistic as its formula reads in docs/algorithms.md §2."""
     params = [nn.Parameter(p.clone()) for p in data.params]
     optimizer = info.make(params, lr)
@@ -75,7 +76,7 @@ def reference(info: OptimizerInfo, statistic, penalty: int, data: Problem, lr: f
     for t in range(STEPS):
         before = [p.detach().clone() for p in params]
         for i, p in enumerate(params):
-            pen = scale * data.twice_precision[i] * (before[i] - data.centre[i])
+            pen = (scale * data.twice_precision[i] + offset) * (before[i] - data.centre[i])
             p.grad = data.grads[t][i] + (pen if penalty != core_step.NO_PENALTY else 0)
         optimizer.step()
         if statistic is not None:
@@ -90,8 +91,9 @@ def reference(info: OptimizerInfo, statistic, penalty: int, data: Problem, lr: f
 
 
 def formula_run(info: OptimizerInfo, statistic, penalty: int, data: Problem, backend: str, lr: float,
-                device: str = "cpu"):
-    """float32 through one backend of clreg.core.step (per tensor), on `device`; results on the CPU."""
+                device: str = "cpu", penalty_scalars: tuple[float, float] = (1.0, 0.0)):
+    """float32 through one backend of clreg.core.step (per tensor), on `device`; results on the CPU. The
+    penalty's 2P is data.twice_precision·penalty_scalars[0] + penalty_scalars[1] (the online penalty's form)."""
     f32 = lambda t: t.to(device, torch.float32)  # noqa: E731
     params = [nn.Parameter(f32(p)) for p in data.params]
     optimizer = info.make(params, lr)
@@ -102,7 +104,7 @@ def formula_run(info: OptimizerInfo, statistic, penalty: int, data: Problem, bac
         for i, p in enumerate(params):
             grad = f32(data.grads[t][i])
             if penalty == core_step.PENALTY_IN_GRAD:  # the penalty's backward already put ∇R into .grad
-                grad = grad + formulas.penalty_gradient(p.detach(), centre[i], twice_precision[i])
+                grad = grad + formulas.penalty_gradient(p.detach(), centre[i], twice_precision[i], *penalty_scalars)
             p.grad = grad
         others = [f32(o) for o in data.others[t]]
         regularized = {p: (centre[i] if penalty else None, twice_precision[i] if penalty else None,
@@ -110,10 +112,10 @@ def formula_run(info: OptimizerInfo, statistic, penalty: int, data: Problem, bac
                        for i, p in enumerate(params)}
         weights = (statistic.task_weight, statistic.independent_weight) if statistic else (0.0, 0.0)
         if backend == "native":
-            fused.adam_step(optimizer, regularized, penalty, statistic, *weights)
+            fused.adam_step(optimizer, regularized, penalty, statistic, *weights, penalty_scalars=penalty_scalars)
         else:
             core_step.optimizer_step(entry, optimizer, regularized, penalty, statistic, *weights,
-                                     compiled=backend == "compiled")
+                                     compiled=backend == "compiled", penalty_scalars=penalty_scalars)
     return [p.detach().cpu() for p in params], [s.cpu() for s in stats]
 
 
@@ -233,6 +235,31 @@ def test_the_native_kernel_executes_the_formula(info):
     try:
         Tensor.sqrt = lambda t: sqrt(t.double()).to(t.dtype)
         eager = formula_run(info, stat, core_step.ADD_PENALTY, data, "eager", info.lr)
+    finally:
+        Tensor.sqrt = sqrt
+    for a, b in zip(kernel[0] + kernel[1], eager[0] + eager[1]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("penalty", PENALTIES[1:], ids=["add-penalty", "penalty-in-grad"])
+def test_the_online_penalty_forms_2p_from_omega_in_the_step(penalty):
+    """The online penalty keeps no copy of P: the step forms 2P = Ω·2sc + 2sλ itself. Against float64, and the
+    kernel against the formula bit for bit (the formula's sqrt correctly rounded, as above)."""
+    info, data, stat = OPTIMIZERS[0], problem(3), STATISTICS["moment"]
+    scalars = (2.5, 0.3)
+    eager = formula_run(info, stat, penalty, data, "eager", info.lr, penalty_scalars=scalars)
+    expected = reference(info, stat, penalty, data, info.lr, *scalars)
+    assert_close_to(eager[0], expected[0], 1e-5, outliers=0.02)
+    assert_close_to(eager[1], expected[1], 1e-4, outliers=0.05)
+    plain = formula_run(info, stat, penalty, data, "eager", info.lr)
+    assert max(float((a - b).abs().max()) for a, b in zip(eager[0], plain[0])) > 1e-4  # the scalars matter
+    if native.load() is None:
+        pytest.skip("no C compiler")
+    kernel = formula_run(info, stat, penalty, data, "native", info.lr, penalty_scalars=scalars)
+    sqrt = Tensor.sqrt
+    try:
+        Tensor.sqrt = lambda t: sqrt(t.double()).to(t.dtype)
+        eager = formula_run(info, stat, penalty, data, "eager", info.lr, penalty_scalars=scalars)
     finally:
         Tensor.sqrt = sqrt
     for a, b in zip(kernel[0] + kernel[1], eager[0] + eager[1]):

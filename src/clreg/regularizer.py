@@ -63,14 +63,19 @@ class Regularizer:
     `optimizer.step()`, and `end_task(inputs)` when a task ends. Fastest: backpropagate the task
     loss alone and call `step(optimizer)` in place of the optimiser's step (one fused native pass for Adam
     on the CPU, foreach kernels on any other device). All state lives on the parameters' device, in their
-    dtype. Measures that need a gradient on an independent minibatch (siu, sib, sos with α ≠ 0) also need
-    `before_step(independent_loss=...)` before the optimiser step; `sos` with split=True instead uses `backward_split(loss_a, loss_b)`.
+    dtype, except that `storage="bf16"` (or torch.bfloat16) keeps Ω and θ* in bfloat16 (online penalty: half
+    their memory; the step still computes in the parameters' dtype, on the formula backend). Measures that need a
+    gradient on an independent minibatch (siu, sib, sos with α ≠ 0) also need `before_step(independent_loss=...)`
+    before the optimiser step; `sos` with split=True instead uses `backward_split(loss_a, loss_b)`.
+    `keep_importance=True` keeps the last task's ω as `last_importance` (a copy of the parameters' size;
+    `end_task` returns it either way).
     """
 
     def __init__(self, model: nn.Module, method: str | ImportanceMeasure = "si", c: float = 1.0, *,
                  heads: Iterable[str] = (), shared: ParamFilter | None = None, decay: float = 1.0,
                  prior: float = 0.0, penalty: str = "online", keep_tasks: bool = False,
-                 memory_budget: int | None = None, process_group=None, step_backend: str | None = None, **options):
+                 memory_budget: int | None = None, process_group=None, step_backend: str | None = None,
+                 keep_importance: bool = False, storage: torch.dtype | str | None = None, **options):
         model = distributed.unwrap(model)
         self.model = model
         self.group = process_group  # torch.distributed group (None: the default one, where initialised)
@@ -79,15 +84,16 @@ class Regularizer:
         self.device = single_device(list(zip(self.names, self.params)))  # penalty and statistics live there too
         strength = c if self.measure.regularizes else 0.0
         self.penalty_term = QuadraticPenalty(self.params, strength, decay=decay, prior=prior, mode=penalty,
-                                             keep_tasks=keep_tasks)
+                                             keep_tasks=keep_tasks, storage=_storage_dtype(storage))
         self.memory_budget = memory_budget  # bytes for the per-sample engine (None: by device, clreg.core.device)
         step_backends.check_backend(step_backend)
         self.step_backend = step_backend  # `step`'s backend when it is not given one (None: chosen per step)
+        self.keep_importance = keep_importance  # keep the last task's ω as `last_importance` (a parameter-sized copy)
         self.last_importance: dict[str, Tensor] | None = None
         self.optimizer: torch.optim.Optimizer | None = None  # the task's optimiser as `step` last saw it (squisher)
         self._task_grads: list[Tensor] | None = None
         self._independent: list[Tensor] | None = None
-        self._scratch = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
+        self._scratch_buffers: list[Tensor] | None = None  # made by the first path that needs them (`_scratch`)
         self._before: list[Tensor] = []  # θ_t, for Δ_t of a path statistic on the foreach backend
         self._before_at: int | None = None  # measure.steps when _before was taken (None: stale)
         self._warned: set[tuple[type, str]] = set()  # warnings end_task has given: each is given once
@@ -279,9 +285,17 @@ class Regularizer:
         self.penalty_term.step_done()  # this step's ∇R(θ_t) is used up
         self._task_grads = self._independent = None
 
+    @property
+    def _scratch(self) -> list[Tensor]:
+        """Parameter-shaped scratch for the foreach path's gradients: made at its first use, so that training through
+        the fused `step` holds no such copy of the parameters."""
+        if self._scratch_buffers is None:
+            self._scratch_buffers = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
+        return self._scratch_buffers
+
     def _snapshot(self) -> None:
         if not self._before:
-            self._before = [torch.empty_like(s) for s in self._scratch]
+            self._before = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.params]
         torch._foreach_copy_(self._before, [p.detach() for p in self.params])
         self._before_at = self.measure.steps
 
@@ -310,12 +324,15 @@ class Regularizer:
             raise ValueError(f"the {asked!r} step backend needs a registered optimiser "
                              f"({', '.join(e.name for e in optimizers.UPDATES.values())}) over every regularised "
                              f"parameter and an unscaled penalty gradient; {type(optimizer).__name__} here: use 'torch'")
-        if asked == "native" and not fused.supported(optimizer, statistic):
-            raise ValueError("the 'native' step backend runs Adam and AdamW on contiguous float32 CPU tensors, "
-                             "with the C kernel built (CLREG_NATIVE unset)")
+        native = fused.supported(optimizer, statistic) and not self.penalty_term.narrow
+        if asked == "native" and not native:
+            raise ValueError("the 'native' step backend runs Adam and AdamW on contiguous float32 CPU tensors, with "
+                             "Ω and θ* in float32 and the C kernel built (CLREG_NATIVE unset)")
         if asked is not None:
             return asked
-        return "native" if formula and fused.supported(optimizer, statistic) else "torch"
+        if formula and native:
+            return "native"
+        return "eager" if formula and self.penalty_term.narrow else "torch"
 
     @torch.no_grad()
     def _formula_step(self, optimizer: torch.optim.Optimizer, statistic, backend: str) -> None:
@@ -324,7 +341,7 @@ class Regularizer:
         penalty = (step_backends.PENALTY_IN_GRAD if term.in_grad else step_backends.ADD_PENALTY) if term.active \
             else step_backends.NO_PENALTY
         centres = term.centre if penalty else [None] * len(grads)
-        precisions = term.twice_precision() if penalty else [None] * len(grads)
+        precisions, *penalty_scalars = term.step_weights() if penalty else ([None] * len(grads), 1.0, 0.0)
         states = self.measure.state if statistic else [None] * len(grads)
         weights = (statistic.task_weight, statistic.independent_weight) if statistic else (0.0, 0.0)
         others = [None] * len(grads)
@@ -338,10 +355,10 @@ class Regularizer:
             others = self._independent
         regularized = dict(zip(self.params, zip(centres, precisions, states, others)))
         if backend == "native":
-            fused.adam_step(optimizer, regularized, penalty, statistic, *weights)
+            fused.adam_step(optimizer, regularized, penalty, statistic, *weights, penalty_scalars=tuple(penalty_scalars))
         else:
             step_backends.optimizer_step(optimizers.lookup(optimizer), optimizer, regularized, penalty, statistic,
-                                         *weights, compiled=backend == "compiled")
+                                         *weights, compiled=backend == "compiled", penalty_scalars=tuple(penalty_scalars))
         if statistic is not None:
             self.measure.steps += 1
             self._before_at = None  # θ_t is not kept on this path
@@ -412,9 +429,11 @@ class Regularizer:
             self.measure.optimizer = optimizer if optimizer is not None else self.optimizer
         omega = self.measure.task_importance(self.params, sample)
         self.penalty_term.consolidate(omega, self.params, cumulative=self.measure.cumulative)
-        self.last_importance = dict(zip(self.names, omega))
+        measured = dict(zip(self.names, omega))
+        if self.keep_importance:
+            self.last_importance = measured
         self.begin_task()
-        return self.last_importance
+        return measured
 
     @contextmanager
     def _once(self) -> Iterator[None]:
@@ -436,6 +455,18 @@ class Regularizer:
 
 class NoStepsWarning(UserWarning):
     """A trajectory measure reached a task's end without having seen a step (its importance is 0)."""
+
+
+STORAGE = {"fp32": None, "bf16": torch.bfloat16}  # the run setting's names (None: the parameters' own dtype)
+
+
+def _storage_dtype(storage: torch.dtype | str | None) -> torch.dtype | None:
+    """`storage` as a dtype: a torch dtype, None, or one of STORAGE's names."""
+    if storage is None or isinstance(storage, torch.dtype):
+        return storage
+    if storage not in STORAGE:
+        raise ValueError(f"storage must be a torch dtype or one of {', '.join(STORAGE)}, got {storage!r}")
+    return STORAGE[storage]
 
 
 def _check_single_input(model: nn.Module) -> None:

@@ -25,11 +25,23 @@ def is_zero(value: Scalar) -> bool:
     return not isinstance(value, Tensor) and value == 0
 
 
+def is_one(value: Scalar) -> bool:
+    """True for a Python 1 (then a product with it is left out)."""
+    return not isinstance(value, Tensor) and value == 1
+
+
 # the quadratic penalty R(θ) = Σ P (θ − m)² + K (§4): its gradient
 
-def penalty_gradient(theta: Tensor, centre: Tensor, twice_precision: Tensor) -> Tensor:
-    """∇R = 2P ⊙ (θ − m)."""
-    return twice_precision * (theta - centre)
+def penalty_gradient(theta: Tensor, centre: Tensor, weight: Tensor, scale: Scalar = 1.0, offset: Scalar = 0.0) -> Tensor:
+    """∇R = 2P ⊙ (θ − m) with 2P = weight·scale + offset: the online penalty passes Ω with scale 2sc and offset
+    2s·λ_prior (no stored copy of P), the others their cached 2sP with 1 and 0. Computed in θ's dtype: the
+    penalty's state may be stored in a narrower one (bf16)."""
+    twice_precision = weight.to(theta.dtype)
+    if not is_one(scale):
+        twice_precision = twice_precision * scale
+    if not is_zero(offset):
+        twice_precision = twice_precision + offset
+    return twice_precision * (theta - centre.to(theta.dtype))
 
 
 # optimiser updates (§5): (param, grad, *state, **scalars) -> (param, state); scalars from clreg.core.optimizers

@@ -47,15 +47,18 @@ def _pointer(t: Tensor | None) -> int | None:
 
 @torch.no_grad()
 def adam_step(optimizer: torch.optim.Optimizer, regularized: dict[Tensor, tuple], penalty: int,
-              statistic: StepStatistic | None, task_weight: float, other_weight: float) -> None:
+              statistic: StepStatistic | None, task_weight: float, other_weight: float,
+              penalty_scalars: tuple[float, float] = (1.0, 0.0)) -> None:
     """One Adam/AdamW step over every parameter with a gradient (as clreg.core.step.optimizer_step).
 
-    `regularized` maps a parameter to (centre, 2P, statistic state, other gradient) — entries None
-    where unused; `penalty` is 0 (none), 1 (add ∇R to g) or 2 (g already holds ∇R).
+    `regularized` maps a parameter to (centre, weight, statistic state, other gradient) — entries None
+    where unused, 2P = weight·penalty_scalars[0] + penalty_scalars[1]; `penalty` is 0 (none), 1 (add ∇R to g)
+    or 2 (g already holds ∇R).
     """
     kernel = native.load().clreg_fused_step
     entry = optimizers.lookup(optimizer)
-    options = native.StepOptions(threads=torch.get_num_threads(), task_weight=task_weight, other_weight=other_weight)
+    options = native.StepOptions(threads=torch.get_num_threads(), task_weight=task_weight, other_weight=other_weight,
+                                 penalty_scale=penalty_scalars[0], penalty_offset=penalty_scalars[1])
     if statistic is not None:
         for name, value in statistic.scalars().items():
             setattr(options, name, value)
@@ -66,9 +69,9 @@ def adam_step(optimizer: torch.optim.Optimizer, regularized: dict[Tensor, tuple]
             state = optimizer.state[p]
             for name, value in entry.scalars(group, entry.advance(state, p, group)).items():
                 setattr(options, name, value)
-            centre, twice_precision, stat, other = regularized.get(p, (None, None, None, None))
+            centre, weight, stat, other = regularized.get(p, (None, None, None, None))
             options.penalty = penalty if centre is not None else 0
             options.statistic = KINDS[statistic.kind] if stat is not None else 0
             kernel(p.numel(), options, p.data_ptr(), p.grad.data_ptr(), state["exp_avg"].data_ptr(),
-                   state["exp_avg_sq"].data_ptr(), _pointer(centre), _pointer(twice_precision),
+                   state["exp_avg_sq"].data_ptr(), _pointer(centre), _pointer(weight),
                    _pointer(stat), _pointer(other))

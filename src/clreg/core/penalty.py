@@ -42,7 +42,7 @@ class QuadraticPenalty:
     """
 
     def __init__(self, params: list[Tensor], c: float, decay: float = 1.0, prior: float = 0.0,
-                 mode: str = "online", keep_tasks: bool = False):
+                 mode: str = "online", keep_tasks: bool = False, storage: torch.dtype | None = None):
         if c < 0:
             raise ValueError(f"c must be >= 0, got {c}")
         if not 0 < decay <= 1:
@@ -53,10 +53,18 @@ class QuadraticPenalty:
             raise ValueError(f"penalty mode must be one of {', '.join(MODES)}, got {mode!r}")
         if decay != 1.0 and mode != "online":
             raise ValueError(f"decay (γ = {decay}) is defined for the online penalty only, not {mode!r}")
+        if storage is not None and (not isinstance(storage, torch.dtype) or not storage.is_floating_point):
+            raise ValueError(f"the penalty's storage must be a floating-point torch dtype (torch.bfloat16), got {storage!r}")
+        narrow = storage is not None and any(storage != p.dtype for p in params)
+        if narrow and (mode != "online" or keep_tasks):
+            raise ValueError(f"Ω and θ* in {storage} are supported for the online penalty without per-task terms only, "
+                             f"not penalty mode {mode!r}{' with keep_tasks' if keep_tasks else ''}")
         self.c, self.decay, self.prior, self.mode = float(c), float(decay), float(prior), mode
+        self.storage = storage  # Ω and θ*'s dtype (None: each parameter's own); the step computes in θ's
+        self._dtypes = [p.dtype for p in params]  # for the scratch buffers, which hold values in θ's precision
         self.strength = 1.0  # s: the penalty in force is s·R(θ) (set_strength; De Lange et al.'s stability decay)
         self.keep_tasks = keep_tasks or mode != "online"
-        self.omega = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
+        self.omega = [torch.zeros_like(p, dtype=storage, memory_format=torch.contiguous_format) for p in params]
         self.anchor = [torch.zeros_like(o) for o in self.omega]  # before task 1 the prior pulls towards 0
         self.centre = self.anchor if mode == "online" else [a.clone() for a in self.anchor]
         self.tasks: list[TaskTerm | None] = []  # per task, None once dropped
@@ -64,9 +72,30 @@ class QuadraticPenalty:
         self.tasks_consolidated = 0
         self._twice_precision: list[Tensor] | None = None  # 2P, cached between consolidations
         self._debiased: list[Tensor] | None = None  # θ̃ bookkeeping: ΣΛ_t θ̃_t in float64 (keep_tasks)
-        self.diff = [torch.zeros_like(a) for a in self.anchor]  # scratch for evaluating R: (θ − m)²
-        self.grad = [torch.zeros_like(a) for a in self.anchor]  # ∇R(θ_t), as last put into .grad
+        self._diff: list[Tensor] | None = None  # scratch for evaluating R, (θ − m)²: allocated by the first `value`
+        self._grad: list[Tensor] | None = None  # ∇R(θ_t) as last put into .grad: allocated by the first `gradient`
         self.gradient_scale: float | Tensor | None = None  # .grad holds gradient_scale·grad (None: no ∇R)
+
+    @property
+    def diff(self) -> list[Tensor]:
+        """Scratch for evaluating R, one tensor per parameter: allocated at first use, so that training that never
+        evaluates R (the fused `Regularizer.step` path) holds no such copy of the parameters."""
+        if self._diff is None:
+            self._diff = [torch.zeros_like(a, dtype=dtype) for a, dtype in zip(self.anchor, self._dtypes)]
+        return self._diff
+
+    @property
+    def grad(self) -> list[Tensor]:
+        """∇R(θ_t) as `gradient` last computed it (what `.grad` received): allocated at first use, so that the fused
+        `Regularizer.step` path, which forms ∇R inside its kernel, holds no such copy of the parameters."""
+        if self._grad is None:
+            self._grad = [torch.zeros_like(a, dtype=dtype) for a, dtype in zip(self.anchor, self._dtypes)]
+        return self._grad
+
+    @property
+    def narrow(self) -> bool:
+        """True where Ω and θ* are stored in a dtype other than their parameters' (bf16 storage)."""
+        return any(o.dtype != dtype for o, dtype in zip(self.omega, self._dtypes))
 
     @property
     def active(self) -> bool:
@@ -214,8 +243,16 @@ class QuadraticPenalty:
                     float(sum((lam * (p.detach() - c).square()).sum() for lam, p, c in zip(term.precision, params, term.centre)))
                     for term in self.tasks]
 
+    def step_weights(self) -> tuple[list[Tensor], float, float]:
+        """(weights, scale, offset) with 2sP = weights·scale + offset (formulas.penalty_gradient): the online
+        penalty's Ω with 2sc and 2s·λ_prior, so that no copy of P is kept; the other modes' cached 2sP, 1, 0."""
+        if self.mode == "online":
+            return self.omega, 2.0 * self.strength * self.c, 2.0 * self.strength * self.prior
+        return self.twice_precision(), 1.0, 0.0
+
     def twice_precision(self) -> list[Tensor]:
-        """2sP per parameter tensor (s: the strength), cached between consolidations."""
+        """2sP per parameter tensor (s: the strength), cached between consolidations (the stacked trainer's and
+        the separate and debiased modes'; the online penalty's steps use `step_weights`)."""
         if self._twice_precision is None:
             with torch.no_grad():
                 tp = self.precision()
@@ -229,14 +266,18 @@ class QuadraticPenalty:
         the gradient bookkeeping)."""
         for d, p, m in zip(self.diff, params, self.centre):
             torch.sub(p.detach(), m, out=d).square_()
-        return 0.5 * sum(torch.dot(d.view(-1), tp.view(-1)) for d, tp in zip(self.diff, self.twice_precision())) \
-            + self.strength * self.constant
+        weights, scale, offset = self.step_weights()
+        total = sum(torch.dot(d.view(-1), w.view(-1).to(d.dtype)) for d, w in zip(self.diff, weights)) * scale
+        if offset:
+            total = total + offset * sum(d.sum() for d in self.diff)
+        return 0.5 * total + self.strength * self.constant
 
     @torch.no_grad()
     def gradient(self, params: list[Tensor]) -> list[Tensor]:
         """∇R(θ) = 2P ⊙ (θ − m) (clreg.core.formulas.penalty_gradient), kept in the `grad` buffers."""
-        for g, p, m, tp in zip(self.grad, params, self.centre, self.twice_precision()):
-            g.copy_(formulas.penalty_gradient(p.detach(), m, tp))
+        weights, scale, offset = self.step_weights()
+        for g, p, m, w in zip(self.grad, params, self.centre, weights):
+            g.copy_(formulas.penalty_gradient(p.detach(), m, w, scale, offset))
         return self.grad
 
     def value_and_grad(self, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:

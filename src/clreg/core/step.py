@@ -41,15 +41,16 @@ def check_backend(name: str | None) -> None:
 
 
 def tensor_step(update: Callable, param: Tensor, grad: Tensor, state: tuple, scalars: dict, penalty: int = NO_PENALTY,
-                centre: Tensor | None = None, twice_precision: Tensor | None = None, kind: Kind | None = None,
+                centre: Tensor | None = None, weight: Tensor | None = None, kind: Kind | None = None,
                 stat: Tensor | None = None, other: Tensor | None = None, task_weight=1.0, other_weight=0.0,
-                stat_scalars: dict | None = None) -> tuple[Tensor, tuple, Tensor | None]:
-    """The regularised step of one tensor (or one stack of K): returns (θ_{t+1}, optimiser state, statistic)."""
+                stat_scalars: dict | None = None, penalty_scale=1.0, penalty_offset=0.0) -> tuple[Tensor, tuple, Tensor | None]:
+    """The regularised step of one tensor (or one stack of K): returns (θ_{t+1}, optimiser state, statistic).
+    The penalty's 2P is weight·penalty_scale + penalty_offset (formulas.penalty_gradient)."""
     theta, g_task, g = param, grad, grad
     if penalty == ADD_PENALTY:
-        g = grad + formulas.penalty_gradient(theta, centre, twice_precision)
+        g = grad + formulas.penalty_gradient(theta, centre, weight, penalty_scale, penalty_offset)
     elif penalty == PENALTY_IN_GRAD:
-        g_task = grad - formulas.penalty_gradient(theta, centre, twice_precision)
+        g_task = grad - formulas.penalty_gradient(theta, centre, weight, penalty_scale, penalty_offset)
     param, state = update(param, g, *state, **scalars)
     if kind is not None:
         u = formulas.combine(g_task, other, task_weight, other_weight)
@@ -58,12 +59,13 @@ def tensor_step(update: Callable, param: Tensor, grad: Tensor, state: tuple, sca
 
 
 def tensor_step_(update: Callable, param: Tensor, grad: Tensor, state: list[Tensor], scalars: dict, penalty: int,
-                 centre: Tensor | None, twice_precision: Tensor | None, kind: Kind | None, stat: Tensor | None,
-                 other: Tensor | None, task_weight, other_weight, stat_scalars: dict | None) -> None:
+                 centre: Tensor | None, weight: Tensor | None, kind: Kind | None, stat: Tensor | None,
+                 other: Tensor | None, task_weight, other_weight, stat_scalars: dict | None, penalty_scale=1.0,
+                 penalty_offset=0.0) -> None:
     """`tensor_step` written into the live buffers: the parameter, its optimiser state and its statistic."""
     new_param, new_state, new_stat = tensor_step(update, param, grad, tuple(state), scalars, penalty, centre,
-                                                 twice_precision, kind, stat, other, task_weight, other_weight,
-                                                 stat_scalars)
+                                                 weight, kind, stat, other, task_weight, other_weight,
+                                                 stat_scalars, penalty_scale, penalty_offset)
     param.copy_(new_param)
     for live, new in zip(state, new_state):
         if new is not live:
@@ -81,10 +83,11 @@ def compiled_tensor_step_() -> Callable:
 @torch.no_grad()
 def optimizer_step(entry: OptimizerUpdate, optimizer: torch.optim.Optimizer, regularized: dict, penalty: int,
                    statistic: StepStatistic | None, task_weight: float, other_weight: float,
-                   compiled: bool = False) -> None:
+                   compiled: bool = False, penalty_scalars: tuple[float, float] = (1.0, 0.0)) -> None:
     """One step of every parameter of `optimizer` that has a gradient, through `entry`'s formula.
 
-    `regularized` maps a parameter to (centre, 2P, statistic state, other gradient), entries None where unused;
+    `regularized` maps a parameter to (centre, weight, statistic state, other gradient), entries None where
+    unused, 2P = weight·penalty_scalars[0] + penalty_scalars[1];
     `penalty` is NO_PENALTY, ADD_PENALTY or PENALTY_IN_GRAD; the statistic reads u = a·g_task + b·other.
     The optimiser's own state is read and written (as its `step()` would)."""
     run = compiled_tensor_step_() if compiled else tensor_step_
@@ -95,11 +98,11 @@ def optimizer_step(entry: OptimizerUpdate, optimizer: torch.optim.Optimizer, reg
                 continue
             state = optimizer.state[p]
             scalars = entry.scalars(group, entry.advance(state, p, group))
-            centre, twice_precision, stat, other = regularized.get(p, (None, None, None, None))
+            centre, weight, stat, other = regularized.get(p, (None, None, None, None))
             run(entry.update, p.detach(), p.grad, [state[name] for name in entry.state], scalars,
-                penalty if centre is not None else NO_PENALTY, centre, twice_precision,
+                penalty if centre is not None else NO_PENALTY, centre, weight,
                 statistic.definition if stat is not None else None, stat, other, task_weight, other_weight,
-                stat_scalars)
+                stat_scalars, *penalty_scalars)
 
 
 def stacked_scalars(per_run: list[dict], like: Tensor) -> dict:

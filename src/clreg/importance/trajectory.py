@@ -24,6 +24,7 @@ class TrajectoryMeasure(ImportanceMeasure):
     """
 
     trajectory = True
+    keeps_start = True  # θ at the task's start is kept (SI's (θ_end − θ_start)²); False frees that copy
 
     def __init__(self):
         self.state: list[Tensor] = []
@@ -43,7 +44,7 @@ class TrajectoryMeasure(ImportanceMeasure):
         return self.step_statistic().uses_task_gradient
 
     def begin_task(self, params: list[Tensor]) -> None:  # noqa: D102
-        self.start = clone_all(params)
+        self.start = clone_all(params) if self.keeps_start else []
         self.state = zeros_like_all(params)
         self.steps = 0
 
@@ -96,8 +97,8 @@ def path_importance(path: list[Tensor], start: list[Tensor], params: list[Tensor
     clipped at 0 where `clip` (new tensors)."""
     omega = [s.clone() for s in path]
     if rescale:
-        moved = torch._foreach_sub([p.detach() for p in params], start)
-        denominator = torch._foreach_mul(moved, moved)
+        denominator = torch._foreach_sub([p.detach() for p in params], start)  # θ_end − θ_start, squared in place
+        torch._foreach_mul_(denominator, denominator)
         torch._foreach_add_(denominator, xi)
         torch._foreach_div_(omega, denominator)
     if clip:
@@ -140,6 +141,7 @@ class SecondOrderSynapses(TrajectoryMeasure):
                 Option("sos_split", bool, False, "SOS: g and g' from the two halves of the minibatch",
                        flag="--split", argument="split"))
     from_run = ("batch_size",)
+    keeps_start = False  # ω is the moment alone
 
     def __init__(self, alpha: float | str = 0.0, beta2: float = 0.999, bias_correction: bool = True,
                  split: bool = False, batch_size: int | None = None):

@@ -52,6 +52,8 @@ RUN_OPTIONS = (
     Option("importance_samples", int, None, "samples for post-task measures", flag="--samples", minimum=1,
            default_text="1000 on MNIST, 500 on CIFAR"),
     Option("penalty", str, "online", "combining tasks' penalties: online, separate or debiased", choices=MODES),
+    Option("penalty_storage", str, "fp32", "online penalty: the dtype Omega and the anchors are kept in (bf16: half "
+           "their memory; the step computes in fp32)", choices=("fp32", "bf16"), key_when_default=False),
     Option("prior", float, 0.0, "Gaussian prior precision lambda_prior >= 0", minimum=0.0),
     Option("decay", float, 1.0, "online penalty: Omega <- decay * Omega + omega, decay in (0, 1]", minimum=0.0,
            above=True, maximum=1.0),

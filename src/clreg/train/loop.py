@@ -96,7 +96,8 @@ class Trainer:
         self.watched = list(self.model.parameters())  # the parameters the guard checks after every step
         self.reg = Regularizer(self.model, config.method, config.c, heads=("heads",) if bench.multi_head else (),
                                penalty=config.penalty, prior=config.prior, decay=config.decay,
-                               keep_tasks=config.proxy_every > 0, **config.measure_options())
+                               keep_tasks=config.proxy_every > 0, keep_importance=True, storage=config.penalty_storage,
+                               **config.measure_options())
         self.dropout = has_active_dropout(self.model)
         self.ranks = distributed.world_size()  # > 1: one of `clreg run --nproc` processes (clreg.train.nproc)
         if self.ranks > 1 and self.reg.split:

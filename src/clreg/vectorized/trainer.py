@@ -56,6 +56,8 @@ def why_not(config: RunConfig) -> str | None:
         return "proxy losses and revisiting are per-run analyses"
     if config.sos_split:
         return "sos split takes g and g' from the halves of the training batch"
+    if config.penalty_storage != "fp32":
+        return "a stacked job keeps its runs' penalties in float32"
     if importance.measure_class(config.method).needs_optimizer:
         return f"{config.method} reads each run's own optimiser state, which a stacked job does not keep"
     return None

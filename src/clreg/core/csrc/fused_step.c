@@ -4,7 +4,8 @@
  * without contraction (-ffp-contract=off), so that it equals them bit for bit; tests/test_step.py holds it
  * there. Every scalar arrives derived in float64 by clreg.core.optimizers and clreg.core.statistic.
  * In one pass over a parameter tensor:
- *   1. the penalty gradient 2P(θ − m) joins g (penalty 1), or is taken out of g for the statistic (penalty 2),
+ *   1. the penalty gradient 2P(θ − m), 2P = weight·scale + offset, joins g (penalty 1), or is taken out of g
+ *      for the statistic (penalty 2),
  *   2. formulas.adam updates θ, m, v,
  *   3. the statistic: formulas.path (statistic 1) or formulas.moment (statistic 2) of u = a·g + b·g'.
  * Unfused, these are ~20 passes over the parameters per step; fused, the penalty and the statistic
@@ -15,6 +16,7 @@
 typedef struct {
     double weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2, step_size, inverse_bias_correction2_sqrt, eps;
     double task_weight, other_weight, decay, one_minus_decay;
+    double penalty_scale, penalty_offset; /* 2P = weight·scale + offset: Ω, 2sc, 2s·λ (online) or 2sP, 1, 0 */
     int64_t decoupled;         /* 1: AdamW's θ ← θ(1 − lr·wd); 0: Adam's g ← g + wd·θ */
     int64_t penalty;           /* 0 none, 1 add 2P(θ−θ*) to g, 2 g already holds it: take it out for u */
     int64_t statistic;         /* 0 none, 1 path, 2 moment */
@@ -24,7 +26,7 @@ typedef struct {
 static inline void step_range(int64_t begin, int64_t end, const clreg_step_options *o,
                               float *restrict param, const float *restrict grad,
                               float *restrict exp_avg, float *restrict exp_avg_sq,
-                              const float *restrict anchor, const float *restrict twice_precision,
+                              const float *restrict anchor, const float *restrict weight,
                               float *restrict stat, const float *restrict other,
                               const int penalty, const int statistic, const int decoupled, const int has_other)
 {
@@ -34,12 +36,13 @@ static inline void step_range(int64_t begin, int64_t end, const clreg_step_optio
     const float step_size = (float)o->step_size, inv_bc2_sqrt = (float)o->inverse_bias_correction2_sqrt;
     const float a = (float)o->task_weight, b = (float)o->other_weight;
     const float decay = (float)o->decay, one_minus_decay = (float)o->one_minus_decay;
+    const float pscale = (float)o->penalty_scale, poffset = (float)o->penalty_offset;
 #pragma omp simd
     for (int64_t i = begin; i < end; i++) {
         const float theta = param[i];
         float g_task = grad[i], g = grad[i];
         if (penalty) {
-            const float pen = twice_precision[i] * (theta - anchor[i]);
+            const float pen = (weight[i] * pscale + poffset) * (theta - anchor[i]);
             if (penalty == 1) g += pen; else g_task -= pen;
         }
         float p = theta;
@@ -65,14 +68,14 @@ static inline void step_range(int64_t begin, int64_t end, const clreg_step_optio
 #define DISPATCH(P, S, D)                                                                          \
     do {                                                                                           \
         if (other) step_range(begin, end, o, param, grad, exp_avg, exp_avg_sq, anchor,            \
-                              twice_precision, stat, other, P, S, D, 1);                          \
+                              weight, stat, other, P, S, D, 1);                          \
         else step_range(begin, end, o, param, grad, exp_avg, exp_avg_sq, anchor,                  \
-                        twice_precision, stat, other, P, S, D, 0);                                \
+                        weight, stat, other, P, S, D, 0);                                \
     } while (0)
 
 static void step_chunk(int64_t begin, int64_t end, const clreg_step_options *o, float *param,
                        const float *grad, float *exp_avg, float *exp_avg_sq, const float *anchor,
-                       const float *twice_precision, float *stat, const float *other)
+                       const float *weight, float *stat, const float *other)
 {
     /* constant flags so that the compiler emits one branch-free loop per combination */
     const int d = o->decoupled != 0;
@@ -91,14 +94,14 @@ static void step_chunk(int64_t begin, int64_t end, const clreg_step_options *o, 
 
 int64_t clreg_fused_step(int64_t n, const clreg_step_options *o, float *param, const float *grad,
                          float *exp_avg, float *exp_avg_sq, const float *anchor,
-                         const float *twice_precision, float *stat, const float *other)
+                         const float *weight, float *stat, const float *other)
 {
     const int64_t grain = 1 << 15; /* elements per chunk; small tensors stay on one thread */
     const int64_t chunks = (n + grain - 1) / grain;
 #pragma omp parallel for schedule(static) num_threads((int)o->threads) if (chunks > 1)
     for (int64_t c = 0; c < chunks; c++) {
         const int64_t begin = c * grain, end = begin + grain < n ? begin + grain : n;
-        step_chunk(begin, end, o, param, grad, exp_avg, exp_avg_sq, anchor, twice_precision, stat, other);
+        step_chunk(begin, end, o, param, grad, exp_avg, exp_avg_sq, anchor, weight, stat, other);
     }
     return 0;
 }
