@@ -126,30 +126,84 @@ def test_nproc_from_the_command_line(tmp_path):
     assert (tmp_path / "r.steps.jsonl").stat().st_size > 0
 
 
-def fsdp_worker(rank, folder):
+def sharded_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 12), nn.LayerNorm(12), nn.Tanh(), nn.Linear(12, 3))
+
+
+def fsdp_worker(rank, method, folder):
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=120))
     try:
         from torch.distributed.fsdp import fully_shard
 
-        net = model()
+        torch.set_num_threads(1)
+        net = sharded_model()
+        for layer in (net[0], net[3]):
+            fully_shard(layer)
         fully_shard(net)
-        try:
-            Regularizer(net, "fisher", c=1.0)
-            message = "accepted"
-        except ValueError as err:
-            message = str(err)
-        if rank == 0:
-            with open(os.path.join(folder, "message.txt"), "w") as f:
-                f.write(message)
+        reg = Regularizer(net, method, c=1.0)
+        train(net, reg, rank, 2)
+        params = [p.full_tensor() for p in net.parameters()]
+        torch.save({"params": params, "omega": reg.omega, "shapes": [tuple(p.shape) for p in net.parameters()]},
+                   os.path.join(folder, f"rank{rank}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def test_a_model_sharded_with_fully_shard_is_refused_with_a_clear_error(tmp_path):
-    """FSDP2's parameters are DTensors, whose local shards the step's native kernel would read as whole tensors
-    (it crashed the process): until sharded state is supported they are refused by name."""
-    mp.start_processes(fsdp_worker, args=(str(tmp_path),), nprocs=2, start_method="spawn")
-    message = (tmp_path / "message.txt").read_text()
-    assert "fully_shard" in message and "0.weight" in message and "DistributedDataParallel" in message, message
+@pytest.mark.parametrize("method", ["fisher", "si", "sos", "mas"])
+def test_fully_shard_in_two_processes_equals_one(tmp_path, method):
+    """FSDP2: each rank holds its shard of every parameter, and of Ω and θ* (plain tensors shaped like the local
+    shard); the step runs on the shards, the trajectory statistics on the reduce-scattered gradients, the post-task
+    measures on each rank's share of the sample, summed and cut into the shards. After 2 tasks the parameters
+    and Ω (the two ranks' shards put together) equal one process's on the whole batches and the whole sample."""
+    mp.start_processes(fsdp_worker, args=(method, str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    net = sharded_model()
+    reg = Regularizer(net, method, c=1.0)
+    train(net, reg)
+    for mine, theirs in zip(net.parameters(), ranks[0]["params"]):
+        torch.testing.assert_close(theirs, mine.detach(), rtol=1e-5, atol=1e-6)
+    for name, omega in reg.omega.items():
+        shards = [r["omega"][name] for r in ranks]
+        assert shards[0].shape[0] < omega.shape[0]  # each rank holds a part
+        assert float(omega.sum()) > 0
+        torch.testing.assert_close(torch.cat(shards), omega, rtol=1e-5, atol=1e-9)
+
+
+def fsdp_refusal_worker(rank, folder):
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        from torch.distributed.fsdp import fully_shard
+
+        net = sharded_model()
+        fully_shard(net)
+        messages = []
+        for method, options in (("siu", {}), ("sos", {"alpha": 1.0})):
+            try:
+                Regularizer(net, method, c=1.0, **options)
+                messages.append("accepted")
+            except ValueError as err:
+                messages.append(str(err))
+        reg = Regularizer(net, "fisher", c=1.0)
+        try:
+            reg.penalty()
+            messages.append("accepted")
+        except ValueError as err:
+            messages.append(str(err))
+        if rank == 0:
+            with open(os.path.join(folder, "messages.txt"), "w") as f:
+                f.write("\n".join(messages))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_fully_shard_what_is_not_supported_is_refused_by_name(tmp_path):
+    mp.start_processes(fsdp_refusal_worker, args=(str(tmp_path),), nprocs=2, start_method="spawn")
+    siu, sos, penalty = (tmp_path / "messages.txt").read_text().split("\n")
+    assert "'siu' takes g'_t on an independent minibatch" in siu and "fully_shard" in siu
+    assert "'sos' takes g'_t" in sos
+    assert "reg.step(optimizer)" in penalty and "add_penalty_gradient" in penalty

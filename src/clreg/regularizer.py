@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from clreg.distributed import collectives as distributed
 
-from clreg.core import fused, optimizers, step as step_backends
+from clreg.core import fused, optimizers, shards, step as step_backends
 
 from clreg import importance
 from clreg.core.device import single_device
@@ -80,8 +80,13 @@ class Regularizer:
         self.model = model
         self.group = process_group  # torch.distributed group (None: the default one, where initialised)
         self.measure = importance.create(method, **options) if isinstance(method, str) else method
-        self.names, self.params = select_shared(model, heads, shared)
-        self.device = single_device(list(zip(self.names, self.params)))  # penalty and statistics live there too
+        self.names, self.parameters = select_shared(model, heads, shared)
+        self.device = single_device(list(zip(self.names, self.parameters)))  # penalty and statistics live there too
+        # the state's shapes: each parameter's local shard under FSDP2 (clreg.core.shards), the parameter itself else
+        self.params = [shards.local(p) for p in self.parameters]
+        self.sharded = any(shards.is_sharded(p) for p in self.parameters)
+        if self.sharded:
+            _check_sharded(self.measure)
         strength = c if self.measure.regularizes else 0.0
         self.penalty_term = QuadraticPenalty(self.params, strength, decay=decay, prior=prior, mode=penalty,
                                              keep_tasks=keep_tasks, storage=_storage_dtype(storage))
@@ -168,11 +173,14 @@ class Regularizer:
 
     def penalty(self) -> Tensor:
         """R(θ) as a scalar to add to the loss; its backward is the analytic 2cΩ ⊙ (θ − θ*)."""
+        if self.sharded:
+            raise ValueError("under fully_shard the penalty enters the gradient, not the loss: backpropagate the task "
+                             "loss and call reg.step(optimizer), or reg.add_penalty_gradient() before optimizer.step()")
         return self.penalty_term(self.params)
 
     def gradient(self, loss_fn: Callable[[], Tensor], params: list[Tensor] | None = None) -> list[Tensor]:
         """∇ loss_fn() for `params` (default: the shared parameters), dropout off, leaving `.grad` untouched."""
-        params = self.params if params is None else params
+        params = self.parameters if params is None else params
         was_training = self.model.training
         self.model.eval()
         try:
@@ -223,7 +231,7 @@ class Regularizer:
     def add_penalty_gradient(self) -> None:
         """Fast alternative to `penalty()` in the loss: after `loss.backward()` on the task loss alone,
         add ∇R = 2cΩ ⊙ (θ − θ*) to the parameters' `.grad` in place (no graph, no allocation)."""
-        self.penalty_term.add_gradient_(self.params)
+        self.penalty_term.add_gradient_(self.parameters)
 
     def prepare_step(self) -> None:
         """Just before an `optimizer.step()` that is not yours to call (a framework's): add ∇R to `.grad`
@@ -319,7 +327,7 @@ class Regularizer:
         formula = entry is not None and (scale is None or (isinstance(scale, float) and scale == 1.0))
         if statistic is not None:  # the formulas step only the optimiser's parameters: every shared one must be there
             in_optimizer = {p for group in optimizer.param_groups for p in group["params"]}
-            formula = formula and all(p in in_optimizer for p in self.params)
+            formula = formula and all(p in in_optimizer for p in self.parameters)
         if asked in ("eager", "compiled", "native") and not formula:
             raise ValueError(f"the {asked!r} step backend needs a registered optimiser "
                              f"({', '.join(e.name for e in optimizers.UPDATES.values())}) over every regularised "
@@ -353,7 +361,7 @@ class Regularizer:
             weights = (0.0, 1.0)
         elif self._independent is not None:
             others = self._independent
-        regularized = dict(zip(self.params, zip(centres, precisions, states, others)))
+        regularized = dict(zip(self.parameters, zip(centres, precisions, states, others)))
         if backend == "native":
             fused.adam_step(optimizer, regularized, penalty, statistic, *weights, penalty_scalars=tuple(penalty_scalars))
         else:
@@ -384,7 +392,7 @@ class Regularizer:
             self._snapshot()
 
     def _grads(self) -> list[Tensor]:
-        grads = [p.grad for p in self.params]
+        grads = [shards.local(p.grad) for p in self.parameters]
         missing = [n for n, g in zip(self.names, grads) if g is None]
         if missing:
             raise ValueError(f"parameter {missing[0]!r} has no gradient: call after_step() after loss.backward() "
@@ -427,7 +435,11 @@ class Regularizer:
                              "call end_task(inputs) with a sample of the task's inputs")
         if self.measure.needs_optimizer:
             self.measure.optimizer = optimizer if optimizer is not None else self.optimizer
-        omega = self.measure.task_importance(self.params, sample)
+        if self.measure.needs_sample or self.measure.needs_optimizer:  # measured on the model's parameters
+            omega = [_local_part(o, p) for o, p in zip(self.measure.task_importance(self.parameters, sample),
+                                                       self.parameters)]
+        else:  # from the state, local already
+            omega = self.measure.task_importance(self.params, sample)
         self.penalty_term.consolidate(omega, self.params, cumulative=self.measure.cumulative)
         measured = dict(zip(self.names, omega))
         if self.keep_importance:
@@ -455,6 +467,21 @@ class Regularizer:
 
 class NoStepsWarning(UserWarning):
     """A trajectory measure reached a task's end without having seen a step (its importance is 0)."""
+
+
+def _local_part(omega: Tensor, param: Tensor) -> Tensor:
+    """A measure's ω for `param` as the state holds it: a DTensor's local shard; a full-size ω (a post-task
+    measure's, summed over the ranks) cut as the parameter is; ω itself for an unsharded parameter."""
+    if shards.is_sharded(omega):
+        return shards.local(omega)
+    return shards.shard_of(omega, param) if shards.is_sharded(param) else omega
+
+
+def _check_sharded(measure: ImportanceMeasure) -> None:
+    """Refuse what clreg does not do under FSDP2 yet: statistics that take gradients by their own backward pass."""
+    if measure.trajectory and (measure.needs_independent_gradient or getattr(measure, "split", False)):
+        raise ValueError(f"method {measure.name!r} takes g'_t on an independent minibatch, which clreg does not "
+                         "reduce across fully_shard's ranks yet: use si, or sos with alpha=0, or a post-task measure")
 
 
 STORAGE = {"fp32": None, "bf16": torch.bfloat16}  # the run setting's names (None: the parameters' own dtype)

@@ -125,29 +125,13 @@ def memory_budget(device: torch.device) -> int:
 
 
 def single_device(named: list[tuple[str, torch.Tensor]]) -> torch.device:
-    """The one device all `named` tensors are on; ValueError naming two that differ otherwise, or naming the
-    parameters that are sharded (DTensors: FSDP2's fully_shard), whose state clreg does not shard yet."""
-    sharded = [name for name, t in named if _is_dtensor(t)]
-    if sharded:
-        shown = ", ".join(repr(n) for n in sharded[:3]) + (f" and {len(sharded) - 3} more" if len(sharded) > 3 else "")
-        raise ValueError(f"the regularised parameters {shown} are sharded (FSDP2's fully_shard: DTensors); clreg "
-                         "does not shard Ω, the anchors and the step's state yet. Train with "
-                         "DistributedDataParallel instead (docs/integrations.md, 'Data-parallel training'), or "
-                         "leave the regularised parameters unsharded")
+    """The one device all `named` tensors are on; ValueError naming two that differ otherwise."""
     first_name, first = named[0]
     for name, t in named[1:]:
         if t.device != first.device:
             raise ValueError(f"the regularised parameters sit on different devices ({first_name!r} on {first.device}, "
                              f"{name!r} on {t.device}); move the model to one device before creating the Regularizer")
     return first.device
-
-
-def _is_dtensor(t: torch.Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch built without distributed support has none
-        return False
-    return isinstance(t, DTensor)
 
 
 def synchronize(device: torch.device) -> None:

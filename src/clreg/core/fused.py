@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from clreg.core import native, optimizers
+from clreg.core.shards import local
 from clreg.core.statistic import StepStatistic
 
 KINDS = {"path": 1, "moment": 2}  # the statistic kinds the kernel executes, by its code for them
@@ -33,10 +34,10 @@ def supported(optimizer: torch.optim.Optimizer, statistic: StepStatistic | None 
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if not (_plain_float32_cpu(p) and _plain_float32_cpu(p.grad)):
+            if not (_plain_float32_cpu(local(p)) and _plain_float32_cpu(local(p.grad))):
                 return False
             state = optimizer.state.get(p)
-            if state and not all(_plain_float32_cpu(state.get(k)) for k in entry.state):
+            if state and not all(_plain_float32_cpu(local(state.get(k))) for k in entry.state):
                 return False
     return True
 
@@ -72,6 +73,7 @@ def adam_step(optimizer: torch.optim.Optimizer, regularized: dict[Tensor, tuple]
             centre, weight, stat, other = regularized.get(p, (None, None, None, None))
             options.penalty = penalty if centre is not None else 0
             options.statistic = KINDS[statistic.kind] if stat is not None else 0
-            kernel(p.numel(), options, p.data_ptr(), p.grad.data_ptr(), state["exp_avg"].data_ptr(),
-                   state["exp_avg_sq"].data_ptr(), _pointer(centre), _pointer(weight),
+            shard = local(p)  # a sharded parameter's local shard, and its gradient's and state's (clreg.core.shards)
+            kernel(shard.numel(), options, shard.data_ptr(), local(p.grad).data_ptr(), local(state["exp_avg"]).data_ptr(),
+                   local(state["exp_avg_sq"]).data_ptr(), _pointer(centre), _pointer(weight),
                    _pointer(stat), _pointer(other))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from clreg.core import formulas
+from clreg.core import formulas, shards
 
 MODES = ("online", "separate", "debiased")
 
@@ -286,14 +286,17 @@ class QuadraticPenalty:
 
     @torch.no_grad()
     def add_gradient_(self, params: list[Tensor]) -> None:
-        """The fast path: p.grad += 2P ⊙ (θ − m) in place, after the task loss's backward."""
+        """The fast path: p.grad += 2P ⊙ (θ − m) in place, after the task loss's backward (a sharded parameter's
+        local shard of it: clreg.core.shards)."""
         if not self.active:
             return
-        for p, g in zip(params, self.gradient(params)):
+        for p, g in zip(params, self.gradient([shards.local(p) for p in params])):
+            if p.grad is None and shards.is_sharded(p):
+                raise ValueError("a sharded parameter has no gradient to add the penalty's to: call it after backward")
             if p.grad is None:
                 p.grad = g.clone()
             else:
-                p.grad.add_(g)
+                shards.local(p.grad).add_(g)
         self._gradient_added(1.0)
 
     @torch.no_grad()

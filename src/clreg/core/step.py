@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from clreg.core import formulas
+from clreg.core.shards import local
 from clreg.core.optimizers import OptimizerUpdate
 from clreg.core.statistic import Kind, StepStatistic
 
@@ -99,7 +100,8 @@ def optimizer_step(entry: OptimizerUpdate, optimizer: torch.optim.Optimizer, reg
             state = optimizer.state[p]
             scalars = entry.scalars(group, entry.advance(state, p, group))
             centre, weight, stat, other = regularized.get(p, (None, None, None, None))
-            run(entry.update, p.detach(), p.grad, [state[name] for name in entry.state], scalars,
+            # a sharded parameter steps on its local shard, with its gradient's and state's (clreg.core.shards)
+            run(entry.update, local(p.detach()), local(p.grad), [local(state[name]) for name in entry.state], scalars,
                 penalty if centre is not None else NO_PENALTY, centre, weight,
                 statistic.definition if stat is not None else None, stat, other, task_weight, other_weight,
                 stat_scalars, *penalty_scalars)

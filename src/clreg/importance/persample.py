@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from clreg.core import shards
 from clreg.core.device import memory_budget as device_budget
 from clreg.importance import inputs as model_inputs
 from clreg.importance.inputs import Inputs
@@ -214,7 +215,7 @@ def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Inputs
     if n == 0:
         raise ValueError("per_sample_statistics needs at least one sample")
     forward = forward or _default_forward(model, inputs)
-    totals = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
+    totals = [shards.full_shape_zeros(p) for p in params]  # a sharded parameter's whole shape: every rank adds its share
     with _planned(model, params, forward, inputs, n) as (rules, fallback):
         functional = FallbackGradients(model, forward, fallback, params, lambda g: power_of(g, power), totals)
         accumulator = _Accumulator(rules, functional, forward, power, totals)
@@ -234,6 +235,11 @@ def _planned(model: nn.Module, params: list[Tensor], forward: Callable[[Inputs],
         rule.attach()
     try:
         kept = _probe(rules, fallback, forward, inputs, n)
+        sharded = [name for slot, name in fallback.items() if shards.is_sharded(params[slot])]
+        if sharded:
+            raise ValueError(f"under fully_shard every measured parameter needs a per-layer rule (torch.func cannot "
+                             f"re-run a sharded model); these have none: {', '.join(sharded[:4])}"
+                             f"{' and more' if len(sharded) > 4 else ''} (clreg.importance.persample.coverage)")
         yield kept, fallback
     finally:
         for rule in rules:

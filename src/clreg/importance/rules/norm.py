@@ -29,10 +29,12 @@ class NormRule(Rule):
     def record(self, args, kwargs, output):  # noqa: D102
         self.args, self.kwargs, self.outputs = args, kwargs, [output]
         self.normalised: Tensor | None = None
+        # the weights as the call saw them (a sharded model's are gathered only during its forward): small, copied
+        self.weights = {name: p.detach().clone() for name, p in self.module.named_parameters(recurse=False)}
 
     def _affine_parts(self) -> tuple[Tensor, Tensor]:
         """(y(0), x̂) of the recorded call."""
-        params = dict(self.module.named_parameters(recurse=False))
+        params = self.weights
         ones = {name: torch.ones_like(p) if name == "weight" else torch.zeros_like(p) for name, p in params.items()}
         zeros = {name: torch.zeros_like(p) for name, p in params.items()}
         self.recording = False  # the module's own hook would fire again
@@ -47,8 +49,8 @@ class NormRule(Rule):
         if not super().ran_as_expected():
             return False
         offset, normalised = self._affine_parts()
-        weight, bias = self.module.weight, getattr(self.module, "bias", None)
-        affine = offset + weight.detach() * normalised + (0 if bias is None else bias.detach())
+        weight, bias = self.weights["weight"], self.weights.get("bias")
+        affine = offset + weight * normalised + (0 if bias is None else bias)
         y = self.outputs[0].detach()
         return affine.shape == y.shape and torch.allclose(affine, y, rtol=1e-5, atol=1e-6 * float(y.abs().max()))
 
