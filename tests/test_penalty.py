@@ -154,3 +154,21 @@ def test_bf16_storage_is_refused_where_per_task_terms_are_kept():
             Regularizer(model, "fisher", storage="bf16", **options)
     with pytest.raises(ValueError, match="storage must be a torch dtype or one of fp32, bf16"):
         Regularizer(model, "fisher", storage="half")
+
+
+@pytest.mark.parametrize("method, copies", [("si", 4), ("sos", 3), ("mas", 2)])
+def test_what_each_measure_holds_on_the_fused_path(method, copies):
+    """Through reg.step(Adam): SI holds Ω, θ*, its path integral and θ_start (θ_t for Δ_t is θ_start, read in place
+    until a step on the foreach path needs a later one); SOS Ω, θ* and its moment; MAS Ω and θ*."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    reg = Regularizer(model, method, c=1.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    for task in range(2):
+        for _ in range(3):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            reg.step(optimizer)
+        reg.end_task(x)
+    assert _copies_held(reg) == copies, _copies_held(reg)

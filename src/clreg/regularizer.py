@@ -169,7 +169,7 @@ class Regularizer:
         self._task_grads = self._independent = None
         self.optimizer = None
         if self.measure.trajectory and self.measure.step_statistic().needs_step:
-            self._snapshot()
+            self._snapshot(at_start=True)
 
     def penalty(self) -> Tensor:
         """R(θ) as a scalar to add to the loss; its backward is the analytic 2cΩ ⊙ (θ − θ*)."""
@@ -301,10 +301,16 @@ class Regularizer:
             self._scratch_buffers = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
         return self._scratch_buffers
 
-    def _snapshot(self) -> None:
-        if not self._before:
-            self._before = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.params]
-        torch._foreach_copy_(self._before, [p.detach() for p in self.params])
+    def _snapshot(self, at_start: bool = False) -> None:
+        """θ_t for the next Δ_t on the foreach path. At a task's start it is the measure's θ_start, read in place:
+        a copy of the parameters is made only by the first step that needs a later θ_t (not the fused step's)."""
+        start = getattr(self.measure, "start", None)
+        if at_start and start:
+            self._before = start
+        else:
+            if not self._before or self._before is start:
+                self._before = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.params]
+            torch._foreach_copy_(self._before, [p.detach() for p in self.params])
         self._before_at = self.measure.steps
 
     def _check_step_inputs(self, statistic) -> None:
