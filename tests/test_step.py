@@ -91,13 +91,14 @@ def reference(info: OptimizerInfo, statistic, penalty: int, data: Problem, lr: f
 
 
 def formula_run(info: OptimizerInfo, statistic, penalty: int, data: Problem, backend: str, lr: float,
-                device: str = "cpu", penalty_scalars: tuple[float, float] = (1.0, 0.0)):
+                device: str = "cpu", penalty_scalars: tuple[float, float] = (1.0, 0.0), storage=torch.float32):
     """float32 through one backend of clreg.core.step (per tensor), on `device`; results on the CPU. The
     penalty's 2P is data.twice_precision·penalty_scalars[0] + penalty_scalars[1] (the online penalty's form)."""
     f32 = lambda t: t.to(device, torch.float32)  # noqa: E731
     params = [nn.Parameter(f32(p)) for p in data.params]
     optimizer = info.make(params, lr)
-    centre, twice_precision = [f32(c) for c in data.centre], [f32(tp) for tp in data.twice_precision]
+    centre = [c.to(device, storage) for c in data.centre]  # the penalty's state, in its storage dtype
+    twice_precision = [tp.to(device, storage) for tp in data.twice_precision]
     stats = [torch.zeros_like(p) for p in params]
     entry = optimizers.lookup(optimizer)
     for t in range(STEPS):
@@ -241,25 +242,29 @@ def test_the_native_kernel_executes_the_formula(info):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("storage", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("penalty", PENALTIES[1:], ids=["add-penalty", "penalty-in-grad"])
-def test_the_online_penalty_forms_2p_from_omega_in_the_step(penalty):
+def test_the_online_penalty_forms_2p_from_omega_in_the_step(penalty, storage):
     """The online penalty keeps no copy of P: the step forms 2P = Ω·2sc + 2sλ itself. Against float64, and the
-    kernel against the formula bit for bit (the formula's sqrt correctly rounded, as above)."""
+    kernel against the formula bit for bit (the formula's sqrt correctly rounded, as above), Ω and θ* stored in
+    float32 or bfloat16 (the reference then reads the bf16-rounded values)."""
     info, data, stat = OPTIMIZERS[0], problem(3), STATISTICS["moment"]
+    rounded = lambda ts: [t.to(storage).double() for t in ts]  # noqa: E731
+    data = Problem(data.params, data.grads, data.others, rounded(data.centre), rounded(data.twice_precision))
     scalars = (2.5, 0.3)
-    eager = formula_run(info, stat, penalty, data, "eager", info.lr, penalty_scalars=scalars)
+    eager = formula_run(info, stat, penalty, data, "eager", info.lr, penalty_scalars=scalars, storage=storage)
     expected = reference(info, stat, penalty, data, info.lr, *scalars)
     assert_close_to(eager[0], expected[0], 1e-5, outliers=0.02)
     assert_close_to(eager[1], expected[1], 1e-4, outliers=0.05)
-    plain = formula_run(info, stat, penalty, data, "eager", info.lr)
+    plain = formula_run(info, stat, penalty, data, "eager", info.lr, storage=storage)
     assert max(float((a - b).abs().max()) for a, b in zip(eager[0], plain[0])) > 1e-4  # the scalars matter
     if native.load() is None:
         pytest.skip("no C compiler")
-    kernel = formula_run(info, stat, penalty, data, "native", info.lr, penalty_scalars=scalars)
+    kernel = formula_run(info, stat, penalty, data, "native", info.lr, penalty_scalars=scalars, storage=storage)
     sqrt = Tensor.sqrt
     try:
         Tensor.sqrt = lambda t: sqrt(t.double()).to(t.dtype)
-        eager = formula_run(info, stat, penalty, data, "eager", info.lr, penalty_scalars=scalars)
+        eager = formula_run(info, stat, penalty, data, "eager", info.lr, penalty_scalars=scalars, storage=storage)
     finally:
         Tensor.sqrt = sqrt
     for a, b in zip(kernel[0] + kernel[1], eager[0] + eager[1]):

@@ -338,10 +338,11 @@ class Regularizer:
             raise ValueError(f"the {asked!r} step backend needs a registered optimiser "
                              f"({', '.join(e.name for e in optimizers.UPDATES.values())}) over every regularised "
                              f"parameter and an unscaled penalty gradient; {type(optimizer).__name__} here: use 'torch'")
-        native = fused.supported(optimizer, statistic) and not self.penalty_term.narrow
+        term = self.penalty_term
+        native = fused.supported(optimizer, statistic) and (not term.narrow or term.storage == torch.bfloat16)
         if asked == "native" and not native:
             raise ValueError("the 'native' step backend runs Adam and AdamW on contiguous float32 CPU tensors, with "
-                             "Ω and θ* in float32 and the C kernel built (CLREG_NATIVE unset)")
+                             "Ω and θ* in float32 or bfloat16 and the C kernel built (CLREG_NATIVE unset)")
         if asked is not None:
             return asked
         if formula and native:

@@ -72,6 +72,7 @@ def adam_step(optimizer: torch.optim.Optimizer, regularized: dict[Tensor, tuple]
                 setattr(options, name, value)
             centre, weight, stat, other = regularized.get(p, (None, None, None, None))
             options.penalty = penalty if centre is not None else 0
+            options.narrow = int(centre is not None and centre.dtype == torch.bfloat16)  # Ω and θ* stored in bf16
             options.statistic = KINDS[statistic.kind] if stat is not None else 0
             shard = local(p)  # a sharded parameter's local shard, and its gradient's and state's (clreg.core.shards)
             kernel(shard.numel(), options, shard.data_ptr(), local(p.grad).data_ptr(), local(state["exp_avg"]).data_ptr(),

@@ -31,7 +31,7 @@ class StepOptions(ctypes.Structure):
         "weight_decay", "decay_factor", "one_minus_beta1", "beta2", "one_minus_beta2", "step_size",
         "inverse_bias_correction2_sqrt", "eps", "task_weight", "other_weight", "decay", "one_minus_decay",
         "penalty_scale", "penalty_offset")] + [
-        (name, ctypes.c_int64) for name in ("decoupled", "penalty", "statistic", "threads")]
+        (name, ctypes.c_int64) for name in ("decoupled", "penalty", "statistic", "threads", "narrow")]
 
 
 _library: ctypes.CDLL | None = None

@@ -11,6 +11,7 @@
  * Unfused, these are ~20 passes over the parameters per step; fused, the penalty and the statistic
  * add three arrays to Adam's four. Built at first use by clreg.core.native; plain C, no torch headers. */
 #include <stdint.h>
+#include <string.h>
 #include <math.h>
 
 typedef struct {
@@ -21,14 +22,28 @@ typedef struct {
     int64_t penalty;           /* 0 none, 1 add 2P(θ−θ*) to g, 2 g already holds it: take it out for u */
     int64_t statistic;         /* 0 none, 1 path, 2 moment */
     int64_t threads;
+    int64_t narrow;            /* 1: the anchor and the weight are bfloat16 (read exactly as float32, as .to(float32)) */
 } clreg_step_options;
+
+/* element i of the anchor or weight array: float32, or bfloat16 widened exactly (its bits are float32's top half) */
+static inline float load(const void *restrict array, int64_t i, const int narrow)
+{
+    if (narrow) {
+        const uint32_t bits = (uint32_t)((const uint16_t *)array)[i] << 16;
+        float value;
+        memcpy(&value, &bits, sizeof value);
+        return value;
+    }
+    return ((const float *)array)[i];
+}
 
 static inline void step_range(int64_t begin, int64_t end, const clreg_step_options *o,
                               float *restrict param, const float *restrict grad,
                               float *restrict exp_avg, float *restrict exp_avg_sq,
-                              const float *restrict anchor, const float *restrict weight,
+                              const void *restrict anchor, const void *restrict weight,
                               float *restrict stat, const float *restrict other,
-                              const int penalty, const int statistic, const int decoupled, const int has_other)
+                              const int penalty, const int statistic, const int decoupled, const int has_other,
+                              const int narrow)
 {
     const float wd = (float)o->weight_decay, decay_factor = (float)o->decay_factor;
     const float one_minus_beta1 = (float)o->one_minus_beta1, beta2 = (float)o->beta2;
@@ -42,7 +57,7 @@ static inline void step_range(int64_t begin, int64_t end, const clreg_step_optio
         const float theta = param[i];
         float g_task = grad[i], g = grad[i];
         if (penalty) {
-            const float pen = (weight[i] * pscale + poffset) * (theta - anchor[i]);
+            const float pen = (load(weight, i, narrow) * pscale + poffset) * (theta - load(anchor, i, narrow));
             if (penalty == 1) g += pen; else g_task -= pen;
         }
         float p = theta;
@@ -65,17 +80,22 @@ static inline void step_range(int64_t begin, int64_t end, const clreg_step_optio
 
 /* every flag a compile-time constant, `other` included: a branch left in the loop (a load of other[i]
  * under a runtime test) keeps compilers from vectorising it without masked loads, i.e. on AVX2 */
-#define DISPATCH(P, S, D)                                                                          \
+#define DISPATCH_N(P, S, D, N)                                                                     \
     do {                                                                                           \
         if (other) step_range(begin, end, o, param, grad, exp_avg, exp_avg_sq, anchor,            \
-                              weight, stat, other, P, S, D, 1);                          \
+                              weight, stat, other, P, S, D, 1, N);                                 \
         else step_range(begin, end, o, param, grad, exp_avg, exp_avg_sq, anchor,                  \
-                        weight, stat, other, P, S, D, 0);                                \
+                        weight, stat, other, P, S, D, 0, N);                                       \
+    } while (0)
+/* the storage's width only matters where the penalty is read */
+#define DISPATCH(P, S, D)                                                                          \
+    do {                                                                                           \
+        if ((P) && o->narrow) DISPATCH_N(P, S, D, 1); else DISPATCH_N(P, S, D, 0);                \
     } while (0)
 
 static void step_chunk(int64_t begin, int64_t end, const clreg_step_options *o, float *param,
-                       const float *grad, float *exp_avg, float *exp_avg_sq, const float *anchor,
-                       const float *weight, float *stat, const float *other)
+                       const float *grad, float *exp_avg, float *exp_avg_sq, const void *anchor,
+                       const void *weight, float *stat, const float *other)
 {
     /* constant flags so that the compiler emits one branch-free loop per combination */
     const int d = o->decoupled != 0;
@@ -93,8 +113,8 @@ static void step_chunk(int64_t begin, int64_t end, const clreg_step_options *o, 
 }
 
 int64_t clreg_fused_step(int64_t n, const clreg_step_options *o, float *param, const float *grad,
-                         float *exp_avg, float *exp_avg_sq, const float *anchor,
-                         const float *weight, float *stat, const float *other)
+                         float *exp_avg, float *exp_avg_sq, const void *anchor,
+                         const void *weight, float *stat, const float *other)
 {
     const int64_t grain = 1 << 15; /* elements per chunk; small tensors stay on one thread */
     const int64_t chunks = (n + grain - 1) / grain;
