@@ -99,9 +99,16 @@ def engine(measure, model, params, ids):
 
 
 def timed(fn, *args):
+    _synchronize()
     start = time.perf_counter()
     out = fn(*args)
+    _synchronize()
     return out, time.perf_counter() - start
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -143,14 +150,16 @@ def main() -> None:
     parser.add_argument("--large-samples", type=int, default=8)
     parser.add_argument("--models", default="encoder,bert,gpt2-small")
     parser.add_argument("--columns", type=int, default=64, help="unit vectors curvlinops multiplies (0: skip it)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA the times are synchronised)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    device = torch.device(args.device)
     rows = []
     for name in args.models.split(","):
         model, vocab = build(name)
-        model.eval()
+        model.to(device).eval()
         n = args.large_samples if name == "gpt2-small" else args.samples
-        ids = torch.randint(1, vocab, (n, LENGTH), generator=torch.Generator().manual_seed(1))
+        ids = torch.randint(1, vocab, (n, LENGTH), generator=torch.Generator().manual_seed(1)).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         rules = sorted(set(coverage(model, ids[:2]).values()))
         for measure in ("fisher", "mas"):
@@ -169,7 +178,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     if args.out:
         record = {"rows": rows, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "machine": _cpu(), "command": "python perf/transformer_importance.py " + " ".join(
+                  "machine": _cpu(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "command": "python perf/transformer_importance.py " + " ".join(
                       f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)}
         with open(args.out, "w") as f:
             json.dump(record, f, indent=2)
