@@ -119,8 +119,8 @@ def child(config: str, args) -> dict:
              torch.randint(0, CLASSES, (args.batch,), generator=generator)) for _ in range(2 * args.steps)]
     sample = torch.randint(1, vocab, (args.sample, args.tokens), generator=generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
-    reg = None if method == "plain" else clreg.Regularizer(model, method, c=1.0, memory_budget=args.budget,
-                                                           storage=storage or None)
+    options = {"storage": storage} if storage else {}  # (so that --compare-tree can run code from before it)
+    reg = None if method == "plain" else clreg.Regularizer(model, method, c=1.0, memory_budget=args.budget, **options)
     phases: dict[str, dict] = {}
 
     def held() -> dict[str, float]:
