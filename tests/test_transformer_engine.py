@@ -204,3 +204,35 @@ class _Attention(nn.Module):
 class _Pool(nn.Module):
     def forward(self, h):
         return h.mean(1)
+
+
+class LastPosition(nn.Module):
+    """A causal LM's next-token logits at each sequence's last position: (n, vocabulary)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids=input_ids).logits[:, -1]
+
+
+@pytest.mark.parametrize("measure", ["fisher", "mas"])
+def test_tied_input_and_output_embeddings_are_measured_by_their_two_rules(measure):
+    """GPT-2's LM head shares its weight with the token embedding: every sample's gradient of it is the sum of the
+    two modules' shares (the embedding's lookups and the head's outer products), formed before the square: no
+    torch.func, and equal to the per-sample loop."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=8, n_layer=1, n_head=2, n_positions=LENGTH,
+                                     bos_token_id=1, eos_token_id=1)
+    model = LastPosition(transformers.GPT2LMHeadModel(config)).double().eval()
+    assert model.model.lm_head.weight is model.model.transformer.wte.weight
+    ids = torch.randint(1, VOCAB, (4, LENGTH), generator=torch.Generator().manual_seed(3))
+    found = coverage(model, ids)
+    assert "torch.func" not in found.values(), found
+    assert "EmbeddingRule+LinearRule" in found.values(), found
+    params = list(model.parameters())
+    omega = importance.create(measure).task_importance(params, TaskSample(model, ids))
+    assert_close(omega, naive_measure(measure, model, params, ids))
+    chunked = importance.create(measure).task_importance(params, TaskSample(model, ids, memory_budget=1))
+    assert_close(chunked, omega, rtol=1e-12)

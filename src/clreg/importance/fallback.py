@@ -1,6 +1,6 @@
 """Exact per-sample gradients for the parameters no per-layer rule measures (`clreg.importance.rules`): a bare
-parameter used in the forward, a parameter shared by two modules (tied embeddings), a layer the rules do not
-know, or one whose rule's closed form the probe found not to hold (a layer applied twice).
+parameter used in the forward, a parameter shared with a module whose rule cannot give its share, a layer the
+rules do not know, or one whose rule's closed form the probe found not to hold (a layer applied twice).
 
 First choice: `torch.func`, vmap of grad over the samples of a chunk, the whole model re-run functionally with
 only those parameters differentiated. A model whose forward branches on its inputs' values (a Hugging Face

@@ -9,8 +9,8 @@ that is, a weighted sum of a function of *per-sample* gradients. Each module's p
 per-layer rule that accepts the module (`clreg.importance.rules`: Linear and Hugging Face Conv1D, Conv2d,
 Embedding, LayerNorm/RMSNorm and their look-alikes, nn.MultiheadAttention). One backward pass per cotangent runs
 down to the recorded layer outputs only; each rule turns those output cotangents δ into its parameters'
-statistics in closed form. Any other parameter, a parameter shared by two modules, and a module whose rule's
-closed form does not hold (found by the probe: a layer applied twice, a sequence-first layout, a rule that
+statistics in closed form; a parameter several modules use (tied embeddings) sums their dense per-sample shares
+before h. Any other parameter and a module whose rule's closed form does not hold (found by the probe: a layer applied twice, a sequence-first layout, a rule that
 would change the logits) go to `torch.func` (vmap of grad over samples, `fallback.py`).
 Inputs are a tensor or a dict of tensors with a common sample dimension (a Hugging Face model's keyword inputs).
 Samples are processed in chunks that keep the working memory under a budget.
@@ -18,6 +18,7 @@ Samples are processed in chunks that keep the working memory under a budget.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -51,9 +52,9 @@ class _Pass:
 class _Accumulator:
     """Runs one chunk of samples through the model and adds its statistics to `totals`."""
 
-    def __init__(self, rules: list[Rule], fallback: FallbackGradients, forward: Callable[[Inputs], Tensor],
-                 power: str, totals: list[Tensor]):
-        self.rules, self.fallback, self.power, self.totals = rules, fallback, power, totals
+    def __init__(self, rules: list[Rule], shared: list[_Shared], fallback: FallbackGradients,
+                 forward: Callable[[Inputs], Tensor], power: str, totals: list[Tensor]):
+        self.rules, self.shared, self.fallback, self.power, self.totals = rules, shared, fallback, power, totals
         self.forward = forward
         self.run_pass = _Pass(rules, forward)
 
@@ -70,8 +71,12 @@ class _Accumulator:
         outputs = [out for rule in self.rules for out in rule.outputs]
         for k in range(v.shape[0]):
             deltas = iter(torch.autograd.grad(logits, outputs, v[k], retain_graph=True) if outputs else [])
+            of = {id(rule): [next(deltas) for _ in rule.outputs] for rule in self.rules}
             for rule in self.rules:
-                rule.add([next(deltas) for _ in rule.outputs], self.power, self.totals)
+                rule.add(of[id(rule)], self.power, self.totals)
+            for entry in self.shared:  # the modules' shares summed per sample, then h
+                grads = sum(rule.dense(of[id(rule)], name) for rule, name in entry.users)
+                self.totals[entry.slot].add_(power_of(grads, self.power).sum(0).view_as(self.totals[entry.slot]))
         for rule in self.rules:
             rule.finish(self.power, self.totals)
         if self.fallback.names:
@@ -88,8 +93,19 @@ class _Accumulator:
         del logits, outputs
 
 
-def _plan(model: nn.Module, params: list[Tensor]) -> tuple[list[Rule], dict[int, str]]:
-    """Assign each wanted parameter to a per-layer rule or to the torch.func fallback."""
+@dataclass
+class _Shared:
+    """A parameter that several modules use (tied embeddings): every sample's gradient is the sum of each
+    module's share (`Rule.dense`), formed before h."""
+
+    slot: int
+    name: str
+    users: list[tuple[Rule, str]]  # (rule, the parameter's name in its module)
+
+
+def _plan(model: nn.Module, params: list[Tensor]) -> tuple[list[Rule], dict[int, str], list[_Shared]]:
+    """Assign each wanted parameter to a per-layer rule, to several (a shared parameter whose every user has a
+    rule that gives dense per-sample shares), or to the torch.func fallback."""
     index = {id(p): i for i, p in enumerate(params)}
     owners: dict[int, int] = {}
     for m in model.modules():
@@ -99,20 +115,43 @@ def _plan(model: nn.Module, params: list[Tensor]) -> tuple[list[Rule], dict[int,
     missing = [i for i, p in enumerate(params) if id(p) not in names]
     if missing:
         raise ValueError(f"{len(missing)} of the parameters to measure do not belong to the model")
-    rules, fallback, claimed = [], {}, set()
+    rules, claimed, users = [], set(), {}
     for m in model.modules():
         cls = rule_for(m)
         claims = cls.claims(m) if cls is not None else {}
-        wanted = {name: p for name, p in claims.items() if id(p) in index and id(p) not in claimed}
-        if wanted and all(owners[id(p)] == 1 for p in claims.values()):
-            rule = cls(m, {name: index[id(p)] for name, p in wanted.items()})
-            rule.names = {name: names[id(p)] for name, p in wanted.items()}
-            rules.append(rule)
-            claimed.update(id(p) for p in claims.values())
-    for p in params:
-        if id(p) not in claimed:
-            fallback[index[id(p)]] = names[id(p)]
-    return rules, fallback
+        tied = {name for name, p in claims.items() if owners[id(p)] > 1}
+        if tied and not cls.gives_dense():
+            continue
+        wanted = {name: p for name, p in claims.items() if id(p) in index and (id(p) not in claimed or name in tied)}
+        if not wanted:
+            continue
+        rule = cls(m, {name: index[id(p)] for name, p in wanted.items() if name not in tied})
+        rule.shared = {name: index[id(p)] for name, p in wanted.items() if name in tied}
+        rule.names = {name: names[id(p)] for name, p in wanted.items()}
+        rules.append(rule)
+        claimed.update(id(p) for p in claims.values())
+        for name in rule.shared:
+            users.setdefault(id(wanted[name]), []).append((rule, name))
+    shared = [_Shared(index[pid], names[pid], found) for pid, found in users.items()]
+    fallback = {index[id(p)]: names[id(p)] for p in params if id(p) not in claimed}
+    return rules, fallback, _keep_shared(shared, rules, fallback, {pid: owners[pid] for pid in users}, params)
+
+
+def _keep_shared(shared: list[_Shared], kept: list[Rule], fallback: dict[int, str], owners: dict[int, int] | None,
+                 params: list[Tensor]) -> list[_Shared]:
+    """The shared parameters whose every user is a kept rule (and, where `owners` counts them, every module that
+    holds it has one); the others go to `fallback`, and their users forget them."""
+    alive = {id(rule) for rule in kept}
+    result = []
+    for entry in shared:
+        complete = owners is None or len(entry.users) == owners[id(params[entry.slot])]
+        if complete and all(id(rule) in alive for rule, _ in entry.users):
+            result.append(entry)
+            continue
+        fallback[entry.slot] = entry.name
+        for rule, name in entry.users:
+            rule.shared.pop(name, None)
+    return result
 
 
 def _probe(rules: list[Rule], fallback: dict[int, str], forward: Callable[[Inputs], Tensor], inputs: Inputs,
@@ -151,7 +190,7 @@ def _probe(rules: list[Rule], fallback: dict[int, str], forward: Callable[[Input
             kept.append(rule)
             continue
         rule.detach()
-        fallback.update({slot: rule.names[name] for name, slot in rule.slots.items()})
+        fallback.update({slot: rule.names[name] for name, slot in rule.slots.items()})  # (shared ones: _keep_shared)
     return kept
 
 
@@ -216,10 +255,10 @@ def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Inputs
         raise ValueError("per_sample_statistics needs at least one sample")
     forward = forward or _default_forward(model, inputs)
     totals = [shards.full_shape_zeros(p) for p in params]  # a sharded parameter's whole shape: every rank adds its share
-    with _planned(model, params, forward, inputs, n) as (rules, fallback):
+    with _planned(model, params, forward, inputs, n) as (rules, fallback, shared):
         functional = FallbackGradients(model, forward, fallback, params, lambda g: power_of(g, power), totals)
-        accumulator = _Accumulator(rules, functional, forward, power, totals)
-        chunk = _chunk_size(rules, params, fallback, memory_budget or device_budget(params[0].device))
+        accumulator = _Accumulator(rules, shared, functional, forward, power, totals)
+        chunk = _chunk_size(rules, shared, params, fallback, memory_budget or device_budget(params[0].device))
         for start in range(0, n, chunk):
             stop = start + chunk
             accumulator.run(model_inputs.take(inputs, start, stop), None if labels is None else labels[start:stop],
@@ -229,18 +268,20 @@ def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Inputs
 
 @contextmanager
 def _planned(model: nn.Module, params: list[Tensor], forward: Callable[[Inputs], Tensor], inputs: Inputs, n: int):
-    """The rules that hold for this model and input, attached, and the fallback's parameters (slot -> name)."""
-    rules, fallback = _plan(model, params)
+    """The rules that hold for this model and input, attached, the fallback's parameters (slot -> name), and the
+    shared parameters."""
+    rules, fallback, shared = _plan(model, params)
     for rule in rules:
         rule.attach()
     try:
         kept = _probe(rules, fallback, forward, inputs, n)
+        shared = _keep_shared(shared, kept, fallback, None, params)
         sharded = [name for slot, name in fallback.items() if shards.is_sharded(params[slot])]
         if sharded:
             raise ValueError(f"under fully_shard every measured parameter needs a per-layer rule (torch.func cannot "
                              f"re-run a sharded model); these have none: {', '.join(sharded[:4])}"
                              f"{' and more' if len(sharded) > 4 else ''} (clreg.importance.persample.coverage)")
-        yield kept, fallback
+        yield kept, fallback, shared
     finally:
         for rule in rules:
             rule.detach()
@@ -252,8 +293,10 @@ def coverage(model: nn.Module, inputs: Inputs, forward: Callable[[Inputs], Tenso
     per-layer rule, or "torch.func" for the fallback. For checking that a model runs on closed forms only."""
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     n = model_inputs.check_inputs(inputs)
-    with _planned(model, params, forward or _default_forward(model, inputs), inputs, min(n, 2)) as (rules, fallback):
+    with _planned(model, params, forward or _default_forward(model, inputs), inputs, min(n, 2)) as (rules, fallback,
+                                                                                                 shared):
         found = {name: type(rule).__name__ for rule in rules for name in rule.names.values()}
+        found.update({entry.name: "+".join(type(rule).__name__ for rule, _ in entry.users) for entry in shared})
         found.update({name: "torch.func" for name in fallback.values()})
     return found
 
@@ -269,8 +312,11 @@ def _default_forward(model: nn.Module, inputs: Inputs) -> Callable[[Inputs], Ten
     return logits
 
 
-def _chunk_size(rules: list[Rule], params: list[Tensor], fallback: dict[int, str], budget: int) -> int:
+def _chunk_size(rules: list[Rule], shared: list[_Shared], params: list[Tensor], fallback: dict[int, str],
+                budget: int) -> int:
     """Samples per chunk so that the working memory stays under `budget` bytes (as the probe's passes measured)."""
-    floats = sum(rule.floats[0] for rule in rules) + max((rule.floats[1] for rule in rules), default=0)
+    transient = max([rule.floats[1] for rule in rules] + [2 * params[entry.slot].numel() for entry in shared],
+                    default=0)
+    floats = sum(rule.floats[0] for rule in rules) + transient
     floats += sum(3 * params[slot].numel() for slot in fallback)
     return max(1, budget // max(1, params[0].element_size() * floats))

@@ -29,6 +29,7 @@ class Rule:
     def __init__(self, module: nn.Module, slots: dict[str, int]):
         self.module, self.slots = module, slots
         self.names: dict[str, str] = {}  # the same parameters' names in the model (set by the engine)
+        self.shared: dict[str, int] = {}  # parameters other modules use too: their slots (the engine sums them)
         self.floats = (0, 0)  # per sample: (per_sample_floats, transient_floats), set by the engine's probe
         self.outputs: list[Tensor] = []
         self.calls = 0
@@ -100,6 +101,17 @@ class Rule:
 
     def finish(self, power: str, totals: list[Tensor]) -> None:
         """After the last cotangent of a chunk (for rules that accumulate across cotangents)."""
+
+    def dense(self, deltas: list[Tensor], name: str) -> Tensor:
+        """This module's share of every sample's gradient of its parameter `name`, (n, *shape), for a parameter
+        other modules use too (tied embeddings): the engine adds the shares before h. Rules that cannot give it
+        leave such parameters to torch.func."""
+        raise NotImplementedError
+
+    @classmethod
+    def gives_dense(cls) -> bool:
+        """Whether `dense` is implemented."""
+        return cls.dense is not Rule.dense
 
     def total(self, totals: list[Tensor], name: str) -> Tensor | None:
         """The running total of the parameter `name`, or None where it is not measured."""

@@ -41,6 +41,15 @@ class EmbeddingRule(Rule):
         unique, inverse = torch.unique(keys, return_inverse=True)
         return inverse, unique % rows
 
+    def dense(self, deltas, name):  # noqa: D102
+        delta = self.first(deltas[0])
+        n, width, rows = delta.shape[0], delta.shape[-1], self.module.num_embeddings
+        keys = (torch.arange(n, device=delta.device).unsqueeze(1) * rows + self.first(self.ids).reshape(n, -1)).reshape(-1)
+        grads = delta.new_zeros(n * rows, width).index_add_(0, keys, delta.reshape(-1, width)).view(n, rows, width)
+        if self.module.padding_idx is not None:
+            grads[:, self.module.padding_idx] = 0
+        return grads
+
     def per_sample_floats(self) -> int:  # noqa: D102
         return 2 * super().per_sample_floats()
 

@@ -38,11 +38,22 @@ class LinearRule(Rule):
 
     def add(self, deltas, power, totals):  # noqa: D102
         (delta,) = deltas
+        if not self.slots:  # its parameters are shared with other modules: the engine forms them (`dense`)
+            return
         if not self.factorised:
             return linear_statistics(self.first(delta), self.first(self.input), power, self.total(totals, "weight"),
                                      self.total(totals, "bias"), self.transposed)
         h = power_of(delta, power)
         self.summed = h if self.summed is None else self.summed.add_(h)
+
+    def dense(self, deltas, name):  # noqa: D102
+        delta, a = self.first(deltas[0]), self.first(self.input)
+        n = delta.shape[0]
+        d = delta.reshape(n, -1, delta.shape[-1])
+        if name == "bias":
+            return d.sum(1)
+        a = a.reshape(n, -1, a.shape[-1])
+        return torch.bmm(a.transpose(1, 2), d) if self.transposed else torch.bmm(d.transpose(1, 2), a)
 
     def finish(self, power, totals):  # noqa: D102
         if self.summed is None:
