@@ -131,7 +131,7 @@ def sharded_model():
     return nn.Sequential(nn.Linear(6, 12), nn.LayerNorm(12), nn.Tanh(), nn.Linear(12, 3))
 
 
-def fsdp_worker(rank, method, folder):
+def fsdp_worker(rank, method, options, folder):
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=120))
     try:
@@ -142,7 +142,7 @@ def fsdp_worker(rank, method, folder):
         for layer in (net[0], net[3]):
             fully_shard(layer)
         fully_shard(net)
-        reg = Regularizer(net, method, c=1.0)
+        reg = Regularizer(net, method, c=1.0, **options)
         train(net, reg, rank, 2)
         params = [p.full_tensor() for p in net.parameters()]
         torch.save({"params": params, "omega": reg.omega, "shapes": [tuple(p.shape) for p in net.parameters()]},
@@ -152,16 +152,22 @@ def fsdp_worker(rank, method, folder):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", ["fisher", "si", "sos", "mas"])
-def test_fully_shard_in_two_processes_equals_one(tmp_path, method):
+SHARDED = {"fisher": ("fisher", {}), "fisher-sampled": ("fisher", {"mode": "sampled", "draws": 2}), "si": ("si", {}),
+           "sos": ("sos", {}), "mas": ("mas", {})}
+
+
+@pytest.mark.parametrize("case", SHARDED)
+def test_fully_shard_in_two_processes_equals_one(tmp_path, case):
     """FSDP2: each rank holds its shard of every parameter, and of Ω and θ* (plain tensors shaped like the local
     shard); the step runs on the shards, the trajectory statistics on the reduce-scattered gradients, the post-task
-    measures on each rank's share of the sample, summed and cut into the shards. After 2 tasks the parameters
-    and Ω (the two ranks' shards put together) equal one process's on the whole batches and the whole sample."""
-    mp.start_processes(fsdp_worker, args=(method, str(tmp_path)), nprocs=2, start_method="spawn")
+    measures on each rank's share of the sample, summed and cut into the shards (the sampled Fisher's labels
+    drawn per sample row, as one process draws them). After 2 tasks the parameters and Ω (the two ranks' shards
+    put together) equal one process's on the whole batches and the whole sample."""
+    method, options = SHARDED[case]
+    mp.start_processes(fsdp_worker, args=(method, options, str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     net = sharded_model()
-    reg = Regularizer(net, method, c=1.0)
+    reg = Regularizer(net, method, c=1.0, **options)
     train(net, reg)
     for mine, theirs in zip(net.parameters(), ranks[0]["params"]):
         torch.testing.assert_close(theirs, mine.detach(), rtol=1e-5, atol=1e-6)

@@ -189,14 +189,16 @@ def test_sequence_sampled_fisher_squares_the_gradient_of_each_drawn_sequence(mon
     model = tiny_sequence()
     params = list(model.parameters())
     ids, labels = sequence_sample()
-    drawn, multinomial = [], torch.multinomial
+    from clreg.importance.sensitivity import Fisher
 
-    def recording(*args, **kwargs):
-        drawn.append(multinomial(*args, **kwargs))
+    drawn, draw = [], Fisher.draw
+
+    def recording(self, q):
+        drawn.append(draw(self, q))
         return drawn[-1]
-    monkeypatch.setattr(torch, "multinomial", recording)
+    monkeypatch.setattr(Fisher, "draw", recording)
     omega = fisher("sampled", params, TaskSample(model, ids, labels), draws=3)
-    draws = torch.cat(drawn).view(*ids.shape, 3)  # the engine's chunks in order, (n·T, k) rows
+    draws = torch.cat(drawn)  # the engine's chunks in order, (n, T, k)
     expected = [torch.zeros_like(p) for p in params]
     for i in range(len(ids)):
         for j in range(3):
@@ -381,3 +383,24 @@ def test_a_vectorised_job_refuses_squisher_and_says_why():
 
     assert "optimiser state" in why_not(RunConfig(benchmark="permuted-digits", method="squisher"))
     assert why_not(RunConfig(benchmark="permuted-digits", method="fisher")) is None
+
+
+def test_sampled_draws_depend_on_the_sample_not_on_its_chunks_or_ranks():
+    """Each sample's labels come from its row in the whole sample: chunked, or split between ranks (a rank's
+    draws starting at its offset), they are the same draws; and they follow q (a seeded frequency check)."""
+    from clreg.importance.sensitivity import Fisher
+
+    q = torch.softmax(torch.randn(6, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64), -1)
+    whole = Fisher(mode="sampled", draws=2, seed=7)
+    whole.start_draws()
+    expected = whole.draw(q)
+    chunked = Fisher(mode="sampled", draws=2, seed=7)
+    chunked.start_draws()
+    assert torch.equal(torch.cat([chunked.draw(q[:2]), chunked.draw(q[2:5]), chunked.draw(q[5:])]), expected)
+    second_rank = Fisher(mode="sampled", draws=2, seed=7)
+    second_rank.start_draws(first_row=3)
+    assert torch.equal(second_rank.draw(q[3:]), expected[3:])
+    many = Fisher(mode="sampled", draws=20000, seed=1)
+    many.start_draws()
+    frequency = torch.nn.functional.one_hot(many.draw(q[:1, :1]), 5).double().mean(2)[0, 0]
+    torch.testing.assert_close(frequency, q[0, 0], atol=0.015, rtol=0)

@@ -48,6 +48,16 @@ def average_(tensors: list[Tensor], group=None) -> None:
     torch._foreach_div_(tensors, float(size))
 
 
+def offset(count: int, group=None) -> int:
+    """Where this rank's `count` items start in the ranks' items put together in rank order (0 in one process)."""
+    size = world_size(group)
+    if size == 1:
+        return 0
+    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(size)]
+    dist.all_gather(counts, torch.tensor([count], dtype=torch.int64), group=group)
+    return int(sum(int(c) for c in counts[:rank(group)]))
+
+
 def sum_(tensors: list[Tensor], count: int, group=None) -> int:
     """Add `tensors` in place across the ranks of `group`; returns the sum of every rank's `count`."""
     if world_size(group) == 1:

@@ -154,6 +154,8 @@ class Fisher(SensitivityMeasure):
             raise ValueError(f"the batched Fisher's batch size must be >= 1, got {batch}")
         self.mode, self.draws, self.batch = mode, draws, batch
         self.generator = torch.Generator().manual_seed(seed)
+        self._seed: int | None = None  # the current sample's draws (start_draws)
+        self._row = 0
 
     def options(self) -> dict:  # noqa: D102
         if self.mode == "sampled":
@@ -169,7 +171,29 @@ class Fisher(SensitivityMeasure):
     def sums(self, params: list[Tensor], sample: TaskSample) -> tuple[list[Tensor], int]:  # noqa: D102
         if self.mode == "batched":
             return batch_gradient_sums(params, sample, self.batch, self.power)
+        if self.mode == "sampled":  # where this rank's samples start among all ranks': their draws are theirs
+            self.start_draws(distributed.offset(model_inputs.check_inputs(sample.inputs), sample.group))
         return super().sums(params, sample)
+
+    def start_draws(self, first_row: int = 0) -> None:
+        """A new sample's draws: one seed from the measure's generator (the same on every rank), and the row the
+        next chunk's first sample has in the whole sample (this rank's offset under data parallelism)."""
+        self._seed = int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
+        self._row = first_row
+
+    def draw(self, q: Tensor) -> Tensor:
+        """Labels (n, T, k) drawn from token probabilities q (n, T, C) of the next n samples: by inverse CDF from
+        uniforms that depend only on the seed and each sample's row in the whole sample (a generator per row), so
+        that the draws are the same however the sample is cut into chunks or shared among ranks."""
+        if self._seed is None:
+            self.start_draws()
+        n, tokens, classes = q.shape
+        rows = range(self._row, self._row + n)
+        self._row += n
+        u = torch.stack([torch.rand(tokens, self.draws, dtype=torch.float64,
+                                    generator=torch.Generator().manual_seed(self._seed + row)) for row in rows])
+        cdf = q.double().cumsum(-1)
+        return torch.searchsorted(cdf, u.to(q.device)).clamp_max_(classes - 1)
 
     def cotangents(self, logits: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
         """(K, n, C) cotangents and (K, n) weights for (n, C) logits; (K, n, T, C) and (K, n, T) for (n, T, C)."""
@@ -198,8 +222,7 @@ class Fisher(SensitivityMeasure):
             if labels is None:
                 raise ValueError("the empirical Fisher needs the sample's labels")
             return _label_cotangents(q, labels).unsqueeze(0), q.new_ones(1, n, tokens)
-        drawn = torch.multinomial(q.flatten(0, 1).cpu(), self.draws, replacement=True, generator=self.generator)
-        drawn = drawn.to(q.device).view(n, tokens, self.draws)
+        drawn = self.draw(q)
         if scored is not None:
             drawn = torch.where(scored.unsqueeze(-1), drawn, IGNORE_INDEX)
         v = torch.stack([_label_cotangents(q, drawn[..., j]) for j in range(self.draws)])
