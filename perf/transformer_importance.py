@@ -178,7 +178,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     if args.out:
         record = {"rows": rows, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "machine": _cpu(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "command": "python perf/transformer_importance.py " + " ".join(
+                  "machine": _cpu(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  "command": "python perf/transformer_importance.py " + " ".join(
                       f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)}
         with open(args.out, "w") as f:
             json.dump(record, f, indent=2)

@@ -10,8 +10,9 @@ per-layer rule that accepts the module (`clreg.importance.rules`: Linear and Hug
 Embedding, LayerNorm/RMSNorm and their look-alikes, nn.MultiheadAttention). One backward pass per cotangent runs
 down to the recorded layer outputs only; each rule turns those output cotangents δ into its parameters'
 statistics in closed form; a parameter several modules use (tied embeddings) sums their dense per-sample shares
-before h. Any other parameter and a module whose rule's closed form does not hold (found by the probe: a layer applied twice, a sequence-first layout, a rule that
-would change the logits) go to `torch.func` (vmap of grad over samples, `fallback.py`).
+before h. Any other parameter and a module whose rule's closed form does not hold (found by the probe: a layer
+applied twice, a sequence-first layout, a rule that would change the logits) go to `torch.func` (vmap of grad
+over samples, `fallback.py`).
 Inputs are a tensor or a dict of tensors with a common sample dimension (a Hugging Face model's keyword inputs).
 Samples are processed in chunks that keep the working memory under a budget.
 """
