@@ -56,7 +56,6 @@ class _Accumulator:
     def __init__(self, rules: list[Rule], shared: list[_Shared], fallback: FallbackGradients,
                  forward: Callable[[Inputs], Tensor], power: str, totals: list[Tensor]):
         self.rules, self.shared, self.fallback, self.power, self.totals = rules, shared, fallback, power, totals
-        self.forward = forward
         self.run_pass = _Pass(rules, forward)
 
     def run(self, x: Inputs, labels: Tensor | None, cotangents: Cotangents) -> None:
