@@ -64,7 +64,7 @@ class Regularizer:
     loss alone and call `step(optimizer)` in place of the optimiser's step (one fused native pass for Adam
     on the CPU, foreach kernels on any other device). All state lives on the parameters' device, in their
     dtype, except that `storage="bf16"` (or torch.bfloat16) keeps Ω and θ* in bfloat16 (online penalty: half
-    their memory; the step still computes in the parameters' dtype, on the formula backend). Measures that need a
+    their memory; the step, native kernel included, still computes in the parameters' dtype). Measures that need a
     gradient on an independent minibatch (siu, sib, sos with α ≠ 0) also need `before_step(independent_loss=...)`
     before the optimiser step; `sos` with split=True instead uses `backward_split(loss_a, loss_b)`.
     `keep_importance=True` keeps the last task's ω as `last_importance` (a copy of the parameters' size;
@@ -479,9 +479,7 @@ class NoStepsWarning(UserWarning):
 def _local_part(omega: Tensor, param: Tensor) -> Tensor:
     """A measure's ω for `param` as the state holds it: a DTensor's local shard; a full-size ω (a post-task
     measure's, summed over the ranks) cut as the parameter is; ω itself for an unsharded parameter."""
-    if shards.is_sharded(omega):
-        return shards.local(omega)
-    return shards.shard_of(omega, param) if shards.is_sharded(param) else omega
+    return shards.local(omega) if shards.is_sharded(omega) else shards.shard_of(omega, param)
 
 
 def _check_sharded(measure: ImportanceMeasure) -> None:

@@ -134,24 +134,19 @@ def _plan(model: nn.Module, params: list[Tensor]) -> tuple[list[Rule], dict[int,
             users.setdefault(id(wanted[name]), []).append((rule, name))
     shared = [_Shared(index[pid], names[pid], found) for pid, found in users.items()]
     fallback = {index[id(p)]: names[id(p)] for p in params if id(p) not in claimed}
-    return rules, fallback, _keep_shared(shared, rules, fallback, {pid: owners[pid] for pid in users}, params)
+    every_holder = lambda entry: len(entry.users) == owners[id(params[entry.slot])]  # noqa: E731
+    return rules, fallback, _keep_shared(shared, every_holder, fallback)
 
 
-def _keep_shared(shared: list[_Shared], kept: list[Rule], fallback: dict[int, str], owners: dict[int, int] | None,
-                 params: list[Tensor]) -> list[_Shared]:
-    """The shared parameters whose every user is a kept rule (and, where `owners` counts them, every module that
-    holds it has one); the others go to `fallback`, and their users forget them."""
-    alive = {id(rule) for rule in kept}
-    result = []
+def _keep_shared(shared: list[_Shared], keep: Callable[[_Shared], bool], fallback: dict[int, str]) -> list[_Shared]:
+    """The shared parameters `keep` accepts; the others go to `fallback`, and their users forget them."""
+    kept = [entry for entry in shared if keep(entry)]
     for entry in shared:
-        complete = owners is None or len(entry.users) == owners[id(params[entry.slot])]
-        if complete and all(id(rule) in alive for rule, _ in entry.users):
-            result.append(entry)
-            continue
-        fallback[entry.slot] = entry.name
-        for rule, name in entry.users:
-            rule.shared.pop(name, None)
-    return result
+        if entry not in kept:
+            fallback[entry.slot] = entry.name
+            for rule, name in entry.users:
+                rule.shared.pop(name, None)
+    return kept
 
 
 def _probe(rules: list[Rule], fallback: dict[int, str], forward: Callable[[Inputs], Tensor], inputs: Inputs,
@@ -172,16 +167,16 @@ def _probe(rules: list[Rule], fallback: dict[int, str], forward: Callable[[Input
             logits = run_pass(x).detach()
         except RuntimeError:  # an invasive rule the model does not tolerate (an in-place op on a broadcast)
             logits = None
+        last = size == 2 or n == 1
         for rule in rules:
             shape = rule.outputs[0].shape if rule.outputs else None
             if size == 2:
                 rule.sample_dim = _sample_dim(first_shapes[id(rule)], shape)
             first_shapes[id(rule)] = shape
-            last = size == 2 or n == 1
             good[id(rule)] &= logits is not None and (rule.ran_as_expected() if last else rule.calls == 1)
             if last and good[id(rule)]:
                 rule.floats = (rule.per_sample_floats(), rule.transient_floats())  # sizes the chunks
-        for rule in _changing_logits(rules, forward, x, logits):
+        for rule in _changing_logits(rules, forward, x, logits) if last else ():  # (a broadcast repeats at 2)
             good[id(rule)] = False
     kept = []
     for rule in rules:
@@ -253,7 +248,7 @@ def per_sample_statistics(model: nn.Module, params: list[Tensor], inputs: Inputs
     n = model_inputs.check_inputs(inputs)
     if n == 0:
         raise ValueError("per_sample_statistics needs at least one sample")
-    forward = forward or _default_forward(model, inputs)
+    forward = forward or default_forward(model, inputs)
     totals = [shards.full_shape_zeros(p) for p in params]  # a sharded parameter's whole shape: every rank adds its share
     with _planned(model, params, forward, inputs, n) as (rules, fallback, shared):
         functional = FallbackGradients(model, forward, fallback, params, lambda g: power_of(g, power), totals)
@@ -275,7 +270,8 @@ def _planned(model: nn.Module, params: list[Tensor], forward: Callable[[Inputs],
         rule.attach()
     try:
         kept = _probe(rules, fallback, forward, inputs, n)
-        shared = _keep_shared(shared, kept, fallback, None, params)
+        alive = {id(rule) for rule in kept}
+        shared = _keep_shared(shared, lambda entry: all(id(rule) in alive for rule, _ in entry.users), fallback)
         sharded = [name for slot, name in fallback.items() if shards.is_sharded(params[slot])]
         if sharded:
             raise ValueError(f"under fully_shard every measured parameter needs a per-layer rule (torch.func cannot "
@@ -293,7 +289,7 @@ def coverage(model: nn.Module, inputs: Inputs, forward: Callable[[Inputs], Tenso
     per-layer rule, or "torch.func" for the fallback. For checking that a model runs on closed forms only."""
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     n = model_inputs.check_inputs(inputs)
-    with _planned(model, params, forward or _default_forward(model, inputs), inputs, min(n, 2)) as (rules, fallback,
+    with _planned(model, params, forward or default_forward(model, inputs), inputs, min(n, 2)) as (rules, fallback,
                                                                                                  shared):
         found = {name: type(rule).__name__ for rule in rules for name in rule.names.values()}
         found.update({entry.name: "+".join(type(rule).__name__ for rule, _ in entry.users) for entry in shared})
@@ -301,7 +297,7 @@ def coverage(model: nn.Module, inputs: Inputs, forward: Callable[[Inputs], Tenso
     return found
 
 
-def _default_forward(model: nn.Module, inputs: Inputs) -> Callable[[Inputs], Tensor]:
+def default_forward(model: nn.Module, inputs: Inputs) -> Callable[[Inputs], Tensor]:
     """model(x) for a tensor, model(**x) for a dict of keyword inputs; the result must be the logits."""
     def logits(x: Inputs) -> Tensor:
         out = model(x) if isinstance(x, Tensor) else model(**x)

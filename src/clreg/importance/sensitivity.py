@@ -18,7 +18,8 @@ from clreg.distributed import collectives as distributed
 from clreg.core.options import Option
 from clreg.importance import inputs as model_inputs
 from clreg.importance.base import ImportanceMeasure, TaskSample, zeros_like_all
-from clreg.importance.persample import _default_forward, per_sample_statistics
+from clreg.importance.persample import default_forward, per_sample_statistics
+from clreg.importance.rules import power_of
 
 IGNORE_INDEX = -100  # the label of a token that is not scored (padding), as in torch's and Hugging Face's losses
 
@@ -243,7 +244,7 @@ def batch_gradient_sums(params: list[Tensor], sample: TaskSample, b: int, power:
     if sample.labels is None:
         raise ValueError("the batched Fisher squares the gradient of each batch's loss on the sample's true labels: "
                          "pass them, reg.end_task(inputs, labels)")
-    forward = sample.forward or _default_forward(sample.model, sample.inputs)
+    forward = sample.forward or default_forward(sample.model, sample.inputs)
     bounds = batch_bounds(model_inputs.check_inputs(sample.inputs), b)
     totals = zeros_like_all(params)
     for start, stop in bounds:
@@ -252,7 +253,7 @@ def batch_gradient_sums(params: list[Tensor], sample: TaskSample, b: int, power:
             loss = sample_losses(logits, sample.labels[start:stop]).mean()
         for total, g in zip(totals, torch.autograd.grad(loss, params, allow_unused=True)):
             if g is not None:  # (a parameter the loss does not reach has a zero gradient)
-                total.add_(g.square() if power == "square" else g.abs())
+                total.add_(power_of(g, power))
     return totals, len(bounds)
 
 

@@ -132,17 +132,27 @@ def rule_for(module: nn.Module) -> type[Rule] | None:
     return next((cls for cls in RULES if cls.accepts(module)), None)
 
 
-def linear_statistics(delta: Tensor, inputs: Tensor, power: str, weight: Tensor | None, bias: Tensor | None,
-                      transposed: bool = False) -> None:
-    """Add Σ_x h(Σ_p δ_xp ⊗ a_xp) to `weight` and Σ_x h(Σ_p δ_xp) to `bias`: an affine map a ↦ W a + b applied
-    at every position p of a sample (the positions: every dimension between the samples' and the features').
+def linear_gradient(delta: Tensor, inputs: Tensor, transposed: bool = False) -> Tensor:
+    """Every sample's weight gradient Σ_p δ_xp ⊗ a_xp, (n, out, in), of an affine map a ↦ W a + b applied at every
+    position p of a sample (the positions: every dimension between the samples' and the features').
     `transposed`: the weight is stored (in, out), as in a Hugging Face Conv1D."""
     n = delta.shape[0]
     d = delta.reshape(n, -1, delta.shape[-1])  # (n, positions, out)
+    a = inputs.reshape(n, -1, inputs.shape[-1])  # (n, positions, in)
+    return torch.bmm(a.transpose(1, 2), d) if transposed else torch.bmm(d.transpose(1, 2), a)
+
+
+def bias_gradient(delta: Tensor) -> Tensor:
+    """Every sample's bias gradient Σ_p δ_xp, (n, out)."""
+    return delta.reshape(delta.shape[0], -1, delta.shape[-1]).sum(1)
+
+
+def linear_statistics(delta: Tensor, inputs: Tensor, power: str, weight: Tensor | None, bias: Tensor | None,
+                      transposed: bool = False) -> None:
+    """Add Σ_x h(linear_gradient) to `weight` and Σ_x h(bias_gradient) to `bias`."""
     if weight is not None:
-        a = inputs.reshape(n, -1, inputs.shape[-1])  # (n, positions, in)
-        g = torch.bmm(a.transpose(1, 2), d) if transposed else torch.bmm(d.transpose(1, 2), a)
-        weight.add_((g.square_() if power == "square" else g.abs_()).sum(0))
+        g = linear_gradient(delta, inputs, transposed)
+        weight.add_((g.square_() if power == "square" else g.abs_()).sum(0))  # h in place: one gradient held
     if bias is not None:
-        bias.add_(power_of(d.sum(1), power).sum(0))
+        bias.add_(power_of(bias_gradient(delta), power).sum(0))
 

@@ -33,18 +33,20 @@ class EmbeddingRule(Rule):
         self.groups = None
         return output
 
+    def _keys(self, n: int) -> torch.Tensor:
+        """Per lookup, sample · rows + its row: where it lands among the samples' stacked copies of the weight."""
+        ids = self.first(self.ids).reshape(n, -1)
+        return (torch.arange(n, device=ids.device).unsqueeze(1) * self.module.num_embeddings + ids).reshape(-1)
+
     def _groups(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per lookup, the index of its (sample, token) group; per group, its row."""
-        rows = self.module.num_embeddings
-        ids = self.first(self.ids).reshape(n, -1)
-        keys = (torch.arange(n, device=ids.device).unsqueeze(1) * rows + ids).reshape(-1)
-        unique, inverse = torch.unique(keys, return_inverse=True)
-        return inverse, unique % rows
+        unique, inverse = torch.unique(self._keys(n), return_inverse=True)
+        return inverse, unique % self.module.num_embeddings
 
     def dense(self, deltas, name):  # noqa: D102
         delta = self.first(deltas[0])
         n, width, rows = delta.shape[0], delta.shape[-1], self.module.num_embeddings
-        keys = (torch.arange(n, device=delta.device).unsqueeze(1) * rows + self.first(self.ids).reshape(n, -1)).reshape(-1)
+        keys = self._keys(n)
         grads = delta.new_zeros(n * rows, width).index_add_(0, keys, delta.reshape(-1, width)).view(n, rows, width)
         if self.module.padding_idx is not None:
             grads[:, self.module.padding_idx] = 0

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clreg.importance.rules.base import Rule, linear_statistics, power_of, register
+from clreg.importance.rules.base import Rule, bias_gradient, linear_gradient, linear_statistics, power_of, register
 
 
 @register
@@ -47,13 +47,10 @@ class LinearRule(Rule):
         self.summed = h if self.summed is None else self.summed.add_(h)
 
     def dense(self, deltas, name):  # noqa: D102
-        delta, a = self.first(deltas[0]), self.first(self.input)
-        n = delta.shape[0]
-        d = delta.reshape(n, -1, delta.shape[-1])
+        delta = self.first(deltas[0])
         if name == "bias":
-            return d.sum(1)
-        a = a.reshape(n, -1, a.shape[-1])
-        return torch.bmm(a.transpose(1, 2), d) if self.transposed else torch.bmm(d.transpose(1, 2), a)
+            return bias_gradient(delta)
+        return linear_gradient(delta, self.first(self.input), self.transposed)
 
     def finish(self, power, totals):  # noqa: D102
         if self.summed is None:
