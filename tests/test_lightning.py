@@ -243,12 +243,8 @@ def test_a_step_the_float16_scaler_skips_adds_nothing():
 
 
 def test_the_example_protects_earlier_tasks():
-    import importlib.util
-    from pathlib import Path
+    from example_scripts import load_example
 
-    path = Path(__file__).parents[1] / "examples" / "lightning_permuted_digits.py"
-    spec = importlib.util.spec_from_file_location("lightning_example", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("lightning_permuted_digits.py")
     finetune, ewc = example.run("finetune", 0.0, epochs=3), example.run("fisher", 100.0, epochs=3)
     assert ewc[-1][0] > finetune[-1][0] + 0.1  # task 1 after task 3: kept by EWC, forgotten without it

@@ -4,10 +4,8 @@ Trainer callback; the frozen base stays as it was; the post-task ω of EWC and M
 reference in float64; the callback's penalty holds the adapters near their task-1 anchor (and does not with c = 0);
 and examples/lora_continual_lm.py keeps language 1 with EWC and loses it without."""
 import copy
-import importlib.util
 import logging
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +19,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification, PrinterCallb
 from clreg import Regularizer  # noqa: E402
 from clreg.importance import persample  # noqa: E402
 from clreg.integrations.transformers import ContinualRegularizer  # noqa: E402
+from example_scripts import load_example  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 logging.getLogger("accelerate").setLevel(logging.ERROR)
@@ -253,20 +252,12 @@ def test_the_trainer_callback_holds_the_adapters_near_their_anchor(tmp_path):
     assert losses[100.0] < losses[0.0] - 0.5, losses
 
 
-def load_example():
-    path = Path(__file__).parents[1] / "examples" / "lora_continual_lm.py"
-    spec = importlib.util.spec_from_file_location("lora_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_the_example_keeps_the_first_language_with_ewc():
     """examples/lora_continual_lm.py as it runs: language 1's loss after task 3 is back near uniform guessing over
     the vocabulary without the penalty (ln 48 = 3.87) and stays near its learnt value with EWC, which still learns
     the later languages well below uniform guessing over their tokens (ln 16 = 2.77)."""
-    example = load_example()
+    example = load_example("lora_continual_lm.py")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         plain, ewc = example.run(None), example.run("fisher", example.C)

@@ -88,21 +88,27 @@ def _copies_held(reg) -> int:
     return len(seen) // len(reg.params)
 
 
-def test_the_fused_step_holds_only_what_online_ewc_needs():
-    """Online EWC trained through reg.step(Adam) holds Ω and θ* only: the step forms 2sP = Ω·2sc + 2sλ on the fly,
-    the scratch for R's value, the ∇R buffer and the per-step scratch are made only by the paths that use them,
-    and the last task's ω is kept only when asked (keep_importance)."""
+def trained_two_tasks(method: str, c: float = 1.0, **options):
+    """A small MLP trained on two tasks through reg.step(Adam), each ended on its inputs: (model, reg, x, y, Adam)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-    reg = Regularizer(model, "fisher", c=1.0)
+    reg = Regularizer(model, method, c=c, **options)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
-    for task in range(2):
+    for _ in range(2):
         for _ in range(3):
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
             reg.step(optimizer)
         reg.end_task(x)
+    return model, reg, x, y, optimizer
+
+
+def test_the_fused_step_holds_only_what_online_ewc_needs():
+    """Online EWC trained through reg.step(Adam) holds Ω and θ* only: the step forms 2sP = Ω·2sc + 2sλ on the fly,
+    the scratch for R's value, the ∇R buffer and the per-step scratch are made only by the paths that use them,
+    and the last task's ω is kept only when asked (keep_importance)."""
+    model, reg, x, y, optimizer = trained_two_tasks("fisher")
     assert reg.penalty_term._diff is None and reg.penalty_term._grad is None
     assert _copies_held(reg) == 2, _copies_held(reg)
     optimizer.zero_grad()
@@ -114,21 +120,7 @@ def test_the_fused_step_holds_only_what_online_ewc_needs():
 def test_bf16_storage_holds_one_copy_and_steps_as_the_formula_with_rounded_state():
     """storage="bf16": Ω and θ* in bfloat16 (one float32 copy's worth together), the step on the formula backend in
     float32; ∇R and R equal float64 with Ω and θ* rounded to bf16, and the fp32-stored run differs by that rounding."""
-    def train(storage):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-        reg = Regularizer(model, "fisher", c=3.0, storage=storage)
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
-        for _ in range(2):
-            for _ in range(3):
-                optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(model(x), y).backward()
-                reg.step(optimizer)
-            reg.end_task(x)
-        return model, reg
-
-    model, reg = train("bf16")
+    model, reg, *_ = trained_two_tasks("fisher", c=3.0, storage="bf16")
     assert all(o.dtype == torch.bfloat16 for o in reg.omega.values())
     assert all(a.dtype == torch.bfloat16 for a in reg.anchor.values())
     assert sum(o.numel() * o.element_size() * 2 for o in reg.omega.values()) == sum(
@@ -141,7 +133,7 @@ def test_bf16_storage_holds_one_copy_and_steps_as_the_formula_with_rounded_state
         torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=1e-7)
     expected = sum(float((3.0 * o * (t - a).square()).sum()) for o, t, a in zip(omega, theta, anchor))
     assert abs(float(reg.penalty()) - expected) <= 1e-5 * abs(expected)
-    plain_model, plain = train(None)
+    plain = trained_two_tasks("fisher", c=3.0)[1]
     assert plain.penalty_term.omega[0].dtype == torch.float32
     for o, p in zip(reg.penalty_term.omega, plain.penalty_term.omega):
         torch.testing.assert_close(o.float(), p, rtol=2 ** -7, atol=1e-6)  # one bf16 rounding apart
@@ -160,15 +152,5 @@ def test_bf16_storage_is_refused_where_per_task_terms_are_kept():
 def test_what_each_measure_holds_on_the_fused_path(method, copies):
     """Through reg.step(Adam): SI holds Ω, θ*, its path integral and θ_start (θ_t for Δ_t is θ_start, read in place
     until a step on the foreach path needs a later one); SOS Ω, θ* and its moment; MAS Ω and θ*."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-    reg = Regularizer(model, method, c=1.0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
-    for task in range(2):
-        for _ in range(3):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            reg.step(optimizer)
-        reg.end_task(x)
+    reg = trained_two_tasks(method)[1]
     assert _copies_held(reg) == copies, _copies_held(reg)

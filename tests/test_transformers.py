@@ -4,9 +4,7 @@ the same batches (SI, SOS, EWC, MAS, with and without gradient accumulation, wit
 penalty protects task 1 (it fails with c = 0); training resumed from a Trainer checkpoint continues
 identically; and a task's sample is drawn from tokenised batches of different lengths."""
 import copy
-import importlib.util
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,20 +16,12 @@ from transformers import Trainer  # noqa: E402
 from clreg import Regularizer  # noqa: E402
 from clreg.integrations.samples import take_sample  # noqa: E402
 from clreg.integrations.transformers import ContinualRegularizer  # noqa: E402
+from example_scripts import load_example  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
 
-def load_example():
-    """examples/transformers_continual.py: its datasets, model and protocol are the tests' too."""
-    path = Path(__file__).parents[1] / "examples" / "transformers_continual.py"
-    spec = importlib.util.spec_from_file_location("transformers_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-example = load_example()
+example = load_example("transformers_continual.py")  # its datasets, model and protocol are the tests' too
 Keyword = example.Keyword
 
 
