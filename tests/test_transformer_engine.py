@@ -236,3 +236,28 @@ def test_tied_input_and_output_embeddings_are_measured_by_their_two_rules(measur
     assert_close(omega, naive_measure(measure, model, params, ids))
     chunked = importance.create(measure).task_importance(params, TaskSample(model, ids, memory_budget=1))
     assert_close(chunked, omega, rtol=1e-12)
+
+
+class CrossAttention(nn.Module):
+    """nn.MultiheadAttention with keys and values of another width (kdim, vdim): separate q/k/v projection weights."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.memory = nn.Embedding(VOCAB, 4), nn.Embedding(VOCAB, 3)
+        self.attention = nn.MultiheadAttention(4, 2, kdim=3, vdim=3, batch_first=True)
+        self.head = nn.Linear(4, CLASSES)
+
+    def forward(self, input_ids):
+        memory = self.memory(input_ids.flip(1))
+        return self.head(self.attention(self.embed(input_ids), memory, memory, need_weights=False)[0].mean(1))
+
+
+def test_attention_with_separate_projection_weights_has_its_closed_form():
+    model = CrossAttention().double().eval()
+    ids = torch.randint(0, VOCAB, (4, LENGTH), generator=torch.Generator().manual_seed(4))
+    found = coverage(model, ids)
+    assert found["attention.q_proj_weight"] == found["attention.k_proj_weight"] == "MultiheadAttentionRule"
+    params = list(model.parameters())
+    omega = importance.create("fisher").task_importance(params, TaskSample(model, ids))
+    assert_close(omega, naive_measure("fisher", model, params, ids))

@@ -20,6 +20,7 @@ from clreg.core.device import PRECISIONS, check_device_name
 from clreg.models.build import DEFAULT_WIDTHS, NETWORKS
 from clreg.core.options import Option, SettingError, merge, positive_ints
 from clreg.core.penalty import MODES
+from clreg.regularizer import STORAGE
 
 
 def _method(name: str) -> None:
@@ -53,7 +54,7 @@ RUN_OPTIONS = (
            default_text="1000 on MNIST, 500 on CIFAR"),
     Option("penalty", str, "online", "combining tasks' penalties: online, separate or debiased", choices=MODES),
     Option("penalty_storage", str, "fp32", "online penalty: the dtype Omega and the anchors are kept in (bf16: half "
-           "their memory; the step computes in fp32)", choices=("fp32", "bf16"), key_when_default=False),
+           "their memory; the step computes in fp32)", choices=tuple(STORAGE), key_when_default=False),
     Option("prior", float, 0.0, "Gaussian prior precision lambda_prior >= 0", minimum=0.0),
     Option("decay", float, 1.0, "online penalty: Omega <- decay * Omega + omega, decay in (0, 1]", minimum=0.0,
            above=True, maximum=1.0),

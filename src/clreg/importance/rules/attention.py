@@ -48,7 +48,7 @@ class MultiheadAttentionRule(Rule):
 
     def _projection_weights(self) -> tuple[list[Tensor], list[Tensor | None]]:
         m = self.module
-        weights = (list(m.in_proj_weight.chunk(3)) if m._qkv_same_embed_dim
+        weights = (list(m.in_proj_weight.chunk(3)) if m.in_proj_weight is not None
                    else [m.q_proj_weight, m.k_proj_weight, m.v_proj_weight])
         biases = list(m.in_proj_bias.chunk(3)) if m.in_proj_bias is not None else [None] * 3
         return weights, biases
@@ -102,7 +102,7 @@ class MultiheadAttentionRule(Rule):
         width = m.embed_dim
         for i, (delta, inputs) in enumerate(zip(deltas[:3], self.inputs[:3])):
             rows = slice(i * width, (i + 1) * width)
-            if m._qkv_same_embed_dim:
+            if m.in_proj_weight is not None:
                 weight = self.total(totals, "in_proj_weight")
                 weight = None if weight is None else weight[rows]
             else:
