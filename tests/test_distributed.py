@@ -213,3 +213,89 @@ def test_under_fully_shard_what_is_not_supported_is_refused_by_name(tmp_path):
     assert "'siu' takes g'_t on an independent minibatch" in siu and "fully_shard" in siu
     assert "'sos' takes g'_t" in sos
     assert "reg.step(optimizer)" in penalty and "add_penalty_gradient" in penalty
+
+
+def per_parameter_state(state):
+    """The per-parameter lists of a Regularizer's state_dict (SI, online penalty), by name."""
+    return {"omega": state["penalty"]["omega"], "anchor": state["penalty"]["anchor"],
+            "start": state["task"]["start"], "state": state["task"]["state"]}
+
+
+def local_state(reg):
+    """The same lists as this rank holds them (plain tensors shaped like its shards)."""
+    return per_parameter_state({"penalty": reg.penalty_term.state_dict(), "task": reg.measure.task_state_dict()})
+
+
+def fsdp_checkpoint_worker(rank, folder):
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+        from torch.distributed.fsdp import fully_shard
+
+        torch.set_num_threads(1)
+
+        def sharded_pair():
+            net = sharded_model()
+            for layer in (net[0], net[3]):
+                fully_shard(layer)
+            fully_shard(net)
+            return net, Regularizer(net, "si", c=1.0)
+
+        net, reg = sharded_pair()
+        train(net, reg, rank, 2)
+        x, y, _, _ = data(2)  # the third task, 3 steps in: the path integral's sums are part of the checkpoint
+        optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+        for step in range(3):
+            optimizer.zero_grad()
+            F.cross_entropy(net(x[step * BATCH + rank * 8:step * BATCH + rank * 8 + 8]),
+                            y[step * BATCH + rank * 8:step * BATCH + rank * 8 + 8]).backward()
+            reg.step(optimizer)
+        dcp.save({"model": get_model_state_dict(net), "reg": reg.state_dict()}, checkpoint_id=f"{folder}/checkpoint")
+        whole = {key: [t.full_tensor() for t in ts] for key, ts in per_parameter_state(reg.state_dict()).items()}
+        mine = {key: [t.clone() for t in ts] for key, ts in local_state(reg).items()}
+
+        resumed_net, resumed = sharded_pair()  # a fresh pair, resumed on 2 ranks through the checkpoint
+        state = {"model": get_model_state_dict(resumed_net), "reg": resumed.state_dict()}
+        dcp.load(state, checkpoint_id=f"{folder}/checkpoint")
+        set_model_state_dict(resumed_net, state["model"])
+        resumed.load_state_dict(state["reg"])
+        from_whole_net, from_whole = sharded_pair()  # and one given the whole tensors, as one process saves them
+        from_whole.load_state_dict({"penalty": {**reg.state_dict()["penalty"], "omega": whole["omega"],
+                                                "anchor": whole["anchor"], "centre": whole["anchor"]},
+                                    "measure": reg.state_dict()["measure"],
+                                    "task": {"start": whole["start"], "state": whole["state"],
+                                             "steps": reg.measure.steps}})
+        found = {f"{how} {key}": max(float((a - b).abs().max()) for a, b in zip(mine[key], ts))
+                 for how, other in (("resumed", resumed), ("from whole", from_whole))
+                 for key, ts in local_state(other).items()}
+        found["steps"] = [resumed.measure.steps, from_whole.measure.steps, reg.measure.steps]
+        if rank == 0:
+            torch.save({"whole": whole, "found": found}, os.path.join(folder, "checkpoint.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_fully_sharded_checkpoint_resumes_on_two_ranks_and_in_one_process(tmp_path):
+    """Under fully_shard, Regularizer.state_dict gives DTensors cut as the parameters (uneven shards included):
+    torch.distributed.checkpoint saves them, and they load back into a fresh sharded Regularizer on 2 ranks and
+    into one unsharded process, equal to the state saved; a sharded Regularizer also takes the whole tensors."""
+    import torch.distributed.checkpoint as dcp
+
+    mp.start_processes(fsdp_checkpoint_worker, args=(str(tmp_path),), nprocs=2, start_method="spawn")
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key, difference in saved["found"].items():
+        assert difference == [3, 3, 3] if key == "steps" else difference == 0, key
+    net = sharded_model()
+    reg = Regularizer(net, "si", c=1.0)
+    state = {"model": net.state_dict(), "reg": reg.state_dict()}
+    dcp.load(state, checkpoint_id=str(tmp_path / "checkpoint"), no_dist=True)
+    net.load_state_dict(state["model"])
+    reg.load_state_dict(state["reg"])
+    for key, tensors in per_parameter_state(reg.state_dict()).items():
+        assert float(saved["whole"][key][0].abs().sum()) > 0, key
+        for mine, theirs in zip(tensors, saved["whole"][key]):
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    assert reg.measure.steps == 3

@@ -154,3 +154,19 @@ def test_what_each_measure_holds_on_the_fused_path(method, copies):
     until a step on the foreach path needs a later one); SOS Ω, θ* and its moment; MAS Ω and θ*."""
     reg = trained_two_tasks(method)[1]
     assert _copies_held(reg) == copies, _copies_held(reg)
+
+
+@pytest.mark.parametrize("shape", [(1,), (3, 5), ()])
+def test_a_checkpoint_whose_state_does_not_fit_a_parameter_is_refused_by_name(shape):
+    """A state tensor of another shape would be broadcast by copy_ ((1,) and () into a (3,)-bias: every entry the
+    same, silently) or fail deep inside; Regularizer.load_state_dict names the parameter and both shapes."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    reg = Regularizer(net, "si", c=1.0)
+    state = reg.state_dict()
+    state["penalty"]["omega"][1] = torch.ones(shape)  # the first layer's bias, shape (3,)
+    with pytest.raises(ValueError, match=r"parameter '0\.bias' has shape \[.*\], but the parameter's shape is \[3\]"):
+        reg.load_state_dict(state)
+    state["penalty"]["omega"][1] = torch.full((3,), 2.0)  # the right shape loads
+    reg.load_state_dict(state)
+    assert reg.omega["0.bias"].tolist() == [2.0, 2.0, 2.0]

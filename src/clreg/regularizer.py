@@ -148,12 +148,21 @@ class Regularizer:
     def state_dict(self) -> dict:
         """The penalty (Ω, anchors, per-task terms), the measure's lasting state and its statistics of the task
         so far (a trajectory measure's sums and step count), so a checkpoint taken between two steps resumes
-        the task where it was."""
-        return {"penalty": self.penalty_term.state_dict(), "measure": self.measure.state_dict(),
-                "task": self.measure.task_state_dict()}
+        the task where it was. Under fully_shard the per-parameter tensors are DTensors cut as the parameters are
+        (sharing this rank's state): `torch.distributed.checkpoint` saves them and loads them on any number of
+        ranks, or into one process."""
+        state = {"penalty": self.penalty_term.state_dict(), "measure": self.measure.state_dict(),
+                 "task": self.measure.task_state_dict()}
+        if not self.sharded:
+            return state
+        return _per_parameter(state, len(self.params), lambda i, t: shards.as_global(t, self.parameters[i]))
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a `state_dict`, at parameters equal to those it was taken at (load the model's first)."""
+        """Restore a `state_dict`, at parameters equal to those it was taken at (load the model's first). Each
+        parameter's state may be this rank's shard, the whole tensor (cut into the shard under fully_shard) or a
+        DTensor; a shape that fits neither is refused, naming the parameter."""
+        state = _per_parameter(state, len(self.params),
+                               lambda i, t: shards.as_local(t, self.parameters[i], self.names[i]))
         self.penalty_term.load_state_dict(state["penalty"])
         self.measure.load_state_dict(state["measure"])
         self.begin_task()
@@ -511,3 +520,15 @@ def _check_single_input(model: nn.Module) -> None:
         raise ValueError(f"{type(model).__name__}.forward takes ({', '.join(required)}), so the sample's logits "
                          f"cannot be model(x): pass forward=, e.g. reg.end_task(x, forward=lambda x: model(x, task)) "
                          f"(clreg.models.build.task_forward(model, task) does this for a MultiHead)")
+
+
+def _per_parameter(state, count: int, fn: Callable[[int, Tensor | None], Tensor | None]):
+    """`state` (nested dicts and lists) with every per-parameter list (`count` entries, each a tensor or None)
+    replaced by [fn(i, entry)]; everything else as it is."""
+    if isinstance(state, dict):
+        return {key: _per_parameter(value, count, fn) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        if len(state) == count and all(t is None or isinstance(t, Tensor) for t in state):
+            return [fn(i, t) for i, t in enumerate(state)]
+        return [_per_parameter(value, count, fn) for value in state]
+    return state

@@ -41,3 +41,31 @@ def shard_of(full: Tensor, like: Tensor) -> Tensor:
 def full_shape_zeros(like: Tensor) -> Tensor:
     """Zeros of `like`'s global shape, a plain tensor on its local device."""
     return torch.zeros(like.shape, dtype=like.dtype, device=local(like).device)
+
+
+def as_global(t: Tensor | None, like: Tensor) -> Tensor | None:
+    """State shaped like `like`'s local shard as a DTensor cut as `like` is (sharing `t`'s storage), for checkpoints:
+    `torch.distributed.checkpoint` saves and reshards DTensors. `t` itself where `like` is not sharded."""
+    if t is None or not is_sharded(like):
+        return t
+    return DTensor.from_local(t, like.device_mesh, like.placements, shape=like.shape, stride=like.stride())
+
+
+def as_local(t: Tensor | None, like: Tensor, name: str) -> Tensor | None:
+    """A checkpoint's state for the parameter `like` (named `name`) as this rank's local shard: a DTensor
+    redistributed to `like`'s placements, a plain tensor of `like`'s whole shape cut as `like` is, a plain tensor of
+    the local shard's shape as it is. Any other shape is refused (copying it would broadcast or fail deep down)."""
+    if t is None:
+        return None
+    whole, mine = tuple(like.shape), tuple(local(like).shape)
+    if tuple(t.shape) not in (whole, mine):
+        shard = f" (this rank's shard: {list(mine)})" if mine != whole else ""
+        raise ValueError(f"the checkpoint's state for parameter {name!r} has shape {list(t.shape)}, but the "
+                         f"parameter's shape is {list(whole)}{shard}: the checkpoint is from another model")
+    if is_sharded(t):
+        if not is_sharded(like):
+            return t.full_tensor()
+        return t.redistribute(like.device_mesh, like.placements).to_local()
+    if tuple(t.shape) == whole and is_sharded(like):
+        return shard_of(t.to(local(like).device), like)
+    return t
