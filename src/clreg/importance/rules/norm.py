@@ -52,6 +52,7 @@ class NormRule(Rule):
         weight, bias = self.weights["weight"], self.weights.get("bias")
         affine = offset + weight * normalised + (0 if bias is None else bias)
         y = self.outputs[0].detach()
+        self.normalised = self.first(normalised)  # `add` needs it: not formed twice
         return affine.shape == y.shape and torch.allclose(affine, y, rtol=1e-5, atol=1e-6 * float(y.abs().max()))
 
     def per_sample_floats(self) -> int:  # noqa: D102
