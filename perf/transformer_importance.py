@@ -11,6 +11,12 @@ clreg's engine: every parameter of these models has a per-layer rule (no torch.f
 The naive loop: one forward per sample, one backward per label (Fisher: the exact sum over labels, weighted by
 q; MAS: |∇ ‖softmax‖²|). Values agree (largest difference over the largest value, printed).
 
+Each row also gives the FLOPs of both ways (matrix products and attention, counted by torch's FlopCounterMode),
+the engine's FLOP rate, and `speedup_at_peak`: the naive loop's time over the engine's FLOPs at the rate of one large
+square matrix product on the same device, the most the engine could gain on this hardware. On sequences the
+engine does about the naive loop's FLOPs (each Linear's per-sample gradient Σ_p δ_p ⊗ a_p is the naive weight
+gradient), so the speed-up comes from batching alone and is bounded by that figure.
+
 curvlinops (`curvlinops-for-pytorch` 3.x, optional: `pip install curvlinops-for-pytorch`, then
 `pip uninstall torchvision` if its backpack dependency pulled a torchvision that does not match the torch build)
 offers the exact GGN (which for cross-entropy is n times the exact Fisher) as a linear operator, and no exact
@@ -117,6 +123,30 @@ def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b)) / max(float(y.abs().max()) for y in b)
 
 
+def gemm_rate(device: torch.device, size: int = 2048) -> float:
+    """FLOP/s of a large square fp32 matrix product on `device`: what the hardware does at its best."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    for _ in range(3):
+        a @ b
+    _, seconds = timed(lambda: [a @ b for _ in range(10)])
+    return 10 * 2 * size ** 3 / seconds
+
+
+def hardware_bound(measure, model, params, ids, t_fast, t_slow, peak) -> dict:
+    """The FLOPs each way does (torch's FlopCounterMode: matrix products and attention), the engine's rate, and the
+    largest speed-up over the naive loop that the engine's FLOPs allow at the matrix-product rate `peak`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = {}
+    for way, fn in (("engine", engine), ("naive", naive)):
+        with FlopCounterMode(display=False) as counter:
+            fn(measure, model, params, ids)
+        flops[way] = counter.get_total_flops()
+    return {"engine_gflop": flops["engine"] / 1e9, "naive_gflop": flops["naive"] / 1e9,
+            "engine_gflops_per_s": flops["engine"] / t_fast / 1e9, "gemm_peak_gflops_per_s": peak / 1e9,
+            "speedup_at_peak": t_slow / (flops["engine"] / peak)}
+
+
 def curvlinops_row(model, params, ids, fisher, seconds, columns):
     """curvlinops' GGN on `columns` unit vectors (checked against clreg's Fisher) and Hutchinson in equal time."""
     from curvlinops import GGNLinearOperator, hutchinson_diag
@@ -155,6 +185,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = []
+    peak = gemm_rate(device)
+    print(f"matrix product rate: {peak / 1e9:.1f} GFLOP/s", flush=True)
     for name in args.models.split(","):
         model, vocab = build(name)
         model.to(device).eval()
@@ -169,6 +201,7 @@ def main() -> None:
             row = {"model": name, "measure": measure, "samples": n, "parameters": sum(p.numel() for p in params),
                    "rules": rules, "engine_s": t_fast, "naive_s": t_slow, "speedup": t_slow / t_fast,
                    "max_relative_error": relative_error(fast, slow)}
+            row.update(hardware_bound(measure, model, params, ids, t_fast, t_slow, peak))
             if measure == "fisher" and args.columns and name == "bert":  # the issue's comparison; the encoder's eval-mode
                 # fast path has no forward-mode AD, which curvlinops needs
                 with sdpa_kernel(SDPBackend.MATH):  # the fused CPU kernel has no forward-mode AD
