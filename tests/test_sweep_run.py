@@ -92,6 +92,58 @@ def test_sigkill_mid_sweep_then_rerun(tmp_path, reference):
     assert out == ref_table
 
 
+def children(pid):
+    """The pids of a process's children (Linux: /proc)."""
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found.update(int(child) for child in f.read().split())
+    return found
+
+
+def alive(pid):
+    """Whether a process runs (a zombie has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads the process tree from /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_killed_driver_leaves_no_worker_training(tmp_path, how):
+    """`kill` of a sweep's driver alone (not its process group), with 2 worker processes: the workers end too, so
+    none trains on with its result lost while the next sweep claims its run again (two processes writing one
+    checkpoint). SIGTERM is taken as Ctrl-C: the runs in flight go back to the store as interrupted, exit 130.
+    After SIGKILL the workers see that their parent is gone."""
+    store = tmp_path / "s.sqlite"
+    process = sweep(write_spec(tmp_path), store, "--workers", "2", start_new_session=True)
+    try:
+        deadline, workers = time.time() + 120, set()
+        while time.time() < deadline and not workers:  # both workers up (a run done) and runs in flight
+            status = [r["status"] for r in rows(store)] if store.exists() else []
+            if status.count("done") >= 1 and status.count("running") == 2:
+                workers = children(process.pid)
+            time.sleep(0.05)
+        assert len(workers) >= 2
+        process.send_signal(getattr(signal, how))
+        _, err = process.communicate(timeout=60)
+        deadline = time.time() + 20
+        while time.time() < deadline and any(alive(pid) for pid in workers):
+            time.sleep(0.1)
+        assert not [pid for pid in workers if alive(pid)]
+        if how == "SIGTERM":
+            assert process.returncode == 130 and "interrupted" in err
+            status = [r["status"] for r in rows(store)]
+            assert "running" not in status and status.count("interrupted") >= 1
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_two_drivers_on_one_store_record_every_run_once(tmp_path, reference):
     ref_store, _ = reference
     store = tmp_path / "s.sqlite"

@@ -7,7 +7,9 @@ access to it.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import socket
+import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -127,6 +129,25 @@ class InlineExecutor:
         self.queue.clear()
 
 
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` spawned processes (no state shared) that end themselves once this process is gone, killed even
+    by SIGKILL: a worker left behind would train on, its result lost, while the next sweep claims its run again
+    and two processes write one run's checkpoint."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: end the process as soon as its parent `parent` is gone (it is then another's child). Task
+    checkpoints are written atomically, so ending mid-write keeps the previous one."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="clreg-exit-with-parent", daemon=True).start()
+
+
 class ProcessExecutor:
     """`workers` local processes (spawned, so no state is shared), each with its share of the cores; on CUDA
     each run in flight takes the visible GPU that has the fewest runs (one each while there are enough)."""
@@ -136,7 +157,7 @@ class ProcessExecutor:
         self.slots, self.threads = workers, threads_per_worker(workers, threads)
         self.runtime, self.checkpoint_dir = runtime or {}, checkpoint_dir
         self.devices = worker_devices(self.runtime.get("device", "auto"), workers)  # None: the CPU
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = worker_pool(workers)
         self.futures: dict[Future, tuple[str, str | None]] = {}  # future -> (run key, the GPU it uses)
 
     def submit(self, key: str, config: dict) -> None:  # noqa: D102
@@ -240,7 +261,7 @@ class VectorizedExecutor:
         self.groups: dict[str, tuple[RunConfig, str | None]] = {}  # queued run -> its config and group_key
         self.sizes: dict[str, int | str] = {}  # group key -> K, or why no run fits
         self.devices = worker_devices(self.runtime.get("device", "auto"), workers) if workers > 1 else None
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+        self.pool = worker_pool(workers) if workers > 1 else None
         self.futures: dict[Future, tuple[list[str], str | None]] = {}  # job -> (run keys, its GPU)
 
     def submit(self, key: str, config: dict) -> None:  # noqa: D102

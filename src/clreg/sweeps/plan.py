@@ -10,8 +10,10 @@ runs are read back, never repeated; several drivers on one store share the work.
 from __future__ import annotations
 
 import math
+import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -222,17 +224,18 @@ class SweepDriver:
         beat = threading.Thread(target=self._heartbeats, args=(stop,), daemon=True)
         beat.start()
         try:
-            while True:
-                wanted, states = self._count()
-                self._submit(wanted)
-                if not self.in_flight:
-                    if all(s.settled for s in states.values()):
-                        return states
-                    if not wanted:  # the rest is in flight in other workers
-                        time.sleep(self.poll)
-                    continue
-                for key, record in self.executor.wait(self.heartbeat_every):
-                    self._record(key, record)
+            with _terminate_as_interrupt():
+                while True:
+                    wanted, states = self._count()
+                    self._submit(wanted)
+                    if not self.in_flight:
+                        if all(s.settled for s in states.values()):
+                            return states
+                        if not wanted:  # the rest is in flight in other workers
+                            time.sleep(self.poll)
+                        continue
+                    for key, record in self.executor.wait(self.heartbeat_every):
+                        self._record(key, record)
         except BaseException as err:
             self.store.release(list(self.in_flight), f"interrupted: {type(err).__name__}")
             self.executor.shutdown(cancel=True)
@@ -289,3 +292,26 @@ class SweepDriver:
         pace = remaining(time.monotonic() - self.started, self.runs_recorded,
                          self.runs_recorded + max(0, self.total - self.done))
         self.log(f"[{self.done}/{self.total} done, {pace}] {where}: {outcome} ({record.get('seconds') or 0:.0f} s)")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a job scheduler's stop) received by a sweep's driver: handled as Ctrl-C is."""
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """Within: SIGTERM raises `Terminated`, so the driver hands its runs in flight back to the store and stops its
+    workers, as on Ctrl-C (by default SIGTERM ends the process at once, leaving both behind). Only the main thread
+    can take signals; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
