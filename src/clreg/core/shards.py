@@ -58,7 +58,7 @@ def as_local(t: Tensor | None, like: Tensor, name: str) -> Tensor | None:
     if t is None:
         return None
     whole, mine = tuple(like.shape), tuple(local(like).shape)
-    if tuple(t.shape) not in (whole, mine):
+    if tuple(t.shape) not in ((whole,) if is_sharded(t) else (whole, mine)):  # (a DTensor's shape is its whole one)
         shard = f" (this rank's shard: {list(mine)})" if mine != whole else ""
         raise ValueError(f"the checkpoint's state for parameter {name!r} has shape {list(t.shape)}, but the "
                          f"parameter's shape is {list(whole)}{shard}: the checkpoint is from another model")
