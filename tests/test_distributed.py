@@ -278,6 +278,7 @@ def fsdp_checkpoint_worker(rank, folder):
         dist.destroy_process_group()
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # torch says so even with no_dist
 def test_a_fully_sharded_checkpoint_resumes_on_two_ranks_and_in_one_process(tmp_path):
     """Under fully_shard, Regularizer.state_dict gives DTensors cut as the parameters (uneven shards included):
     torch.distributed.checkpoint saves them, and they load back into a fresh sharded Regularizer on 2 ranks and
