@@ -131,17 +131,23 @@ def sharded_model():
     return nn.Sequential(nn.Linear(6, 12), nn.LayerNorm(12), nn.Tanh(), nn.Linear(12, 3))
 
 
+def fully_sharded_model():
+    """sharded_model() with each Linear and the whole model under fully_shard (call within a process group)."""
+    from torch.distributed.fsdp import fully_shard
+
+    net = sharded_model()
+    for layer in (net[0], net[3]):
+        fully_shard(layer)
+    fully_shard(net)
+    return net
+
+
 def fsdp_worker(rank, method, options, folder):
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=120))
     try:
-        from torch.distributed.fsdp import fully_shard
-
         torch.set_num_threads(1)
-        net = sharded_model()
-        for layer in (net[0], net[3]):
-            fully_shard(layer)
-        fully_shard(net)
+        net = fully_sharded_model()
         reg = Regularizer(net, method, c=1.0, **options)
         train(net, reg, rank, 2)
         params = [p.full_tensor() for p in net.parameters()]
@@ -232,15 +238,11 @@ def fsdp_checkpoint_worker(rank, folder):
     try:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-        from torch.distributed.fsdp import fully_shard
 
         torch.set_num_threads(1)
 
         def sharded_pair():
-            net = sharded_model()
-            for layer in (net[0], net[3]):
-                fully_shard(layer)
-            fully_shard(net)
+            net = fully_sharded_model()
             return net, Regularizer(net, "si", c=1.0)
 
         net, reg = sharded_pair()
