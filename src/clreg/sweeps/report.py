@@ -14,12 +14,14 @@ from clreg.train.metrics import mean_and_stderr
 from clreg.core.records import write_json
 from clreg.sweeps.store import Store
 from clreg.sweeps.plan import EntryState, plan_entry, stored_lookup
-from clreg.sweeps.spec import SweepSpec
+from clreg.sweeps.spec import PAPER_MARGIN, SweepSpec
 
 COLUMNS = ("sweep", "benchmark", "label", "method", "c", "reinit", "grid", "seeds_done", "seeds", "mean", "stderr",
-           "mean_forgetting", "search_score", "best_c_at_grid_edge", "status", "machine", "did_not_learn")
+           "mean_forgetting", "search_score", "best_c_at_grid_edge", "status", "machine", "did_not_learn", "paper", "paper_difference",
+           "target_low", "target_high", "in_target")
 UNKNOWN = "unknown"  # a machine detail a run did not record (results imported from an earlier clreg)
 DID_NOT_LEARN = "†"
+ROUNDING = 1e-9  # points: a mean this close to a target's bound is on it (floating-point sums of the runs' accuracies)
 
 
 def sweep_states(store: Store) -> dict[str, tuple[SweepSpec, dict[str, EntryState]]]:
@@ -74,7 +76,43 @@ def entry_row(spec: SweepSpec, state: EntryState) -> dict:
     chances = {r["result"]["chance"] for r in finals if r["result"].get("did_not_learn") is True
                and r["result"].get("chance") is not None}
     row["chance"] = max(chances) if chances else None
+    row.update(against_paper(state.entry.paper, spec.paper.get("margin", PAPER_MARGIN), row["mean"]),
+               paper_source=spec.paper)
     return row
+
+
+def against_paper(figure: dict | None, margin: float, mean: float | None) -> dict:
+    """An entry's published figure (clreg.sweeps.spec.PAPER_FORMS, in %) against its final runs' mean (a
+    fraction): the figure as text, the target (the published mean ± (s.e. + margin), or the published bound,
+    which is strict), ours − the published value, and whether ours is in the target ("yes"/"no"; None where
+    the figure gives no target or no run has finished)."""
+    out = {"paper": None, "target_low": None, "target_high": None, "in_target": None, "paper_difference": None,
+           "paper_se": figure.get("se") if figure else None}
+    if not figure:
+        return out
+    if "mean" in figure:
+        spread = figure["se"] + margin  # rounded: 97.2 - 0.4 is 96.80000000000001
+        out.update(paper=f"{figure['mean']:g} ± {figure['se']:g}", target_low=round(figure["mean"] - spread, 9),
+                   target_high=round(figure["mean"] + spread, 9))
+    elif "about" in figure:
+        out["paper"] = f"about {figure['about']:g}"
+    elif "below" in figure:
+        out.update(paper=f"below {figure['below']:g}", target_high=figure["below"])
+    else:
+        out.update(paper=f"above {figure['above']:g}", target_low=figure["above"])
+    if mean is None:
+        return out
+    ours = 100 * mean
+    if "mean" in figure or "about" in figure:
+        out["paper_difference"] = ours - figure.get("mean", figure.get("about"))
+    if "mean" in figure:  # within rounding of the bound counts as on it: accuracies are counts over test sizes
+        inside = out["target_low"] - ROUNDING <= ours <= out["target_high"] + ROUNDING
+    elif "below" in figure or "above" in figure:
+        inside = ours < figure["below"] - ROUNDING if "below" in figure else ours > figure["above"] + ROUNDING
+    else:
+        return out
+    out["in_target"] = "yes" if inside else "no"
+    return out
 
 
 def error_line(row: dict) -> str:
@@ -134,6 +172,7 @@ def markdown(rows: list[dict]) -> str:
              "| --- |" + " --- |" * len(sweeps)]
     lines += [f"| {label} | " + " | ".join(_cell(cells.get((s, label))) for s in sweeps) + " |" for label in labels]
     lines += [line for note in notes(rows) for line in ("", note)]
+    lines += comparison(rows)
     lines += ["", "Chosen hyperparameters (search score on the search split; * = best c on the grid's edge after "
               "the last allowed extension)", "", header, "| --- |" + " --- |" * len(sweeps)]
     for label in labels:
@@ -151,6 +190,37 @@ def markdown(rows: list[dict]) -> str:
                 out.append(f"c = {r['c']:g}{edge}, re-init {'on' if r['reinit'] else 'off'}{grid} ({shown})")
         lines.append(f"| {label} | " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
+
+
+def comparison(rows: list[dict]) -> list[str]:
+    """Per sweep with published figures: ours, the paper's, the difference, the target and whether ours is in
+    it (a row with seeds still to run says how many it has)."""
+    lines = []
+    for sweep in dict.fromkeys(r["sweep"] for r in rows if r.get("paper")):
+        paper = next(r["paper_source"] for r in rows if r["sweep"] == sweep)
+        lines += ["", f"{sweep} against {paper['source']}: the target is the published mean ± (s.e. + "
+                      f"{paper['margin']:g}), or the published bound; z is ours − paper over √(our s.e.² + the "
+                      "paper's s.e.²)", "",
+                  "| method | ours | paper | ours − paper | z | target | in target |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in (r for r in rows if r["sweep"] == sweep and r.get("paper")):
+            difference = "" if r["paper_difference"] is None else f"{r['paper_difference']:+.2f}"
+            spread = math.hypot(100 * r["stderr"], r["paper_se"]) if r["seeds_done"] > 1 and r["paper_se"] else None
+            z = "" if not spread or r["paper_difference"] is None else f"{r['paper_difference'] / spread:+.1f}"
+            low, high = r["target_low"], r["target_high"]
+            target = (f"{_percent(low)}–{_percent(high)}" if low is not None and high is not None else
+                      f"below {_percent(high)}" if high is not None else f"above {_percent(low)}" if low is not None
+                      else "none (no published s.e.)")
+            verdict = r["in_target"] or ""
+            if verdict and r["seeds_done"] < r["seeds"]:
+                verdict += f" ({r['seeds_done']} of {r['seeds']} seeds)"
+            lines.append(f"| {r['label']} | {_cell(r)} | {r['paper']} | {difference} | {z} | {target} | {verdict} |")
+    return lines
+
+
+def _percent(value: float) -> str:
+    """96.8 → '96.8', 97.0 → '97.0', 96.75 → '96.75': at least one decimal, at most two."""
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value != round(value) else f"{value:.1f}"
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

@@ -7,8 +7,9 @@ name the offending key and what it allows.
     seeds: [0, 1, 2]                     # or a count: 3 means 0, 1, 2
     search: {evaluate_on: validation, seeds: 1, metric: average_accuracy, extend: true, max_extensions: 4}
     final: {evaluate_on: test}
+    paper: {source: "Benzing 2022, table 1", margin: 0.3}   # optional: what the `paper` figures below are from
     methods:
-      si: {c: [0.1, 0.2, 0.5], reinit: true}
+      si: {c: [0.1, 0.2, 0.5], reinit: true, paper: {mean: 97.2, se: 0.1}}   # a published figure, in %
       siu: {c: [1, 2, 5], reinit: [true, false]}
       finetune: {}
       sos-b2048: {method: sos, c: [5, 10, 20], reinit: true, settings: {batch_size: 2048, sos_alpha: 1}}
@@ -16,6 +17,10 @@ name the offending key and what it allows.
 
 An entry's `grid` lists other settings searched together with c: every combination of their values (and
 of re-init) is one search line over c; the best (c, re-init, grid values) of all lines wins.
+
+An entry's `paper` is the published figure of the sweep's metric that its final runs are compared with (in %):
+`{mean: M, se: S}` gives the target M ± (S + margin), `{below: B}` or `{above: A}` a bound, `{about: M}` a
+value without a spread (no target). It is not part of any run's identity.
 """
 from __future__ import annotations
 
@@ -31,8 +36,11 @@ from clreg.train.config import BY_NAME, NOT_IN_KEY, RunConfig
 METRICS = ("average_accuracy", "bwt")  # both: higher is better
 SWEEP_SET = ("method", "c", "reinit", "seed", "evaluate_on", "benchmark")  # chosen by the sweep, not in settings
 RUNTIME = NOT_IN_KEY  # where the data is read from and where runs train: not part of a run's identity
-TOP_KEYS = ("name", "benchmark", "settings", "seeds", "search", "final", "methods")
-ENTRY_KEYS = ("method", "c", "reinit", "settings", "grid")
+TOP_KEYS = ("name", "benchmark", "settings", "seeds", "search", "final", "paper", "methods")
+ENTRY_KEYS = ("method", "c", "reinit", "settings", "grid", "paper")
+PAPER_FORMS = (("mean", "se"), ("about",), ("below",), ("above",))  # an entry's published figure, in %
+PAPER_KEYS = ("source", "margin")
+PAPER_MARGIN = 0.3  # points added to the published s.e. for the target, unless the sweep file says otherwise
 SEARCH_KEYS = ("evaluate_on", "seeds", "metric", "extend", "max_extensions")
 MAX_RUNS = 10_000  # a sweep planning more runs is refused unless `clreg sweep --max-runs` allows them
 
@@ -64,6 +72,7 @@ class Entry:
     reinit: list[bool]
     settings: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
+    paper: dict | None = None  # the published figure (one of PAPER_FORMS), not part of any run's key
 
     def lines(self) -> list[Line]:
         """Every combination of re-init and grid values: the search lines."""
@@ -88,6 +97,7 @@ class SweepSpec:
     extend: bool = True
     max_extensions: int = 4
     final_evaluate_on: str = "test"
+    paper: dict = field(default_factory=lambda: {"source": "the paper", "margin": PAPER_MARGIN})  # of the figures
     runtime: dict = field(default_factory=dict)
 
     def config(self, entry: Entry, c: float, line: Line | bool, seed: int, evaluate_on: str) -> RunConfig:
@@ -106,7 +116,7 @@ class SweepSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "SweepSpec":
         """Inverse of `to_dict`."""
-        entries = [Entry(**e) for e in data["entries"]]  # specs stored before grids: grid defaults to {}
+        entries = [Entry(**e) for e in data["entries"]]  # specs stored before grids or paper figures: defaults
         return cls(**{**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}, "entries": entries})
 
 
@@ -141,11 +151,12 @@ def stored_spec(data) -> SweepSpec:
               "max_extensions": "max_extensions"}
     methods = {}
     for e in data["entries"]:
-        methods[e["label"]] = {k: e[k] for k in ENTRY_KEYS if k in e}
+        methods[e["label"]] = {k: e[k] for k in ENTRY_KEYS if e.get(k) is not None}
     sweep_file = {"name": data.get("name"), "benchmark": data.get("benchmark"), "settings": data.get("settings"),
                   "seeds": data.get("seeds"), "methods": methods,
                   "search": {k: data[v] for k, v in search.items() if v in data},
-                  **({"final": {"evaluate_on": data["final_evaluate_on"]}} if "final_evaluate_on" in data else {})}
+                  **({"final": {"evaluate_on": data["final_evaluate_on"]}} if "final_evaluate_on" in data else {}),
+                  **({"paper": data["paper"]} if data.get("paper") else {})}
     return parse_spec(sweep_file, default_name=str(data.get("name")))
 
 
@@ -260,7 +271,7 @@ def _entry(label: str, value, spec: SweepSpec, max_runs: int = MAX_RUNS) -> Entr
         raise SpecError(f"{where}.settings: {', '.join(runtime)} belong(s) in the top-level settings")
     entry = Entry(label, method, _number_list(f"{where}.c", data.get("c", 0.0)),
                   _bool_list(f"{where}.reinit", data.get("reinit", False)), settings,
-                  _grid(f"{where}.grid", data.get("grid"), settings))
+                  _grid(f"{where}.grid", data.get("grid"), settings), _paper_figure(f"{where}.paper", data.get("paper")))
     if planned_runs(spec, [entry]) > max_runs:
         raise too_many(planned_runs(spec, [entry]), max_runs)
     try:
@@ -269,6 +280,31 @@ def _entry(label: str, value, spec: SweepSpec, max_runs: int = MAX_RUNS) -> Entr
     except ValueError as err:
         raise SpecError(f"{where}: {err}") from None
     return entry
+
+
+def _number(where: str, value, low: float = 0.0, high: float = 100.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise SpecError(f"{where} must be a number from {low:g} to {high:g}, got {value!r}")
+    return float(value)
+
+
+def _paper_figure(where: str, value) -> dict | None:
+    """An entry's published figure: one of PAPER_FORMS, each number a percentage (s.e. at most 100 too)."""
+    if value is None:
+        return None
+    forms = " or ".join("{" + ", ".join(f"{k}: N" for k in form) + "}" for form in PAPER_FORMS)
+    if not isinstance(value, dict) or tuple(value) not in PAPER_FORMS and tuple(reversed(value)) not in PAPER_FORMS:
+        raise SpecError(f"{where} must be the published figure in %: {forms}; got {value!r}")
+    return {k: _number(f"{where}.{k}", v, 0.0 if k == "se" else -100.0) for k, v in value.items()}  # bwt is < 0
+
+
+def _paper(value) -> dict:
+    """The sweep's `paper`: where the entries' figures come from, and the margin of their targets."""
+    data = _keys("paper", value or {}, PAPER_KEYS)
+    source = data.get("source", "the paper")
+    if not isinstance(source, str) or not source.strip():
+        raise SpecError(f"paper.source must be a non-empty text (where the figures are published), got {source!r}")
+    return {"source": source, "margin": _number("paper.margin", data.get("margin", PAPER_MARGIN), 0.0, 100.0)}
 
 
 def _grid(where: str, value, settings: dict) -> dict:
@@ -310,8 +346,9 @@ def parse_spec(data, default_name: str = "sweep", max_runs: int = MAX_RUNS) -> S
     if "benchmark" in data and not isinstance(benchmark, str):
         problems.append(f"benchmark must be a name (see `clreg run --help`), got {benchmark!r}")
     search = attempt(_search, data.get("search"), seeds, default=None) or _search(None, seeds)
+    paper = attempt(_paper, data.get("paper"), default=None) or _paper(None)
     spec = SweepSpec(name if isinstance(name, str) else "sweep", benchmark if isinstance(benchmark, str) else "",
-                     settings, seeds, [], final_evaluate_on=final_on, runtime=runtime, **search)
+                     settings, seeds, [], final_evaluate_on=final_on, paper=paper, runtime=runtime, **search)
     methods = data.get("methods")
     if "methods" in data and (not isinstance(methods, dict) or not methods):
         problems.append("methods must be a non-empty mapping: label -> {method, c, reinit, settings}")
