@@ -15,6 +15,11 @@ a share of one task's training time (tasks 2–3; the first includes one-time se
         --repeats 2 --out perf/results/throughput.json
 
 (bf16 at 2000,2000 is left out on a CPU without native bf16 matmuls: it would take hours there.)
+`--methods si,sos,ewc` measures those only (finetune, the reference, always runs). Where a width runs in
+fp32 and bf16, each bf16 variant also gets its speed-up over fp32 (fp32 seconds / bf16 seconds, same run):
+
+    python perf/throughput.py --data-dir ../shared/datasets --widths "2000,2000:fp32,bf16" --methods si,sos,ewc \
+        --repeats 2 --out perf/results/throughput_bf16_full.json
 
 The functions take a device, and perf/gpu_throughput.py runs them on CUDA.
 """
@@ -139,15 +144,15 @@ def weight_cast_ms(bench, hidden: list[int]) -> float:
     return 1e3 * statistics.median(times[1:])
 
 
-def measure(bench, hidden: list[int], repeats: int, precision: str = "fp32") -> dict:
+def measure(bench, hidden: list[int], repeats: int, precision: str = "fp32", methods: list[str] = METHODS) -> dict:
     steps = EPOCHS * (60000 // BATCH)
     shapes = matmul_shapes(hidden, BATCH)
     peak = matmul_peak(shapes, precision=precision, device=str(bench.device))
     flops_per_task = step_flops(shapes) * steps
-    plain, runs = [], {m: [] for m in METHODS}
+    plain, runs = [], {m: [] for m in methods}
     for _ in range(repeats):
         plain.append({"train": plain_loop(bench, hidden, steps, precision)})
-        for method in METHODS:
+        for method in methods:
             runs[method].append(clreg_loop(bench, hidden, method, precision))
     row = {"precision": precision, "matmul_peak_gflops": peak / 1e9, "step_gflop": step_flops(shapes) / 1e9,
            "steps_per_task": steps, "plain": summarise(plain, flops_per_task, peak, None), "methods": {}}
@@ -156,7 +161,7 @@ def measure(bench, hidden: list[int], repeats: int, precision: str = "fp32") -> 
         row["weight_cast_ms"] = weight_cast_ms(bench, hidden)
         row["weight_cast_share_of_step"] = row["weight_cast_ms"] / (1e3 * finetune["train_seconds"] / (TASKS * steps))
     row["plain"]["ratio_to_finetune"] = row["plain"]["train_seconds"] / finetune["train_seconds"]
-    for method in METHODS:
+    for method in methods:
         entry = summarise(runs[method], flops_per_task, peak, finetune)
         if method == "ewc":  # the first Fisher of a process includes one-time set-up: quoted apart
             later = statistics.median(x for r in runs[method] for x in r["importance"][1:])
@@ -165,6 +170,15 @@ def measure(bench, hidden: list[int], repeats: int, precision: str = "fp32") -> 
             entry["fisher_share_of_task"] = later / (entry["train_seconds"] / TASKS)
         row["methods"][method] = entry
     return row
+
+
+def speedups(fp32: dict, bf16: dict) -> None:
+    """Each variant's fp32 seconds over its bf16 seconds (same run), kept in the bf16 row and printed."""
+    bf16["plain"]["speedup_over_fp32"] = fp32["plain"]["train_seconds"] / bf16["plain"]["train_seconds"]
+    for method, entry in bf16["methods"].items():
+        entry["speedup_over_fp32"] = fp32["methods"][method]["train_seconds"] / entry["train_seconds"]
+    print("  bf16 over fp32: " + ", ".join(f"{name} {e['speedup_over_fp32']:.2f}x" for name, e in
+                                           [("plain", bf16["plain"]), *bf16["methods"].items()]), flush=True)
 
 
 def report(widths: str, row: dict) -> None:
@@ -193,18 +207,26 @@ def main() -> None:
                         help="widths;widths... each optionally with its own precisions, e.g. 2000,2000:fp32")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated, among {', '.join(METHODS)} (finetune, the reference, always runs)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    methods = ["finetune", *(m for m in args.methods.split(",") if m != "finetune")]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; choose among {', '.join(METHODS)}")
     bench = permuted_mnist(TASKS, seed=0, data_dir=args.data_dir)
     results = {}
     for entry in args.widths.split(";"):
         widths, _, own = entry.partition(":")  # "400,400:fp32,bf16" names its own precisions
         for precision in (own or args.precisions).split(","):
             key = widths if precision == "fp32" else f"{widths} {precision}"
-            results[key] = measure(bench, [int(w) for w in widths.split(",")], args.repeats, precision)
+            results[key] = measure(bench, [int(w) for w in widths.split(",")], args.repeats, precision, methods)
             report(widths, results[key])
+            if precision == "bf16" and widths in results:
+                speedups(results[widths], results[key])
     record = {"benchmark": "throughput", "tasks": TASKS, "epochs": EPOCHS, "batch_size": BATCH,
-              "repeats": args.repeats, "results": results, "machine": machine(), "versions": versions(),
+              "repeats": args.repeats, "methods": methods, "results": results, "machine": machine(), "versions": versions(),
               "command": " ".join(["python", *sys.argv])}
     if args.out:
         write_json(args.out, record)
