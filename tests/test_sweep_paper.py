@@ -87,7 +87,7 @@ def test_each_row_is_judged_against_the_published_target(figure, ours, verdict, 
 
 
 def test_the_report_tables_each_row_beside_its_published_figure(tmp_path):
-    """Three seeds at 97.0, 97.3, 97.6 (mean 97.3, s.e. 0.173): against 97.2 ± 0.1 the difference is +0.10 and
+    """Three seeds at 97.0, 97.3, 97.6, each listed (mean 97.3, s.e. 0.173): against 97.2 ± 0.1 the difference is +0.10 and
     z = 0.1 / √(0.173² + 0.1²) = 0.50; against 96.5 ± 0.1 it misses (target 96.1–96.9). A row without a
     figure stays out of the comparison, and the CSV carries the verdicts."""
     spec = parse_spec({**BASE, "paper": {"source": "Table 1"}, "methods": {
@@ -99,8 +99,9 @@ def test_the_report_tables_each_row_beside_its_published_figure(tmp_path):
     assert "against Table 1: the target is the published mean ± (s.e. + 0.3)" in text
     stderr = 100 * math.sqrt(sum((x - 0.973) ** 2 for x in (0.970, 0.973, 0.976)) / 2 / 3)
     assert f"+{0.1 / math.hypot(stderr, 0.1):.1f}" == "+0.5"
-    assert "| si | 97.30 ± 0.17 (3) | 97.2 ± 0.1 | +0.10 | +0.5 | 96.8–97.6 | yes |" in text
-    assert "| sos | 97.30 ± 0.17 (3) | 96.5 ± 0.1 | +0.80 | +4.0 | 96.1–96.9 | no |" in text
+    seeds = "97.00 (0), 97.30 (1), 97.60 (2)"
+    assert f"| si | {seeds} | 97.30 ± 0.17 (3) | 97.2 ± 0.1 | +0.10 | +0.5 | 96.8–97.6 | yes |" in text
+    assert f"| sos | {seeds} | 97.30 ± 0.17 (3) | 96.5 ± 0.1 | +0.80 | +4.0 | 96.1–96.9 | no |" in text
     assert "| mas | 97.30" not in text.split("against Table 1")[1].split("Chosen")[0]
     write_csv(rows, tmp_path / "table.csv")
     with open(tmp_path / "table.csv") as f:
@@ -112,7 +113,7 @@ def test_a_row_with_seeds_to_run_says_how_many_its_verdict_rests_on():
     spec = parse_spec({**BASE, "methods": {"si": {"c": 1, "paper": {"mean": 97.2, "se": 0.1}}}})
     state = finished(spec, {0: 0.975, 1: 0.975, 2: 0.975})["si"]
     state.final = state.final[:1]
-    assert "| si | 97.50 (1) of 3 | 97.2 ± 0.1 | +0.30 |  | 96.8–97.6 | yes (1 of 3 seeds) |" in markdown(
+    assert "| si | 97.50 (0) | 97.50 (1) of 3 | 97.2 ± 0.1 | +0.30 |  | 96.8–97.6 | yes (1 of 3 seeds) |" in markdown(
         [entry_row(spec, state)])
 
 

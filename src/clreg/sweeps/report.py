@@ -59,6 +59,8 @@ def entry_row(spec: SweepSpec, state: EntryState) -> dict:
         c, line = state.selected
         row.update(c=c, reinit=line.reinit, grid=dict(line.point) or None, search_score=state.curves[line][c],
                    best_c_at_grid_edge=state.at_edge.get(line, False))
+    row["per_seed"] = {r["config"]["seed"] if isinstance(r["config"], dict) else r["config"].seed: r["result"][spec.metric]
+                       for r in state.final if r["status"] == "done"}
     if done:
         row["mean"], row["stderr"] = mean_and_stderr([r[spec.metric] for r in done])
         row["mean_forgetting"] = float(np.mean([r["mean_forgetting"] for r in done]))
@@ -201,8 +203,8 @@ def comparison(rows: list[dict]) -> list[str]:
         lines += ["", f"{sweep} against {paper['source']}: the target is the published mean ± (s.e. + "
                       f"{paper['margin']:g}), or the published bound; z is ours − paper over √(our s.e.² + the "
                       "paper's s.e.²)", "",
-                  "| method | ours | paper | ours − paper | z | target | in target |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| method | per seed | ours | paper | ours − paper | z | target | in target |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in (r for r in rows if r["sweep"] == sweep and r.get("paper")):
             difference = "" if r["paper_difference"] is None else f"{r['paper_difference']:+.2f}"
             spread = math.hypot(100 * r["stderr"], r["paper_se"]) if r["seeds_done"] > 1 and r["paper_se"] else None
@@ -214,7 +216,8 @@ def comparison(rows: list[dict]) -> list[str]:
             verdict = r["in_target"] or ""
             if verdict and r["seeds_done"] < r["seeds"]:
                 verdict += f" ({r['seeds_done']} of {r['seeds']} seeds)"
-            lines.append(f"| {r['label']} | {_cell(r)} | {r['paper']} | {difference} | {z} | {target} | {verdict} |")
+            seeds = ", ".join(f"{100 * value:.2f} ({seed})" for seed, value in sorted(r["per_seed"].items()))
+            lines.append(f"| {r['label']} | {seeds} | {_cell(r)} | {r['paper']} | {difference} | {z} | {target} | {verdict} |")
     return lines
 
 
