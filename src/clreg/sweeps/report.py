@@ -17,8 +17,8 @@ from clreg.sweeps.plan import EntryState, plan_entry, stored_lookup
 from clreg.sweeps.spec import PAPER_MARGIN, SweepSpec
 
 COLUMNS = ("sweep", "benchmark", "label", "method", "c", "reinit", "grid", "seeds_done", "seeds", "mean", "stderr",
-           "mean_forgetting", "search_score", "best_c_at_grid_edge", "status", "machine", "did_not_learn", "paper", "paper_difference",
-           "target_low", "target_high", "in_target")
+           "mean_forgetting", "search_score", "best_c_at_grid_edge", "status", "machine", "did_not_learn",
+           "paper", "paper_difference", "target_low", "target_high", "in_target")
 UNKNOWN = "unknown"  # a machine detail a run did not record (results imported from an earlier clreg)
 DID_NOT_LEARN = "†"
 ROUNDING = 1e-9  # points: a mean this close to a target's bound is on it (floating-point sums of the runs' accuracies)
@@ -59,8 +59,7 @@ def entry_row(spec: SweepSpec, state: EntryState) -> dict:
         c, line = state.selected
         row.update(c=c, reinit=line.reinit, grid=dict(line.point) or None, search_score=state.curves[line][c],
                    best_c_at_grid_edge=state.at_edge.get(line, False))
-    row["per_seed"] = {r["config"]["seed"] if isinstance(r["config"], dict) else r["config"].seed: r["result"][spec.metric]
-                       for r in state.final if r["status"] == "done"}
+    row["per_seed"] = {_seed(r): r["result"][spec.metric] for r in state.final if r["status"] == "done"}
     if done:
         row["mean"], row["stderr"] = mean_and_stderr([r[spec.metric] for r in done])
         row["mean_forgetting"] = float(np.mean([r["mean_forgetting"] for r in done]))
@@ -81,6 +80,12 @@ def entry_row(spec: SweepSpec, state: EntryState) -> dict:
     row.update(against_paper(state.entry.paper, spec.paper.get("margin", PAPER_MARGIN), row["mean"]),
                paper_source=spec.paper)
     return row
+
+
+def _seed(row: dict) -> int:
+    """A run row's seed: its config is a dict as a store keeps it, or a RunConfig as a plan made it."""
+    config = row["config"]
+    return config["seed"] if isinstance(config, dict) else config.seed
 
 
 def against_paper(figure: dict | None, margin: float, mean: float | None) -> dict:
