@@ -72,8 +72,8 @@ def test_save_adds_suffixes_instead_of_replacing_a_dotted_label(tmp_path):
 
 
 def _state(label: str, curves: dict, chosen: float | None, done: bool = True) -> EntryState:
-    final = [{"status": "done", "config": {"seed": 0}, "result": {"accuracy_matrix": [[0.9, 0.1], [0.7, 0.95]], "average_accuracy": 0.825,
-                                           "mean_forgetting": 0.2}}] if done else []
+    result = {"accuracy_matrix": [[0.9, 0.1], [0.7, 0.95]], "average_accuracy": 0.825, "mean_forgetting": 0.2}
+    final = [{"status": "done", "config": {"seed": 0}, "result": result}] if done else []
     lines = {Line(reinit): curve for reinit, curve in curves.items()}
     return EntryState(entry=Entry(label, "si", sorted({c for curve in curves.values() for c in curve}), list(curves)),
                       curves=lines, selected=None if chosen is None else (chosen, Line(next(iter(curves)))),
