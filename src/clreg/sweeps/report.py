@@ -50,7 +50,8 @@ def machine_text(row: dict) -> str:
 
 def entry_row(spec: SweepSpec, state: EntryState) -> dict:
     """One table row: the chosen (c, re-init), its final runs' mean ± s.e. of the metric, the status."""
-    done = [r["result"] for r in state.final if r["status"] == "done"]
+    finals = [r for r in state.final if r["status"] == "done"]  # the finished final runs, filtered once
+    done = [r["result"] for r in finals]
     row = {"sweep": spec.name, "benchmark": spec.benchmark, "label": state.entry.label, "method": state.entry.method,
            "c": None, "reinit": None, "grid": None, "seeds_done": len(done), "seeds": len(spec.seeds), "mean": None, "stderr": None,
            "mean_forgetting": None, "search_score": None, "best_c_at_grid_edge": None,
@@ -59,7 +60,7 @@ def entry_row(spec: SweepSpec, state: EntryState) -> dict:
         c, line = state.selected
         row.update(c=c, reinit=line.reinit, grid=dict(line.point) or None, search_score=state.curves[line][c],
                    best_c_at_grid_edge=state.at_edge.get(line, False))
-    row["per_seed"] = {_seed(r): r["result"][spec.metric] for r in state.final if r["status"] == "done"}
+    row["per_seed"] = {_seed(r): r["result"][spec.metric] for r in finals}
     if done:
         row["mean"], row["stderr"] = mean_and_stderr([r[spec.metric] for r in done])
         row["mean_forgetting"] = float(np.mean([r["mean_forgetting"] for r in done]))
@@ -70,7 +71,6 @@ def entry_row(spec: SweepSpec, state: EntryState) -> dict:
         row["status"] += f", {len(state.interrupted)} run(s) interrupted (the next sweep runs them)"
     if state.failed:
         row["status"] = f"{len(state.failed)} run(s) failed: {error_line(state.failed[0])}"
-    finals = [r for r in state.final if r["status"] == "done"]
     row["interrupted"] = len(state.interrupted)
     row["machine"] = "; ".join(dict.fromkeys(machine_text(r) for r in finals)) or None
     row["did_not_learn"] = sum(r["result"].get("did_not_learn") is True for r in finals)
