@@ -9,7 +9,7 @@ import torch
 
 from clreg import importance
 from clreg.cli import commands
-from clreg.core.options import MAX_THREADS, Option, SettingError
+from clreg.core.options import MAX_THREADS, Option, SettingError, finite_number
 from clreg.regularizer import Regularizer
 from clreg.train import optim
 from clreg.train.config import OPTIONS, RunConfig, read_run_file
@@ -42,6 +42,19 @@ def test_declared_ranges(name, bad, good):
     with pytest.raises(ValueError, match="must be"):
         option.parse(bad)
     assert option.parse(good) == good
+
+
+@pytest.mark.parametrize("value,low,high,message", [
+    (float("nan"), 0, 1, "must be a finite number, got nan"), (float("-inf"), None, None, "must be a finite number"),
+    ("0.5", 0, 1, "must be a finite number, got '0.5'"), (True, 0, 1, "must be a finite number, got True"),
+    (1.5, 0, 1, "must be in [0, 1], got 1.5"), (-0.1, 0.0, None, "must be >= 0, got -0.1"),
+    (101, None, 100, "must be <= 100, got 101")])
+def test_a_number_read_from_a_file_must_be_finite_and_in_its_bounds(value, low, high, message):
+    """Files (sweep files, stored results) give numbers, never text or booleans; the bounds are inclusive."""
+    with pytest.raises(ValueError, match=f"^{message.replace('[', '[[]')}"):
+        finite_number(value, low, high)
+    assert finite_number(low if low is not None else 7, low, high) == (low if low is not None else 7.0)
+    assert type(finite_number(1 if high is None or high >= 1 else 0, None, high)) is float
 
 
 @pytest.mark.parametrize("settings", [dict(c=float("nan")), dict(lr=float("inf")), dict(prior=float("nan")),

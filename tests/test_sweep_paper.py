@@ -27,9 +27,9 @@ def finished(spec, scores):
 
 @pytest.mark.parametrize("figure,message", [
     ({"mean": 97.2}, "methods.si.paper must be the published figure in %: {mean: N, se: N} or {about: N}"),
-    ({"mean": 97.2, "se": -0.1}, "methods.si.paper.se must be a number from 0 to 100, got -0.1"),
-    ({"below": 101}, "methods.si.paper.below must be a number from -100 to 100, got 101"),
-    ({"about": "57"}, "methods.si.paper.about must be a number from -100 to 100, got '57'"),
+    ({"mean": 97.2, "se": -0.1}, "methods.si.paper.se must be in [0, 100], got -0.1"),
+    ({"below": 101}, "methods.si.paper.below must be in [-100, 100], got 101"),
+    ({"about": "57"}, "methods.si.paper.about must be a finite number, got '57'"),
     ({"about": 57, "below": 60}, "methods.si.paper must be the published figure in %"),
     (97.2, "methods.si.paper must be the published figure in %"),
 ])
@@ -39,7 +39,7 @@ def test_a_bad_published_figure_is_refused_by_its_key(figure, message):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("paper,message", [({"margin": -0.1}, "paper.margin must be a number from 0 to 100"),
+@pytest.mark.parametrize("paper,message", [({"margin": -0.1}, "paper.margin must be in [0, 100]"),
                                            ({"source": ""}, "paper.source must be a non-empty text"),
                                            ({"sources": "x"}, "paper: unknown key(s) 'sources'; allowed: source, margin")])
 def test_a_bad_paper_block_is_refused_by_its_key(paper, message):
@@ -123,3 +123,16 @@ def test_a_mean_on_the_bound_is_in_the_target_whatever_the_float_sum():
     spec = parse_spec({**BASE, "methods": {"sos": {"c": 1, "paper": {"mean": 97.3, "se": 0.1}}}})
     row = entry_row(spec, finished(spec, {0: 0.9689, 1: 0.969, 2: 0.9691})["sos"])
     assert 100 * row["mean"] < 96.9 and row["target_low"] == 96.9 and row["in_target"] == "yes"
+
+
+def test_a_z_that_rounds_to_zero_prints_without_a_sign():
+    """Seeds 97.34 and 97.25 (mean 97.295, s.e. 0.045) against 97.3 ± 0.1: the difference is -0.005 and
+    z = -0.005 / √(0.045² + 0.1²) = -0.046: both round to zero, and print 0.00 and 0.0 (the report once
+    printed "-0.00" and "-0.0")."""
+    spec = parse_spec({**BASE, "methods": {"sos": {"c": 1, "paper": {"mean": 97.3, "se": 0.1}}}})
+    state = finished(spec, {0: 0.9734, 1: 0.9725, 2: 0.9725})["sos"]
+    state.final = state.final[:2]
+    row = entry_row(spec, state)
+    assert -0.006 < row["paper_difference"] < 0 and -0.05 < row["paper_difference"] / math.hypot(
+        100 * row["stderr"], 0.1) < 0
+    assert "| 97.3 ± 0.1 | 0.00 | 0.0 | 96.9–97.7 | yes (2 of 3 seeds) |" in markdown([row])

@@ -128,6 +128,19 @@ def _convert(kind: Callable[[Any], Any], value: Any) -> Any:
     return kind(value)
 
 
+def finite_number(value: Any, low: float | None = None, high: float | None = None) -> float:
+    """`value` as a float if it is a finite number (int or float, not bool, not text) in [low, high];
+    ValueError ("must be ...") otherwise. For values read from files (sweep files, stored results), where
+    text that looks like a number is a mistake rather than a command-line flag."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{_text(low)}, {_text(high)}]" if low is not None and high is not None else \
+            f">= {_text(low)}" if low is not None else f"<= {_text(high)}"
+        raise ValueError(f"must be {'in ' if low is not None and high is not None else ''}{bounds}, got {value!r}")
+    return float(value)
+
+
 MAX_THREADS = 4 * (os.cpu_count() or 1)  # more threads than this only slow a run down (and torch may crash)
 
 

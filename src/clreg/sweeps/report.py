@@ -211,9 +211,9 @@ def comparison(rows: list[dict]) -> list[str]:
                   "| method | per seed | ours | paper | ours − paper | z | target | in target |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in (r for r in rows if r["sweep"] == sweep and r.get("paper")):
-            difference = "" if r["paper_difference"] is None else f"{r['paper_difference']:+.2f}"
+            difference = "" if r["paper_difference"] is None else _signed(r["paper_difference"], 2)
             spread = math.hypot(100 * r["stderr"], r["paper_se"]) if r["seeds_done"] > 1 and r["paper_se"] else None
-            z = "" if not spread or r["paper_difference"] is None else f"{r['paper_difference'] / spread:+.1f}"
+            z = "" if not spread or r["paper_difference"] is None else _signed(r["paper_difference"] / spread, 1)
             low, high = r["target_low"], r["target_high"]
             target = (f"{_percent(low)}–{_percent(high)}" if low is not None and high is not None else
                       f"below {_percent(high)}" if high is not None else f"above {_percent(low)}" if low is not None
@@ -224,6 +224,12 @@ def comparison(rows: list[dict]) -> list[str]:
             seeds = ", ".join(f"{100 * value:.2f} ({seed})" for seed, value in sorted(r["per_seed"].items()))
             lines.append(f"| {r['label']} | {seeds} | {_cell(r)} | {r['paper']} | {difference} | {z} | {target} | {verdict} |")
     return lines
+
+
+def _signed(value: float, digits: int) -> str:
+    """+0.16, -0.19; a value that rounds to zero is 0.00 (not -0.00)."""
+    text = f"{value:+.{digits}f}"
+    return text[1:] if float(text) == 0 else text
 
 
 def _percent(value: float) -> str:

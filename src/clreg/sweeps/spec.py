@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from clreg.benchmarks import EVALUATE_ON
+from clreg.core.options import finite_number
 from clreg.core.yamlfile import YamlFileError, load_yaml
 from clreg.train.config import BY_NAME, NOT_IN_KEY, RunConfig
 
@@ -283,9 +284,10 @@ def _entry(label: str, value, spec: SweepSpec, max_runs: int = MAX_RUNS) -> Entr
 
 
 def _number(where: str, value, low: float = 0.0, high: float = 100.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise SpecError(f"{where} must be a number from {low:g} to {high:g}, got {value!r}")
-    return float(value)
+    try:
+        return finite_number(value, low, high)
+    except ValueError as err:
+        raise SpecError(f"{where} {err}") from None
 
 
 def _paper_figure(where: str, value) -> dict | None:

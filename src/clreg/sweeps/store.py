@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import socket
 import sqlite3
@@ -33,6 +32,7 @@ from typing import Iterator
 
 import numpy as np
 
+from clreg.core.options import finite_number
 from clreg.train import metrics
 
 STATUSES = ("pending", "running", "done", "failed", "diverged", "interrupted")
@@ -94,11 +94,10 @@ def checksum(key: str, status: str, result) -> str:
 
 
 def _number(value, field: str, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ResultError(f"{field} must be a finite number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ResultError(f"{field} must be in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
+    try:
+        return finite_number(value, low, high)
+    except ValueError as err:
+        raise ResultError(f"{field} {err}") from None
 
 
 def _matrix(value) -> np.ndarray:
