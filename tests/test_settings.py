@@ -3,6 +3,7 @@ command line, in run files and in Python alike; errors name flags on the command
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ def test_declared_ranges(name, bad, good):
     (101, None, 100, "must be <= 100, got 101")])
 def test_a_number_read_from_a_file_must_be_finite_and_in_its_bounds(value, low, high, message):
     """Files (sweep files, stored results) give numbers, never text or booleans; the bounds are inclusive."""
-    with pytest.raises(ValueError, match=f"^{message.replace('[', '[[]')}"):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
         finite_number(value, low, high)
     assert finite_number(low if low is not None else 7, low, high) == (low if low is not None else 7.0)
     assert type(finite_number(1 if high is None or high >= 1 else 0, None, high)) is float
