@@ -74,18 +74,23 @@ class Option:
     @property
     def range_text(self) -> str:
         """The declared range in words, e.g. "> 0", ">= 1", "in (0, 1]"."""
-        low = None if self.minimum is None else f"{'>' if self.above else '>='} {_text(self.minimum)}"
-        if self.maximum is None:
-            return low or "a finite number"
-        if low is None:
-            return f"<= {_text(self.maximum)}"
-        return f"in {'(' if self.above else '['}{_text(self.minimum)}, {_text(self.maximum)}]"
+        return _range_text(self.minimum, self.maximum, self.above)
 
     def key_value(self, value: Any) -> Any:
         """The value as it enters a run key: numbers normalised (1 and 1.0 alike)."""
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         return value
+
+
+def _range_text(minimum: float | None, maximum: float | None, above: bool = False) -> str:
+    """A range in words: "> 0", ">= 1", "<= 100", "in (0, 1]", or "a finite number" without bounds."""
+    low = None if minimum is None else f"{'>' if above else '>='} {_text(minimum)}"
+    if maximum is None:
+        return low or "a finite number"
+    if low is None:
+        return f"<= {_text(maximum)}"
+    return f"in {'(' if above else '['}{_text(minimum)}, {_text(maximum)}]"
 
 
 def _text(number: float) -> str:
@@ -135,9 +140,7 @@ def finite_number(value: Any, low: float | None = None, high: float | None = Non
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"must be a finite number, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{_text(low)}, {_text(high)}]" if low is not None and high is not None else \
-            f">= {_text(low)}" if low is not None else f"<= {_text(high)}"
-        raise ValueError(f"must be {'in ' if low is not None and high is not None else ''}{bounds}, got {value!r}")
+        raise ValueError(f"must be {_range_text(low, high)}, got {value!r}")
     return float(value)
 
 
